@@ -1,0 +1,1 @@
+"""The runner: deblend blend sets with two scarlet revisions and measure them against truth."""

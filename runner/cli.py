@@ -1,0 +1,118 @@
+"""``python -m runner``: synth, run and release-repo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from runner.adapters import ADAPTERS, AdapterError
+from runner.run import DEFAULT_TIMEOUT, Progress, RunConfig, RunError, run
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from runner.synth import write_synthetic_set
+
+    paths = write_synthetic_set(args.out, args.blends, args.seed)
+    print(f"wrote {len(paths)} blends to {args.out}")
+    return 0
+
+
+def _release_repo(args: argparse.Namespace) -> int:
+    from runner.release import ReleaseError, release_repository
+
+    try:
+        tag = release_repository(args.requirement, args.out)
+    except ReleaseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: git repository of {args.requirement}, tagged {tag}")
+    return 0
+
+
+class ProgressBar:
+    """Phases as lines on stderr, deblending as a tqdm bar."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if progress.phase == "deblending":
+            if self.bar is None:
+                self.bar = tqdm(total=progress.total, desc="deblending", unit="blend", file=sys.stderr)
+            self.bar.update(progress.done - self.bar.n)
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        print(f"{progress.phase}…", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = {"max_iter": args.max_iter} if args.max_iter else {}
+    config = RunConfig(
+        repo=args.repo,
+        head=args.head,
+        base=args.base,
+        datasets=args.dataset,
+        out=args.out,
+        workers=args.workers,
+        adapter=args.adapter,
+        timeout=args.timeout,
+        options=options,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = run(config, ProgressBar())
+    except (RunError, AdapterError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    for side in ("base", "head"):
+        info = getattr(result.provenance, side)
+        if info.build.status == "failed":
+            print(f"{info.build.log_tail}\nwarning: {side} {info.sha[:12]} did not build: "
+                  f"{info.build.error}", file=sys.stderr)
+    errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
+    print(f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    main = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
+    commands = main.add_subparsers(dest="command", required=True)
+
+    synth = commands.add_parser("synth", help="write a deterministic synthetic blend set")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--blends", type=int, default=20)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=_synth)
+
+    runner = commands.add_parser("run", help="deblend blend sets with head and base")
+    runner.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
+    runner.add_argument("--head", required=True, help="revision under test")
+    runner.add_argument("--base", required=True, help="base revision; a branch means merge-base")
+    runner.add_argument("--dataset", type=Path, action="append", required=True)
+    runner.add_argument("--out", type=Path, required=True)
+    runner.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
+    runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
+    runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
+    runner.set_defaults(handler=_run)
+
+    release = commands.add_parser(
+        "release-repo", help="make a git repository from a released sdist on PyPI"
+    )
+    release.add_argument("requirement", help="e.g. scarlet2==0.5.1")
+    release.add_argument("--out", type=Path, required=True)
+    release.set_defaults(handler=_release_repo)
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line."""
+    args = parser().parse_args(argv)
+    return args.handler(args)

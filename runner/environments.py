@@ -1,0 +1,182 @@
+"""One isolated Python environment per revision, cached by everything that shapes it.
+
+The key covers the SHA, the interpreter, the adapter's lock (its exact third-party
+versions, which include the build requirements) and this recipe's version, so a
+second run at the same SHA reuses the environment and spends seconds on setup.
+Environments are built with uv when it is available, with venv and pip otherwise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.adapters import Adapter
+
+RECIPE_VERSION = 1
+LOG_TAIL_LINES = 25
+COMPLETE_MARKER = "environment.json"
+
+
+class BuildError(RuntimeError):
+    """A revision that could not be installed; ``log_tail`` holds the end of its log."""
+
+    def __init__(self, message: str, log_tail: str, log_path: Path):
+        super().__init__(message)
+        self.log_tail = log_tail
+        self.log_path = log_path
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A built environment: where its interpreter is and what it holds."""
+
+    key: str
+    path: Path
+    python: Path
+    sha: str
+    adapter: str
+    deblender_version: str
+    numpy_version: str
+    python_version: str
+    lock_hash: str
+    build_seconds: float
+    reused: bool
+
+
+def uv_binary() -> str | None:
+    """The uv executable from the ``uv`` package or PATH, if there is one."""
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+def environment_key(sha: str, adapter: Adapter) -> str:
+    """The cache key of the environment for ``sha``."""
+    identity = {
+        "sha": sha,
+        "adapter": adapter.name,
+        "lock": adapter.lock_hash,
+        "python": sys.version,
+        "implementation": sys.implementation.name,
+        "machine": platform.machine(),
+        "recipe": RECIPE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _steps(uv: str | None, env: Path, source: Path, adapter: Adapter) -> list[list[str]]:
+    python = str(env / "bin" / "python")
+    lock = str(adapter.lock)
+    if uv:
+        install = [uv, "pip", "install", "--python", python, "--no-progress"]
+        return [
+            [uv, "venv", "--quiet", "--python", sys.executable, str(env)],
+            [*install, "--requirement", lock],
+            [*install, "--no-deps", "--no-build-isolation", "--reinstall", str(source)],
+        ]
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    return [
+        [sys.executable, "-m", "venv", str(env)],
+        [*pip, "--requirement", lock],
+        [*pip, "--no-deps", "--no-build-isolation", str(source)],
+    ]
+
+
+def _probe(env: Path, adapter: Adapter) -> dict[str, str]:
+    """Import the deblender with the environment's interpreter and check where it lives."""
+    code = (
+        "import importlib, json, platform, numpy\n"
+        f"m = importlib.import_module({adapter.module!r})\n"
+        "print(json.dumps({'version': getattr(m, '__version__', 'unknown'),"
+        " 'file': m.__file__, 'numpy': numpy.__version__,"
+        " 'python': platform.python_version()}))\n"
+    )
+    result = subprocess.run(
+        [str(env / "bin" / "python"), "-I", "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=env,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"import {adapter.module} failed:\n{result.stderr}")
+    info = json.loads(result.stdout.splitlines()[-1])
+    if not Path(info["file"]).resolve().is_relative_to(env.resolve()):
+        raise RuntimeError(f"{adapter.module} was imported from {info['file']}, outside {env}")
+    return info
+
+
+def _tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").splitlines()
+    return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict[str, str]:
+    uv = uv_binary()
+    build_env = {**os.environ, "PIP_NO_INPUT": "1", "MAX_JOBS": str(os.cpu_count() or 1)}
+    with open(log, "w") as stream:
+        for step in _steps(uv, env, source, adapter):
+            stream.write(f"$ {' '.join(step)}\n")
+            stream.flush()
+            result = subprocess.run(
+                step, stdout=stream, stderr=subprocess.STDOUT, env=build_env, check=False
+            )
+            if result.returncode != 0:
+                name = Path(step[0]).name + " " + " ".join(step[1:3])
+                raise BuildError(f"'{name}' exited {result.returncode}", _tail(log), log)
+        try:
+            return _probe(env, adapter)
+        except RuntimeError as error:
+            stream.write(f"{error}\n")
+            stream.flush()
+            raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
+
+
+def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> Environment:
+    """The environment for ``sha`` built from the work tree ``source``, reused if cached."""
+    key = environment_key(sha, adapter)
+    env = cache / "envs" / key
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = env / COMPLETE_MARKER
+        reused = marker.exists()
+        if not reused:
+            shutil.rmtree(env, ignore_errors=True)
+            log = env.parent / f"{key}.log"
+            started = time.perf_counter()
+            try:
+                info = _build(env, source, adapter, log)
+            except BuildError:
+                shutil.rmtree(env, ignore_errors=True)
+                raise
+            info["build_seconds"] = f"{time.perf_counter() - started:.1f}"
+            shutil.move(log, env / "build.log")
+            marker.write_text(json.dumps(info, indent=2))
+        info = json.loads(marker.read_text())
+    return Environment(
+        key=key,
+        path=env,
+        python=env / "bin" / "python",
+        sha=sha,
+        adapter=adapter.name,
+        deblender_version=info["version"],
+        numpy_version=info["numpy"],
+        python_version=info["python"],
+        lock_hash=adapter.lock_hash,
+        build_seconds=float(info["build_seconds"]),
+        reused=reused,
+    )

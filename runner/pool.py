@@ -1,0 +1,225 @@
+"""Worker processes and the pool that spreads blends over them.
+
+Each slot of the pool (one per core by default) runs blends one at a time, starting
+a persistent worker per revision with that revision's own interpreter. Tasks come in
+the order given, so base and head of a blend interleave and machine drift cancels in
+timing comparisons. A crash, a hang past the timeout or a deblender exception errors
+that task only: the worker is replaced and the other tasks go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
+STARTUP_TIMEOUT = 300.0
+STDERR_TAIL_LINES = 12
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+# What a worker may see of the parent's environment; everything else is scrubbed.
+PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+class WorkerError(RuntimeError):
+    """A worker that crashed or hung."""
+
+
+class WorkerStartError(WorkerError):
+    """A worker that could not import its deblender: every later task would fail too."""
+
+
+@dataclass(frozen=True)
+class Side:
+    """How to start workers for one revision."""
+
+    name: str
+    python: Path
+    adapter_file: Path
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Deblend ``blend`` with the revision ``side`` and write its arrays to ``out``."""
+
+    side: str
+    blend: Path
+    out: Path
+    options: dict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a task: the worker's reply, or the reason it failed."""
+
+    task: Task
+    reply: dict | None
+    error: str | None
+    wall: float
+
+
+def worker_environment(side: Side, home: Path) -> dict[str, str]:
+    """A scrubbed environment: single-threaded numerics, no credentials of ours."""
+    env = {key: os.environ[key] for key in PASSED_VARIABLES if key in os.environ}
+    env.update({key: "1" for key in THREAD_VARIABLES})
+    env.update(HOME=str(home), PYTHONHASHSEED="0")
+    env.update(side.environment)
+    return env
+
+
+class Worker:
+    """One persistent worker process speaking the line protocol of ``worker.py``."""
+
+    def __init__(self, side: Side, log: Path, home: Path):
+        self.side = side
+        self.log = log
+        self.home = home
+        self.process: subprocess.Popen | None = None
+        self._buffer = b""
+
+    def start(self) -> None:
+        """Start the process and wait until the deblender is imported."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as stderr:
+            self.process = subprocess.Popen(
+                [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=worker_environment(self.side, self.home),
+                cwd=self.home,
+                start_new_session=True,
+            )
+        self._buffer = b""
+        try:
+            self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting")
+        except WorkerError as error:
+            raise WorkerStartError(f"worker could not start: {error}") from None
+
+    def run(self, request: dict, timeout: float) -> dict:
+        """Send one request and wait at most ``timeout`` seconds for its reply."""
+        if self.process is None or self.process.poll() is not None:
+            self.start()
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise WorkerError(self._death("the worker died")) from None
+        return json.loads(self._read_line(time.monotonic() + timeout, "deblending"))
+
+    def _read_line(self, deadline: float, doing: str) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    self.kill()
+                    raise WorkerError(f"timed out while {doing}")
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise WorkerError(self._death(f"the worker exited while {doing}"))
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _death(self, what: str) -> str:
+        assert self.process is not None
+        code = self.process.wait()
+        reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        lines = self.log.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
+        tail = "\n".join(lines)
+        return f"{what} ({reason})" + (f"; stderr:\n{tail}" if tail else "")
+
+    def kill(self) -> None:
+        """Kill the worker and everything it started."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """Close stdin so the worker ends by itself; kill it if it does not."""
+        if self.process is None:
+            return
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+def run_tasks(
+    tasks: Iterable[Task],
+    sides: dict[str, Side],
+    workdir: Path,
+    slots: int,
+    timeout: float,
+    on_outcome: Callable[[Outcome], None],
+) -> None:
+    """Run every task on ``slots`` parallel slots; report each outcome as it comes."""
+    pending: queue.SimpleQueue[Task] = queue.SimpleQueue()
+    for task in tasks:
+        pending.put(task)
+    report = threading.Lock()
+    broken: dict[str, str] = {}
+
+    def slot(number: int) -> None:
+        workers = {
+            name: Worker(side, workdir / f"worker-{number}-{name}.log", workdir / "home")
+            for name, side in sides.items()
+        }
+        try:
+            while True:
+                try:
+                    task = pending.get_nowait()
+                except queue.Empty:
+                    return
+                outcome = _run_one(task, workers[task.side], timeout, broken)
+                with report:
+                    on_outcome(outcome)
+        finally:
+            for worker in workers.values():
+                worker.stop()
+
+    threads = [threading.Thread(target=slot, args=(n,), daemon=True) for n in range(slots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str]) -> Outcome:
+    if task.side in broken:
+        return Outcome(task, None, broken[task.side], 0.0)
+    started = time.perf_counter()
+    request = {"blend": str(task.blend), "out": str(task.out), "options": task.options}
+    try:
+        reply = worker.run(request, timeout)
+    except WorkerStartError as error:
+        broken[task.side] = str(error)
+        return Outcome(task, None, str(error), time.perf_counter() - started)
+    except WorkerError as error:
+        return Outcome(task, None, str(error), time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    if not reply.get("ok"):
+        return Outcome(task, reply, reply.get("error", "unknown worker error"), wall)
+    return Outcome(task, reply, None, wall)

@@ -1,0 +1,188 @@
+"""The run result: the one contract between the runner and everything that reports it.
+
+Plain dataclasses serialised to JSON (no numpy, so the bot can read it too). The JSON
+Schema in ``runner/schema/run-result.schema.json`` documents every field; bump
+``SCHEMA_VERSION`` on any incompatible change. Floats that are not finite are
+written as ``null``. Bands are listed once in ``RunResult.bands``; every per-band
+list follows that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA = "scarlet-regression/run-result"
+SCHEMA_VERSION = 1
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` as a float, or None when it is missing or not finite."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+@dataclass
+class InjectedSource:
+    """One injected source measured against its truth."""
+
+    index: int
+    y: float
+    x: float
+    mag_true: list[float]
+    mag: list[float | None]
+    mag_error: list[float | None]
+    centroid_offset: float | None
+
+
+@dataclass
+class SourceModel:
+    """What the deblender made of one detected source (a row of ``centers``)."""
+
+    flux: list[float | None]
+    centroid: list[float | None]
+
+
+@dataclass
+class BlendRun:
+    """One revision's outcome on one blend."""
+
+    status: Literal["ok", "errored"]
+    error: str | None = None
+    wall_time: float | None = None
+    init_time: float | None = None
+    fit_time: float | None = None
+    iterations: int | None = None
+    logL: float | None = None
+    init_logL: float | None = None
+    chi2_dof: float | None = None
+    model_hash: str | None = None
+    arrays: str | None = None
+    sources: list[SourceModel] = field(default_factory=list)
+    injected: list[InjectedSource] = field(default_factory=list)
+
+
+@dataclass
+class BlendResult:
+    """A blend and both revisions' outcomes on it."""
+
+    dataset: str
+    id: str
+    sha256: str
+    n_sources: int
+    shape: list[int]
+    base: BlendRun
+    head: BlendRun
+
+
+@dataclass
+class Build:
+    """How the revision's environment came about."""
+
+    status: Literal["ok", "failed"]
+    seconds: float | None = None
+    reused: bool = False
+    environment: str | None = None
+    log_tail: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RevisionInfo:
+    """A revision under test and the software it ran with."""
+
+    rev: str
+    sha: str
+    build: Build
+    deblender_version: str | None = None
+    numpy_version: str | None = None
+    python_version: str | None = None
+
+
+@dataclass
+class DatasetInfo:
+    """A blend set and the content hash that identifies it."""
+
+    name: str
+    path: str
+    content_hash: str
+    blends: int
+
+
+@dataclass
+class Provenance:
+    """Where the numbers come from."""
+
+    repository: str
+    adapter: str
+    lock: str
+    head: RevisionInfo
+    base: RevisionInfo
+    merge_base: str | None
+    datasets: list[DatasetInfo]
+    config: dict[str, Any]
+    runner_version: str
+    platform: str
+    started: str
+    finished: str
+
+
+@dataclass
+class RunResult:
+    """Everything one run measured, for base and head, blend by blend."""
+
+    provenance: Provenance
+    bands: list[str]
+    blends: list[BlendResult]
+    schema: str = SCHEMA
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """The result as JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=1, allow_nan=False)
+
+    def write(self, path: Path) -> None:
+        """Write the result to ``path`` atomically."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunResult:
+        """Read a result; raise ValueError for another schema or version."""
+        data = json.loads(text)
+        if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+            found = f"{data.get('schema')} v{data.get('schema_version')}"
+            raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} document (found {found})")
+        return _build(cls, data)
+
+    @classmethod
+    def read(cls, path: Path) -> RunResult:
+        """Read a result file."""
+        return cls.from_json(Path(path).read_text())
+
+
+def _build(kind: Any, value: Any) -> Any:
+    """Rebuild typed dataclasses from the plain values ``asdict`` produced."""
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(kind):
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind)}
+        return kind(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        return [_build(item, v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(kind) if a is not type(None)]
+        return _build(options[0], value) if len(options) == 1 else value
+    return value

@@ -1,0 +1,248 @@
+"""One run: resolve head and base, build their environments, deblend every blend with
+both, measure each against truth and write the run result."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+from runner import revisions
+from runner.adapters import Adapter, detect_adapter, get_adapter
+from runner.datasets import BANDS, BlendError, BlendFile, Dataset, load_blend, open_datasets
+from runner.environments import BuildError, Environment, build_environment
+from runner.measure import MeasurementError, measure
+from runner.pool import Outcome, Side, Task, run_tasks
+from runner.result import (
+    BlendResult,
+    BlendRun,
+    Build,
+    DatasetInfo,
+    Provenance,
+    RevisionInfo,
+    RunResult,
+)
+
+SIDES = ("base", "head")
+DEFAULT_TIMEOUT = 600.0
+
+
+class RunError(RuntimeError):
+    """The run could not happen at all (bad repository, revision or dataset)."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a run is: its phase and, while deblending, tasks done of total."""
+
+    phase: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know."""
+
+    repo: str
+    head: str
+    base: str
+    datasets: list[Path]
+    out: Path
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    adapter: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    options: dict = field(default_factory=dict)
+    cache: Path = field(default_factory=lambda: default_cache())
+
+
+def default_cache() -> Path:
+    """``$SCARLET_REGRESSION_CACHE``, or ``~/.cache/scarlet-regression``."""
+    root = os.environ.get("SCARLET_REGRESSION_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "scarlet-regression"
+
+
+def now() -> str:
+    """The current UTC time in ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _environment(
+    side: str, repo: Path, sha: str, adapter: Adapter, cache: Path
+) -> Environment | BuildError:
+    source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
+    try:
+        return build_environment(source, sha, adapter, cache)
+    except BuildError as error:
+        error.add_note(side)
+        return error
+
+
+def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> RevisionInfo:
+    if isinstance(env, BuildError):
+        build = Build("failed", error=str(env), log_tail=env.log_tail)
+        return RevisionInfo(rev, sha, build)
+    build = Build("ok", env.build_seconds, env.reused, env.key)
+    return RevisionInfo(
+        rev, sha, build, env.deblender_version, env.numpy_version, env.python_version
+    )
+
+
+def _worker_environment(adapter: Adapter, cache: Path) -> dict[str, str]:
+    if adapter.name != "scarlet2":
+        return {}
+    # One XLA thread per worker (the pool gives each core a worker) and a persistent
+    # compilation cache shared by runs, so only new blend shapes compile.
+    return {
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def _errored(reason: str) -> BlendRun:
+    return BlendRun(status="errored", error=reason)
+
+
+class Run:
+    """The state of one run while its blends are being deblended and measured."""
+
+    def __init__(self, config: RunConfig, progress: Callable[[Progress], None]):
+        self.config = config
+        self.progress = progress
+        self.outcomes: dict[tuple[str, str, str], BlendRun] = {}
+        self.done = 0
+        self.total = 0
+
+    def execute(self) -> RunResult:
+        """Do the run and return its result (also written to ``out/result.json``)."""
+        config = self.config
+        started = now()
+        self.progress(Progress("resolving revisions"))
+        try:
+            repo = revisions.local_repository(config.repo, config.cache)
+            revs = revisions.resolve_pair(repo, config.head, config.base)
+            datasets = open_datasets(config.datasets)
+        except (revisions.RevisionError, ValueError) as error:
+            raise RunError(str(error)) from None
+        head_source = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
+        adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_source)
+        envs: dict[str, Environment | BuildError] = {}
+        for side, sha in (("base", revs.base), ("head", revs.head)):
+            self.progress(Progress(f"building {side} environment"))
+            envs[side] = _environment(side, repo, sha, adapter, config.cache)
+        if all(isinstance(env, BuildError) for env in envs.values()):
+            raise RunError(f"neither revision builds: {envs['head']}")
+        blends = self._deblend(datasets, envs, adapter)
+        result = RunResult(
+            provenance=Provenance(
+                repository=config.repo,
+                adapter=adapter.name,
+                lock=adapter.lock_hash,
+                head=_revision_info(config.head, revs.head, envs["head"]),
+                base=_revision_info(config.base, revs.base, envs["base"]),
+                merge_base=revs.merge_base,
+                datasets=[
+                    DatasetInfo(d.name, str(d.path), d.content_hash, len(d.blends))
+                    for d in datasets
+                ],
+                config={"workers": config.workers, "timeout": config.timeout, **config.options},
+                runner_version=version("scarlet-regression"),
+                platform=platform.platform(),
+                started=started,
+                finished=now(),
+            ),
+            bands=list(BANDS),
+            blends=blends,
+        )
+        result.write(config.out / "result.json")
+        self.progress(Progress("done", self.total, self.total))
+        return result
+
+    def _deblend(
+        self,
+        datasets: list[Dataset],
+        envs: dict[str, Environment | BuildError],
+        adapter: Adapter,
+    ) -> list[BlendResult]:
+        config = self.config
+        workdir = config.out / "work"
+        workdir.mkdir(parents=True, exist_ok=True)
+        sides = {
+            name: Side(name, env.python, adapter.worker_file, _worker_environment(adapter, config.cache))
+            for name, env in envs.items()
+            if isinstance(env, Environment)
+        }
+        loaded: dict[tuple[str, str], object] = {}
+        tasks = []
+        for blend_file in (b for d in datasets for b in d.blends):
+            key = (blend_file.dataset, blend_file.id)
+            try:
+                loaded[key] = load_blend(blend_file.path)
+            except BlendError as error:
+                loaded[key] = error
+                continue
+            folder = config.out / "blends" / blend_file.dataset
+            folder.mkdir(parents=True, exist_ok=True)
+            for side in SIDES:
+                if side in sides:
+                    out = folder / f"{blend_file.id}.{side}.npz"
+                    tasks.append(Task(side, blend_file.path, out, config.options))
+        self.total = len(tasks)
+        self.progress(Progress("deblending", 0, self.total))
+        by_path = {b.path: b for d in datasets for b in d.blends}
+
+        def on_outcome(outcome: Outcome) -> None:
+            blend_file = by_path[outcome.task.blend]
+            blend = loaded[(blend_file.dataset, blend_file.id)]
+            self.outcomes[(blend_file.dataset, blend_file.id, outcome.task.side)] = (
+                self._measure(blend, outcome)
+            )
+            self.done += 1
+            self.progress(Progress("deblending", self.done, self.total))
+
+        run_tasks(tasks, sides, workdir, config.workers, config.timeout, on_outcome)
+        shutil.rmtree(workdir / "home", ignore_errors=True)
+        return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for d in datasets for b in d.blends]
+
+    def _measure(self, blend, outcome: Outcome) -> BlendRun:
+        if outcome.error is not None:
+            return BlendRun(status="errored", error=outcome.error, wall_time=outcome.wall)
+        relative = str(outcome.task.out.relative_to(self.config.out))
+        try:
+            with np.load(outcome.task.out, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+            return measure(blend, arrays, outcome.reply or {}, relative)
+        except (MeasurementError, OSError, ValueError, KeyError) as error:
+            return BlendRun(status="errored", error=str(error), wall_time=outcome.wall)
+
+    def _blend_result(
+        self, blend_file: BlendFile, blend, envs: dict[str, Environment | BuildError]
+    ) -> BlendResult:
+        runs = {}
+        for side in SIDES:
+            if isinstance(blend, BlendError):
+                runs[side] = _errored(f"bad blend file: {blend}")
+            elif isinstance(envs[side], BuildError):
+                runs[side] = _errored(f"{side} revision did not build: {envs[side]}")
+            else:
+                runs[side] = self.outcomes[(blend_file.dataset, blend_file.id, side)]
+        n_sources = 0 if isinstance(blend, BlendError) else len(blend.centers)
+        shape = [] if isinstance(blend, BlendError) else list(blend.images.shape[1:])
+        return BlendResult(
+            blend_file.dataset, blend_file.id, blend_file.sha256, n_sources, shape,
+            runs["base"], runs["head"],
+        )
+
+
+def run(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
+    """Do one run (see Run)."""
+    return Run(config, progress).execute()

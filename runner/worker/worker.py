@@ -1,0 +1,73 @@
+"""Deblending worker, run as a script by the revision's own interpreter.
+
+It imports only the standard library, numpy and (through the adapter file named on
+its command line) the deblender. Protocol, one JSON object per line: it announces
+``{"ready": ...}``, then answers each request ``{"blend": npz, "out": npz,
+"options": {...}}`` by deblending the blend, writing the arrays the adapter returned
+(flux, centroid, model) to ``out`` and replying with the scalars, or with
+``{"ok": false, "error": ...}``. Anything the deblender prints goes to stderr.
+"""
+
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+INPUT_KEYS = ("images", "variance", "footprint", "psfs", "centers")
+ARRAY_KEYS = ("flux", "centroid", "model")
+SCALAR_KEYS = ("iterations", "logL", "init_logL", "init_time", "fit_time")
+
+
+def load_adapter(path):
+    """Import the adapter module from its file."""
+    spec = importlib.util.spec_from_file_location("scarlet_regression_adapter", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def deblend(adapter, request):
+    """Deblend one blend file; return the reply for the parent."""
+    with np.load(request["blend"], allow_pickle=False) as archive:
+        blend = {key: archive[key] for key in INPUT_KEYS}
+    started = time.perf_counter()
+    result = adapter.deblend(blend, request.get("options", {}))
+    wall = time.perf_counter() - started
+    arrays = {key: np.asarray(result[key]) for key in ARRAY_KEYS}
+    np.savez(request["out"], **arrays)
+    reply = {key: result[key] for key in SCALAR_KEYS}
+    reply["iterations"] = int(reply["iterations"])
+    for key in ("logL", "init_logL", "init_time", "fit_time"):
+        reply[key] = float(reply[key])
+    reply.update(ok=True, wall=wall, version=str(result.get("version", "")))
+    return reply
+
+
+def main():
+    """Serve requests from stdin until it closes."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    adapter = load_adapter(sys.argv[1])
+    ready = {"ready": True, "numpy": np.__version__, "python": platform.python_version()}
+    protocol.write(json.dumps(ready) + "\n")
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = deblend(adapter, request)
+        except Exception as error:
+            lines = traceback.format_exc().splitlines()
+            reply = {
+                "ok": False,
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": "\n".join(lines[-15:]),
+            }
+        protocol.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    main()
