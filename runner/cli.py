@@ -42,13 +42,16 @@ class ProgressBar:
     def __call__(self, progress: Progress) -> None:
         if progress.phase == "deblending":
             if self.bar is None:
-                self.bar = tqdm(total=progress.total, desc="deblending", unit="blend", file=sys.stderr)
+                self.bar = tqdm(
+                    total=progress.total, desc="deblending", unit="blend", file=sys.stderr
+                )
             self.bar.update(progress.done - self.bar.n)
             return
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        print(f"{progress.phase}…", file=sys.stderr)
+        if progress.phase != "done":
+            print(f"{progress.phase}…", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -73,8 +76,11 @@ def _run(args: argparse.Namespace) -> int:
     for side in ("base", "head"):
         info = getattr(result.provenance, side)
         if info.build.status == "failed":
-            print(f"{info.build.log_tail}\nwarning: {side} {info.sha[:12]} did not build: "
-                  f"{info.build.error}", file=sys.stderr)
+            print(
+                f"{info.build.log_tail}\nwarning: {side} {info.sha[:12]} did not build: "
+                f"{info.build.error}",
+                file=sys.stderr,
+            )
     errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
     print(f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors")
     return 0

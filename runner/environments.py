@@ -49,6 +49,7 @@ class Environment:
     numpy_version: str
     python_version: str
     lock_hash: str
+    packages: dict[str, str]
     build_seconds: float
     reused: bool
 
@@ -95,13 +96,14 @@ def _steps(uv: str | None, env: Path, source: Path, adapter: Adapter) -> list[li
     ]
 
 
-def _probe(env: Path, adapter: Adapter) -> dict[str, str]:
+def _probe(env: Path, adapter: Adapter) -> dict:
     """Import the deblender with the environment's interpreter and check where it lives."""
     code = (
-        "import importlib, json, platform, numpy\n"
+        "import importlib, importlib.metadata as md, json, platform, numpy\n"
         f"m = importlib.import_module({adapter.module!r})\n"
+        "packages = {d.metadata['Name']: d.version for d in md.distributions()}\n"
         "print(json.dumps({'version': getattr(m, '__version__', 'unknown'),"
-        " 'file': m.__file__, 'numpy': numpy.__version__,"
+        " 'file': m.__file__, 'numpy': numpy.__version__, 'packages': packages,"
         " 'python': platform.python_version()}))\n"
     )
     result = subprocess.run(
@@ -124,7 +126,7 @@ def _tail(log: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict[str, str]:
+def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict:
     uv = uv_binary()
     build_env = {**os.environ, "PIP_NO_INPUT": "1", "MAX_JOBS": str(os.cpu_count() or 1)}
     with open(log, "w") as stream:
@@ -163,7 +165,7 @@ def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> 
             except BuildError:
                 shutil.rmtree(env, ignore_errors=True)
                 raise
-            info["build_seconds"] = f"{time.perf_counter() - started:.1f}"
+            info["build_seconds"] = round(time.perf_counter() - started, 1)
             shutil.move(log, env / "build.log")
             marker.write_text(json.dumps(info, indent=2))
         info = json.loads(marker.read_text())
@@ -177,6 +179,7 @@ def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> 
         numpy_version=info["numpy"],
         python_version=info["python"],
         lock_hash=adapter.lock_hash,
+        packages=dict(sorted(info["packages"].items())),
         build_seconds=float(info["build_seconds"]),
         reused=reused,
     )

@@ -136,6 +136,7 @@ class Worker:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     raise WorkerError(self._death(f"the worker exited while {doing}"))
+                self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 

@@ -33,8 +33,18 @@ class ReleaseError(RuntimeError):
 def download_sdist(requirement: str, dest: Path) -> Path:
     """Download the sdist of ``requirement`` (no dependencies) into ``dest``."""
     command = [
-        sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", "--dest", str(dest), requirement,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        requirement,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     archives = sorted(dest.glob("*.tar.gz"))

@@ -105,6 +105,7 @@ class RevisionInfo:
     deblender_version: str | None = None
     numpy_version: str | None = None
     python_version: str | None = None
+    packages: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

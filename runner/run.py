@@ -91,7 +91,13 @@ def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> Revisio
         return RevisionInfo(rev, sha, build)
     build = Build("ok", env.build_seconds, env.reused, env.key)
     return RevisionInfo(
-        rev, sha, build, env.deblender_version, env.numpy_version, env.python_version
+        rev,
+        sha,
+        build,
+        env.deblender_version,
+        env.numpy_version,
+        env.python_version,
+        env.packages,
     )
 
 
@@ -174,10 +180,12 @@ class Run:
         adapter: Adapter,
     ) -> list[BlendResult]:
         config = self.config
-        workdir = config.out / "work"
+        workdir = config.out / "logs"
         workdir.mkdir(parents=True, exist_ok=True)
         sides = {
-            name: Side(name, env.python, adapter.worker_file, _worker_environment(adapter, config.cache))
+            name: Side(
+                name, env.python, adapter.worker_file, _worker_environment(adapter, config.cache)
+            )
             for name, env in envs.items()
             if isinstance(env, Environment)
         }
@@ -203,15 +211,19 @@ class Run:
         def on_outcome(outcome: Outcome) -> None:
             blend_file = by_path[outcome.task.blend]
             blend = loaded[(blend_file.dataset, blend_file.id)]
-            self.outcomes[(blend_file.dataset, blend_file.id, outcome.task.side)] = (
-                self._measure(blend, outcome)
+            self.outcomes[(blend_file.dataset, blend_file.id, outcome.task.side)] = self._measure(
+                blend, outcome
             )
             self.done += 1
             self.progress(Progress("deblending", self.done, self.total))
 
         run_tasks(tasks, sides, workdir, config.workers, config.timeout, on_outcome)
         shutil.rmtree(workdir / "home", ignore_errors=True)
-        return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for d in datasets for b in d.blends]
+        return [
+            self._blend_result(b, loaded[(b.dataset, b.id)], envs)
+            for d in datasets
+            for b in d.blends
+        ]
 
     def _measure(self, blend, outcome: Outcome) -> BlendRun:
         if outcome.error is not None:
@@ -238,8 +250,13 @@ class Run:
         n_sources = 0 if isinstance(blend, BlendError) else len(blend.centers)
         shape = [] if isinstance(blend, BlendError) else list(blend.images.shape[1:])
         return BlendResult(
-            blend_file.dataset, blend_file.id, blend_file.sha256, n_sources, shape,
-            runs["base"], runs["head"],
+            blend_file.dataset,
+            blend_file.id,
+            blend_file.sha256,
+            n_sources,
+            shape,
+            runs["base"],
+            runs["head"],
         )
 
 

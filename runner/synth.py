@@ -154,11 +154,21 @@ def render_blend(seed: int, index: int) -> dict[str, np.ndarray]:
     truth = np.zeros(len(galaxies), dtype=MATCHED_DTYPE)
     for row, galaxy in zip(truth, galaxies, strict=True):
         disk = sersic_image(
-            canvas, galaxy.y + pad, galaxy.x + pad, 1.0, galaxy.disk_radius, galaxy.disk_q,
+            canvas,
+            galaxy.y + pad,
+            galaxy.x + pad,
+            1.0,
+            galaxy.disk_radius,
+            galaxy.disk_q,
             galaxy.disk_pa,
         )
         bulge = sersic_image(
-            canvas, galaxy.y + pad, galaxy.x + pad, 4.0, galaxy.bulge_radius, galaxy.bulge_q,
+            canvas,
+            galaxy.y + pad,
+            galaxy.x + pad,
+            4.0,
+            galaxy.bulge_radius,
+            galaxy.bulge_q,
             galaxy.bulge_pa,
         )
         disk_flux = galaxy.fluxes(galaxy.disk_colours, 1 - galaxy.bulge_fraction)

@@ -1,0 +1,51 @@
+"""A worker adapter for harness tests: a trivial deblender that misbehaves on request.
+
+The fault is read from ``images[0, 0, 0]`` of the blend, which the tests set:
+1001 raises, 1002 hangs, 1003 kills the process, 1004 returns NaNs, 1005 prints to
+stdout before answering. Otherwise the "model" is the image itself and each source's
+flux is the sum of a 5x5 box around its centre.
+"""
+
+import os
+import signal
+import time
+
+import numpy as np
+
+FAULTS = {1001.0: "raise", 1002.0: "hang", 1003.0: "crash", 1004.0: "nan", 1005.0: "print"}
+
+
+def deblend(blend, options):
+    """Deblend trivially, or fail in the way the blend asks for."""
+    started = time.perf_counter()
+    fault = FAULTS.get(float(blend["images"][0, 0, 0]))
+    if fault == "raise":
+        raise RuntimeError("the deblender gave up")
+    if fault == "hang":
+        time.sleep(3600)
+    if fault == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "print":
+        print("chatty deblender output on stdout")
+    images = blend["images"].astype(float)
+    flux = np.array(
+        [
+            images[:, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].sum(axis=(1, 2))
+            for y, x in blend["centers"]
+        ]
+    )
+    centroid = blend["centers"].astype(float)
+    model = images.copy()
+    if fault == "nan":
+        model[:, 0, 0] = np.nan
+    return {
+        "flux": flux,
+        "centroid": centroid,
+        "model": model.astype(np.float32),
+        "iterations": 1,
+        "logL": 0.0,
+        "init_logL": -1.0,
+        "init_time": 0.0,
+        "fit_time": time.perf_counter() - started,
+        "version": "faulty-1",
+    }

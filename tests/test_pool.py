@@ -1,0 +1,109 @@
+"""The worker pool under a deblender that raises, hangs, crashes, returns NaNs or prints."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from conftest import FAULTY_ADAPTER, write_blend_with
+from runner.pool import Side, Task, run_tasks
+
+FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
+
+
+def faulty_blends(synthetic_set, tmp_path):
+    source = sorted(synthetic_set.glob("*.npz"))[0]
+    images = np.load(source)["images"]
+    blends = {"fine": source}
+    for fault, code in FAULT_CODES.items():
+        changed = images.copy()
+        changed[0, 0, 0] = code
+        blends[fault] = write_blend_with(tmp_path / f"{fault}.npz", source, images=changed)
+    return blends
+
+
+def run_all(blends, tmp_path, timeout=5.0, slots=2):
+    side = Side("head", sys.executable, FAULTY_ADAPTER)
+    tasks = [Task("head", path, tmp_path / f"{name}.out.npz", {}) for name, path in blends.items()]
+    outcomes = {}
+    run_tasks(
+        tasks,
+        {"head": side},
+        tmp_path,
+        slots,
+        timeout,
+        lambda o: outcomes.__setitem__(o.task.blend, o),
+    )
+    return {name: outcomes[path] for name, path in blends.items()}
+
+
+def test_every_fault_errors_only_its_own_blend(synthetic_set, tmp_path):
+    blends = faulty_blends(synthetic_set, tmp_path)
+    started = time.monotonic()
+    outcomes = run_all(blends, tmp_path, timeout=5.0)
+    assert time.monotonic() - started < 60
+    assert outcomes["fine"].error is None
+    assert outcomes["fine"].reply["iterations"] == 1
+    assert outcomes["print"].error is None, "stdout of the deblender must not break the protocol"
+    assert outcomes["raise"].error == "RuntimeError: the deblender gave up"
+    assert "RuntimeError" in outcomes["raise"].reply["traceback"]
+    assert outcomes["hang"].error == "timed out while deblending"
+    assert "killed by signal 9" in outcomes["crash"].error
+    # NaNs are caught by the measurement step, not by the pool.
+    assert outcomes["nan"].error is None
+
+
+def test_tasks_after_a_crash_run_on_a_new_worker(synthetic_set, tmp_path):
+    blends = faulty_blends(synthetic_set, tmp_path)
+    order = {
+        "crash": blends["crash"],
+        "fine": blends["fine"],
+        "hang": blends["hang"],
+        "print": blends["print"],
+    }
+    outcomes = run_all(order, tmp_path, timeout=3.0, slots=1)
+    assert outcomes["crash"].error and outcomes["hang"].error
+    assert outcomes["fine"].error is None and outcomes["print"].error is None
+
+
+def test_a_worker_that_cannot_start_errors_its_side_with_the_reason(synthetic_set, tmp_path):
+    broken = tmp_path / "broken_adapter.py"
+    broken.write_text("import scarlet_that_does_not_exist\n")
+    side = Side("head", sys.executable, broken)
+    blends = sorted(synthetic_set.glob("*.npz"))[:3]
+    tasks = [Task("head", p, tmp_path / f"{p.stem}.out.npz", {}) for p in blends]
+    outcomes = []
+    run_tasks(tasks, {"head": side}, tmp_path, 1, 5.0, outcomes.append)
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert outcome.error.startswith("worker could not start")
+        assert "No module named 'scarlet_that_does_not_exist'" in outcome.error
+
+
+def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
+    spy = tmp_path / "spy_adapter.py"
+    spy.write_text(
+        "import json, os, sys\n"
+        f"exec(open({str(FAULTY_ADAPTER)!r}).read())\n"
+        "_deblend = deblend\n"
+        "def deblend(blend, options):\n"
+        "    result = _deblend(blend, options)\n"
+        "    result['version'] = json.dumps(sorted(os.environ))\n"
+        "    return result\n"
+    )
+    blend = sorted(synthetic_set.glob("*.npz"))[0]
+    outcomes = []
+    run_tasks(
+        [Task("head", blend, tmp_path / "out.npz", {})],
+        {"head": Side("head", sys.executable, spy)},
+        tmp_path,
+        1,
+        10.0,
+        outcomes.append,
+    )
+    seen = outcomes[0].reply["version"]
+    assert "GITHUB_APP_PRIVATE_KEY" not in seen
+    assert "OMP_NUM_THREADS" in seen
