@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from runner.npzio import write_npz
 from runner.synth import write_synthetic_set
-
-ROOT = Path(__file__).resolve().parent.parent
-HSC = ROOT.parent / "shared" / "data" / "hsc"
-FAULTY_ADAPTER = Path(__file__).parent / "adapters" / "faulty.py"
+from support import HSC
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +24,4 @@ def hsc_set1() -> Path:
     path = HSC / "set1"
     if not path.is_dir():
         pytest.skip(f"real HSC blends not found at {path}")
-    return path
-
-
-def write_blend_with(path: Path, source: Path, **changes) -> Path:
-    """Copy the blend ``source`` to ``path`` with some arrays replaced or removed."""
-    with np.load(source, allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    for key, value in changes.items():
-        if value is None:
-            del arrays[key]
-        else:
-            arrays[key] = value
-    write_npz(path, arrays)
     return path

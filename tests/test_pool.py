@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from conftest import FAULTY_ADAPTER, write_blend_with
 from runner.pool import Side, Task, run_tasks
+from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
 

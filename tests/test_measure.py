@@ -1,0 +1,103 @@
+"""Measuring a deblend against truth, with arrays whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runner.datasets import BANDS, Blend, Truth
+from runner.measure import MeasurementError, chi2_per_dof, magnitude, measure, model_hash
+
+
+def blend_with_one_source(flux=100.0):
+    shape = (len(BANDS), 20, 20)
+    variance = np.full(shape, 0.25, dtype=np.float32)
+    footprint = np.ones(shape[1:], dtype=bool)
+    footprint[5:15, 5:15] = False
+    truth = Truth(index=1, y=10.3, x=9.6, mags=tuple(27 - 2.5 * np.log10([flux] * 5)))
+    return Blend(
+        images=np.zeros(shape, dtype=np.float32),
+        variance=variance,
+        footprint=footprint,
+        psfs=np.ones((5, 3, 3), dtype=np.float32),
+        centers=np.array([[3, 3], [10, 9]]),
+        truth=(truth,),
+    )
+
+
+def arrays_for(blend, flux_of_source):
+    flux = np.full((2, 5), 50.0)
+    flux[1] = flux_of_source
+    return {
+        "flux": flux,
+        "centroid": np.array([[3.0, 3.0], [10.3 + 0.3, 9.6 + 0.4]]),
+        "model": np.ones(blend.images.shape, dtype=np.float32),
+    }
+
+
+REPLY = {"iterations": 12, "logL": -5.0, "init_logL": -50.0, "init_time": 0.1, "fit_time": 0.5}
+
+
+def test_magnitudes_errors_and_centroid_offsets():
+    blend = blend_with_one_source(flux=100.0)
+    run = measure(blend, arrays_for(blend, 100.0 / 10 ** (0.1 / 2.5)), REPLY, "x.npz")
+    (source,) = run.injected
+    assert source.index == 1
+    assert source.mag_error == pytest.approx([-0.1] * 5)
+    assert source.mag == pytest.approx([22.1] * 5)
+    assert source.centroid_offset == pytest.approx(0.5)
+    assert run.iterations == 12 and run.status == "ok"
+    assert len(run.sources) == 2 and run.sources[0].flux == [50.0] * 5
+
+
+def test_chi2_per_dof_counts_only_pixels_inside_the_footprint():
+    blend = blend_with_one_source()
+    model = np.zeros(blend.images.shape)
+    model[:, 0, 0] = 1000.0  # outside the footprint: ignored
+    model[:, 10, 10] = 1.0  # inside: (1 / 0.25) per band over 100 pixels per band
+    assert chi2_per_dof(blend, model) == pytest.approx(4 / 100)
+
+
+def test_nan_in_the_model_is_refused():
+    blend = blend_with_one_source()
+    arrays = arrays_for(blend, 100.0)
+    arrays["model"][0, 1, 1] = np.nan
+    with pytest.raises(MeasurementError, match="1 NaN value\\(s\\) in model"):
+        measure(blend, arrays, REPLY, "x.npz")
+
+
+def test_a_source_the_deblender_skipped_is_measured_as_missing():
+    blend = blend_with_one_source()
+    arrays = arrays_for(blend, 100.0)
+    arrays["flux"][1] = np.nan
+    arrays["centroid"][1] = np.nan
+    (source,) = measure(blend, arrays, REPLY, "x.npz").injected
+    assert source.mag == [None] * 5 and source.centroid_offset is None
+
+
+def test_a_partly_nan_flux_is_refused():
+    blend = blend_with_one_source()
+    arrays = arrays_for(blend, 100.0)
+    arrays["flux"][1, 2] = np.nan
+    with pytest.raises(MeasurementError, match="in flux"):
+        measure(blend, arrays, REPLY, "x.npz")
+
+
+def test_wrong_shapes_are_refused():
+    blend = blend_with_one_source()
+    arrays = arrays_for(blend, 100.0)
+    arrays["flux"] = arrays["flux"][:1]
+    with pytest.raises(MeasurementError, match="flux has shape \\(1, 5\\), expected \\(2, 5\\)"):
+        measure(blend, arrays, REPLY, "x.npz")
+
+
+def test_non_positive_flux_has_no_magnitude():
+    assert np.isnan(magnitude(np.array([0.0, -1.0]))).all()
+
+
+def test_the_model_hash_sees_one_changed_bit():
+    model = np.ones((5, 4, 4), dtype=np.float32)
+    changed = model.copy()
+    changed.view(np.uint32)[0, 0, 0] ^= 1
+    assert model_hash(model) == model_hash(model.astype(np.float64))
+    assert model_hash(model) != model_hash(changed)
