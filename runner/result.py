@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
 SCHEMA_VERSION = 1
+SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
 def finite(value: float | None) -> float | None:

@@ -1,0 +1,124 @@
+"""``python -m runner run`` end to end with a tiny package and the faulty test deblender:
+bad blends and bad revisions error alone, with reasons, and the result fits its schema."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from runner import adapters
+from runner.cli import main
+from runner.release import commit
+from runner.result import SCHEMA_FILE, RunResult
+from support import tiny_adapter, tiny_repository, write_blend_with
+
+
+@pytest.fixture
+def setup(tmp_path, synthetic_set, monkeypatch):
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(adapters.ADAPTERS, "tiny", tiny_adapter(tmp_path))
+    repo, base = tiny_repository(tmp_path / "repo")
+    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.1'\n")
+    head = commit(repo, "1.1")
+    dataset = tmp_path / "blends"
+    dataset.mkdir()
+    fine = sorted(synthetic_set.glob("*.npz"))[:3]
+    for path in fine:
+        (dataset / path.name).write_bytes(path.read_bytes())
+    images = np.load(fine[0])["images"].copy()
+    images[0, 0, 0] = 1001.0  # the faulty deblender raises
+    write_blend_with(dataset / "raises.npz", fine[0], images=images)
+    images[0, 0, 0] = 1004.0  # the faulty deblender returns a NaN model
+    write_blend_with(dataset / "nan.npz", fine[0], images=images)
+    (dataset / "truncated.npz").write_bytes(fine[0].read_bytes()[:3000])
+    return repo, base, head, dataset, tmp_path / "out"
+
+
+def run_cli(repo, head, base, dataset, out, *extra):
+    return main(
+        [
+            "run",
+            "--repo",
+            str(repo),
+            "--head",
+            head,
+            "--base",
+            base,
+            "--dataset",
+            str(dataset),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--adapter",
+            "tiny",
+            *extra,
+        ]
+    )
+
+
+def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, capsys):
+    repo, base, head, dataset, out = setup
+    assert run_cli(repo, head, base, dataset, out) == 0
+    document = json.loads((out / "result.json").read_text())
+    jsonschema.validate(document, json.loads(SCHEMA_FILE.read_text()))
+    result = RunResult.read(out / "result.json")
+    assert result.provenance.head.sha == head and result.provenance.base.sha == base
+    assert result.provenance.head.deblender_version == "1.1"
+    assert result.provenance.base.deblender_version == "1.0"
+    blends = {b.id: b for b in result.blends}
+    assert len(blends) == 6
+    for blend in blends.values():
+        assert blend.base.status == blend.head.status
+    assert blends["raises"].head.error == "RuntimeError: the deblender gave up"
+    assert "NaN value(s) in model" in blends["nan"].head.error
+    assert blends["truncated"].head.error.startswith("bad blend file: not a readable npz")
+    good = [b for b in blends.values() if b.head.status == "ok"]
+    assert len(good) == 3
+    for blend in good:
+        assert blend.head.model_hash == blend.base.model_hash
+        assert len(blend.head.injected) == blend.n_sources
+        assert (out / blend.head.arrays).exists()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_a_revision_that_does_not_exist_stops_the_run_with_one_line(setup, capsys):
+    repo, base, _, dataset, out = setup
+    assert run_cli(repo, "no-such-branch", base, dataset, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"error: revision 'no-such-branch' does not exist in {repo}"
+    assert not (out / "result.json").exists()
+
+
+def test_a_head_that_does_not_build_errors_its_side_and_base_is_still_measured(setup, capsys):
+    repo, base, _, dataset, out = setup
+    (repo / "pyproject.toml").write_text("[project\nname = broken")
+    broken = commit(repo, "break the build")
+    assert run_cli(repo, broken, base, dataset, out) == 0
+    result = RunResult.read(out / "result.json")
+    assert result.provenance.head.build.status == "failed"
+    assert "pyproject.toml" in result.provenance.head.build.log_tail
+    ok = [b for b in result.blends if b.base.status == "ok"]
+    assert len(ok) == 3
+    assert all(
+        b.head.error.startswith("head revision did not build")
+        for b in result.blends
+        if b.head.status == "errored" and b in ok
+    )
+    assert "warning: head" in capsys.readouterr().err
+
+
+def test_a_branch_as_base_is_its_merge_base(setup):
+    repo, base, head, dataset, out = setup
+    from runner.revisions import git
+
+    git(repo, "branch", "feature", head)
+    git(repo, "reset", "--quiet", "--hard", base)
+    (repo / "README").write_text("main moved on")
+    commit(repo, "main moves on")
+    assert run_cli(repo, "feature", "main", dataset, out) == 0
+    provenance = RunResult.read(out / "result.json").provenance
+    assert provenance.base.sha == base == provenance.merge_base
