@@ -79,20 +79,24 @@ def environment_key(sha: str, adapter: Adapter) -> str:
 
 
 def _steps(uv: str | None, env: Path, source: Path, adapter: Adapter) -> list[list[str]]:
+    """Create the environment, install exactly the lock (no resolution, then a check that
+    it is complete), then the revision itself without dependencies or build isolation."""
     python = str(env / "bin" / "python")
     lock = str(adapter.lock)
     if uv:
-        install = [uv, "pip", "install", "--python", python, "--no-progress"]
+        install = [uv, "pip", "install", "--python", python, "--no-progress", "--no-deps"]
         return [
             [uv, "venv", "--quiet", "--python", sys.executable, str(env)],
             [*install, "--requirement", lock],
-            [*install, "--no-deps", "--no-build-isolation", "--reinstall", str(source)],
+            [uv, "pip", "check", "--python", python],
+            [*install, "--no-build-isolation", "--reinstall", str(source)],
         ]
-    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-deps"]
     return [
         [sys.executable, "-m", "venv", str(env)],
         [*pip, "--requirement", lock],
-        [*pip, "--no-deps", "--no-build-isolation", str(source)],
+        [python, "-m", "pip", "check"],
+        [*pip, "--no-build-isolation", str(source)],
     ]
 
 

@@ -101,12 +101,14 @@ def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> Revisio
     )
 
 
-def _worker_environment(adapter: Adapter, cache: Path) -> dict[str, str]:
+def deblender_variables(adapter: Adapter, cache: Path) -> dict[str, str]:
+    """Environment variables the adapter's workers need beyond the scrubbed basics."""
     if adapter.name != "scarlet2":
         return {}
     # One XLA thread per worker (the pool gives each core a worker) and a persistent
     # compilation cache shared by runs, so only new blend shapes compile.
     return {
+        "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
         "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -184,7 +186,7 @@ class Run:
         workdir.mkdir(parents=True, exist_ok=True)
         sides = {
             name: Side(
-                name, env.python, adapter.worker_file, _worker_environment(adapter, config.cache)
+                name, env.python, adapter.worker_file, deblender_variables(adapter, config.cache)
             )
             for name, env in envs.items()
             if isinstance(env, Environment)

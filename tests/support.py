@@ -28,7 +28,7 @@ def write_blend_with(path: Path, source: Path, **changes) -> Path:
     return path
 
 
-TINY_LOCK = "setuptools==84.2.1\nwheel==0.48.0\nnumpy==2.4.6\n"
+TINY_LOCK = "setuptools==84.2.1\nwheel==0.48.0\npackaging==26.4\nnumpy==2.4.6\n"
 TINY_PYPROJECT = """[build-system]
 requires = ["setuptools"]
 build-backend = "setuptools.build_meta"

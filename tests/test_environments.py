@@ -61,3 +61,12 @@ def test_a_package_that_does_not_import_is_a_build_error(tiny):
     with pytest.raises(BuildError, match="import tinydeblender failed") as raised:
         build_environment(source, sha, adapter, cache)
     assert "broken on import" in raised.value.log_tail
+
+
+def test_a_lock_that_misses_a_dependency_is_refused_not_resolved(tiny, tmp_path):
+    repo, sha, adapter, cache = tiny
+    adapter.lock.write_text(TINY_LOCK.replace("packaging==26.4\n", ""))
+    source = checkout(repo, sha, cache / "checkouts" / sha)
+    with pytest.raises(BuildError, match="'uv pip check' exited 1") as raised:
+        build_environment(source, sha, adapter, cache)
+    assert "requires `packaging" in raised.value.log_tail

@@ -1,0 +1,91 @@
+"""scarlet v1 from a local clone of pmelchior/scarlet, through ``python -m runner run``.
+
+Needs a clone of the real repository: ``$SCARLET1_REPO``, or the mirror the team's
+machines keep at /work/.mirror/pmelchior+scarlet/repo. Skips where there is none.
+Nothing of scarlet's code lives in this repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.cli import main
+from runner.result import RunResult
+from support import HSC
+
+pytestmark = pytest.mark.scarlet1
+
+MIRROR = Path(os.environ.get("SCARLET1_REPO", "/work/.mirror/pmelchior+scarlet/repo"))
+# On master: "Init fixes #284" changes the fit; the commit before it and the tag btk-v1
+# (three commits earlier) give bit-identical models.
+BEFORE_284 = "45187fd"
+AFTER_284 = "2d1f022"
+BTK_V1 = "btk-v1"
+
+
+@pytest.fixture(scope="module")
+def scarlet1(tmp_path_factory):
+    if not MIRROR.exists():
+        pytest.skip(f"no clone of pmelchior/scarlet at {MIRROR} (set SCARLET1_REPO)")
+    if not (HSC / "set1").is_dir():
+        pytest.skip(f"real HSC blends not found at {HSC}")
+    root = tmp_path_factory.mktemp("scarlet1")
+    blends = root / "hsc-set1"
+    blends.mkdir()
+    for path in sorted((HSC / "set1").glob("*.npz"))[:4]:
+        shutil.copy(path, blends)
+    return root, blends
+
+
+def run(root, blends, head, base, name):
+    os.environ["SCARLET_REGRESSION_CACHE"] = str(root / "cache")
+    out = root / name
+    assert (
+        main(
+            [
+                "run",
+                "--repo",
+                str(MIRROR),
+                "--head",
+                head,
+                "--base",
+                base,
+                "--dataset",
+                str(blends),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return RunResult.read(out / "result.json")
+
+
+def test_a_commit_that_changes_the_fit_changes_every_model(scarlet1):
+    root, blends = scarlet1
+    result = run(root, blends, AFTER_284, BEFORE_284, "changed")
+    assert result.provenance.adapter == "scarlet1"
+    head, base = result.provenance.head, result.provenance.base
+    assert head.deblender_version.endswith(f"+g{head.sha[:7]}")
+    assert base.deblender_version.endswith(f"+g{base.sha[:7]}")
+    assert head.packages["autograd"] == "1.8.0"
+    for blend in result.blends:
+        assert blend.base.status == blend.head.status == "ok", blend
+        assert blend.base.model_hash != blend.head.model_hash
+    errors = [e for b in result.blends for s in b.head.injected for e in s.mag_error]
+    assert abs(np.median(errors)) < 0.2
+    assert np.percentile(np.abs(errors), 90) < 0.5
+
+
+def test_commits_that_do_not_touch_the_fit_give_identical_models(scarlet1):
+    root, blends = scarlet1
+    result = run(root, blends, BEFORE_284, BTK_V1, "unchanged")
+    assert result.provenance.head.build.reused, "the environment of 45187fd was built already"
+    for blend in result.blends:
+        assert blend.base.model_hash == blend.head.model_hash
+        assert blend.base.injected == blend.head.injected
