@@ -66,8 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         timeout=args.timeout,
         options=options,
+        **({"cache": args.cache} if args.cache else {}),
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     try:
         result = run(config, ProgressBar())
     except (RunError, AdapterError) as error:
@@ -107,6 +107,9 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
     runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
+    runner.add_argument(
+        "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
+    )
     runner.set_defaults(handler=_run)
 
     release = commands.add_parser(

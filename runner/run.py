@@ -3,6 +3,7 @@ both, measure each against truth and write the run result."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
@@ -124,7 +125,13 @@ class Run:
     """The state of one run while its blends are being deblended and measured."""
 
     def __init__(self, config: RunConfig, progress: Callable[[Progress], None]):
-        self.config = config
+        # Workers run elsewhere: every path they see must be absolute.
+        self.config = dataclasses.replace(
+            config,
+            out=config.out.resolve(),
+            datasets=[path.resolve() for path in config.datasets],
+            cache=config.cache.resolve(),
+        )
         self.progress = progress
         self.outcomes: dict[tuple[str, str, str], BlendRun] = {}
         self.done = 0
@@ -133,6 +140,7 @@ class Run:
     def execute(self) -> RunResult:
         """Do the run and return its result (also written to ``out/result.json``)."""
         config = self.config
+        config.out.mkdir(parents=True, exist_ok=True)
         started = now()
         self.progress(Progress("resolving revisions"))
         try:

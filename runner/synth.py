@@ -110,12 +110,12 @@ def random_galaxies(rng: np.random.Generator, size: int) -> list[Galaxy]:
     centre = size / 2 + rng.uniform(-2, 2, 2)
     while len(positions) < count:
         if positions:
-            angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(5, size / 2 - 10)
+            angle, distance = rng.uniform(0, 2 * np.pi), rng.uniform(7, size / 2 - 8)
             candidate = centre + distance * np.array([np.sin(angle), np.cos(angle)])
         else:
             candidate = centre
         inside = np.all((candidate > 8) & (candidate < size - 9))
-        apart = all(np.hypot(*(candidate - np.array(p))) >= 4 for p in positions)
+        apart = all(np.hypot(*(candidate - np.array(p))) >= 6 for p in positions)
         if inside and apart:
             positions.append((float(candidate[0]), float(candidate[1])))
     galaxies = []

@@ -118,3 +118,11 @@ def test_a_branch_as_base_is_its_merge_base(setup):
     assert run_cli(repo, "feature", "main", dataset, out) == 0
     provenance = RunResult.read(out / "result.json").provenance
     assert provenance.base.sha == base == provenance.merge_base
+
+
+def test_relative_paths_work_from_any_directory(setup, monkeypatch):
+    repo, base, head, dataset, out = setup
+    monkeypatch.chdir(out.parent)
+    assert run_cli(repo.name, head, base, dataset.name, "out") == 0
+    result = RunResult.read(out / "result.json")
+    assert sum(b.head.status == "ok" for b in result.blends) == 3

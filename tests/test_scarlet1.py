@@ -43,26 +43,10 @@ def scarlet1(tmp_path_factory):
 
 
 def run(root, blends, head, base, name):
-    os.environ["SCARLET_REGRESSION_CACHE"] = str(root / "cache")
     out = root / name
-    assert (
-        main(
-            [
-                "run",
-                "--repo",
-                str(MIRROR),
-                "--head",
-                head,
-                "--base",
-                base,
-                "--dataset",
-                str(blends),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    argv = ["run", "--repo", str(MIRROR), "--head", head, "--base", base]
+    argv += ["--dataset", str(blends), "--out", str(out), "--cache", str(root / "cache")]
+    assert main(argv) == 0
     return RunResult.read(out / "result.json")
 
 
