@@ -1,9 +1,9 @@
 """Harness overhead and parallel efficiency of ``python -m runner run``.
 
 Prints, for the same blends and one revision used as both base and head:
-- overhead = wall time of the whole run on one worker / wall time of a bare loop that
-  imports the deblender once and deblends every blend as often as the run does
-  (goal <= 1.10);
+- overhead = wall time of the whole run on one worker / wall time of the bare
+  deblender doing the same work: two processes (base and head) that each import the
+  adapter and deblend every blend once (goal <= 1.10);
 - parallel efficiency = run on one worker / (N x run on N workers), N = all cores
   (goal >= 0.85).
 Environments are built (and the JAX compilation cache filled) by a warm-up run first.
@@ -32,18 +32,15 @@ from runner.run import RunConfig, deblender_variables, default_cache, run
 from runner.synth import write_synthetic_set
 
 BARE_LOOP = """
-import sys, time
+import sys
 import numpy as np
-started = time.perf_counter()
 spec = __import__("importlib.util").util.spec_from_file_location("adapter", sys.argv[1])
 adapter = __import__("importlib.util").util.module_from_spec(spec)
 spec.loader.exec_module(adapter)
-for path in sys.argv[3:]:
+for path in sys.argv[2:]:
     with np.load(path) as archive:
         blend = {k: archive[k] for k in ("images", "variance", "footprint", "psfs", "centers")}
-    for _ in range(int(sys.argv[2])):
-        adapter.deblend(blend, {})
-print(time.perf_counter() - started)
+    adapter.deblend(blend, {})
 """
 
 
@@ -54,12 +51,13 @@ def timed_run(repo: str, rev: str, dataset: Path, out: Path, workers: int) -> fl
     return time.perf_counter() - started
 
 
-def bare_loop(python: Path, side: Side, blends: list[Path], home: Path) -> float:
-    """Wall time of deblending every blend twice in one process, with no harness."""
-    command = [str(python), "-I", "-c", BARE_LOOP, str(side.adapter_file), "2", *map(str, blends)]
+def bare_deblender(python: Path, side: Side, blends: list[Path], home: Path) -> float:
+    """Wall time of two processes, one after the other, each deblending every blend once."""
+    command = [str(python), "-I", "-c", BARE_LOOP, str(side.adapter_file), *map(str, blends)]
     env = worker_environment(side, home)
     started = time.perf_counter()
-    subprocess.run(command, check=True, env=env, cwd=home, stdout=subprocess.DEVNULL)
+    for _ in ("base", "head"):
+        subprocess.run(command, check=True, env=env, cwd=home, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
 
 
@@ -92,10 +90,10 @@ def main() -> None:
         print(f"{adapter.name} {env.deblender_version}, {len(blends)} blends, {cores} cores")
 
         timed_run(repo, sha, dataset, work / "warmup", cores)
-        bare = bare_loop(env.python, side, blends, work)
+        bare = bare_deblender(env.python, side, blends, work)
         serial = timed_run(repo, sha, dataset, work / "serial", 1)
         parallel = timed_run(repo, sha, dataset, work / "parallel", cores)
-    print(f"bare deblender loop (each blend twice): {bare:8.2f} s")
+    print(f"bare deblender (2 processes):           {bare:8.2f} s")
     print(f"harness, 1 worker:                      {serial:8.2f} s")
     print(f"harness, {cores} workers:                     {parallel:8.2f} s")
     print(f"overhead (harness / bare):              {serial / bare:8.3f}  (goal <= 1.10)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runner.adapters import ADAPTERS, AdapterError
+from runner.adapters import ADAPTERS
 from runner.run import DEFAULT_TIMEOUT, Progress, RunConfig, RunError, run
 
 
@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         result = run(config, ProgressBar())
-    except (RunError, AdapterError) as error:
+    except RunError as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
     for side in ("base", "head"):

@@ -17,7 +17,15 @@ import numpy as np
 
 from runner import revisions
 from runner.adapters import Adapter, detect_adapter, get_adapter
-from runner.datasets import BANDS, BlendError, BlendFile, Dataset, load_blend, open_datasets
+from runner.datasets import (
+    BANDS,
+    Blend,
+    BlendError,
+    BlendFile,
+    Dataset,
+    load_blend,
+    open_datasets,
+)
 from runner.environments import BuildError, Environment, build_environment
 from runner.measure import MeasurementError, measure
 from runner.pool import Outcome, Side, Task, run_tasks
@@ -75,14 +83,11 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _environment(
-    side: str, repo: Path, sha: str, adapter: Adapter, cache: Path
-) -> Environment | BuildError:
+def _environment(repo: Path, sha: str, adapter: Adapter, cache: Path) -> Environment | BuildError:
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
     try:
         return build_environment(source, sha, adapter, cache)
     except BuildError as error:
-        error.add_note(side)
         return error
 
 
@@ -117,10 +122,6 @@ def deblender_variables(adapter: Adapter, cache: Path) -> dict[str, str]:
     }
 
 
-def _errored(reason: str) -> BlendRun:
-    return BlendRun(status="errored", error=reason)
-
-
 class Run:
     """The state of one run while its blends are being deblended and measured."""
 
@@ -147,14 +148,14 @@ class Run:
             repo = revisions.local_repository(config.repo, config.cache)
             revs = revisions.resolve_pair(repo, config.head, config.base)
             datasets = open_datasets(config.datasets)
+            head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
+            adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
+            envs: dict[str, Environment | BuildError] = {}
+            for side, sha in (("base", revs.base), ("head", revs.head)):
+                self.progress(Progress(f"building {side} environment"))
+                envs[side] = _environment(repo, sha, adapter, config.cache)
         except (revisions.RevisionError, ValueError) as error:
             raise RunError(str(error)) from None
-        head_source = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
-        adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_source)
-        envs: dict[str, Environment | BuildError] = {}
-        for side, sha in (("base", revs.base), ("head", revs.head)):
-            self.progress(Progress(f"building {side} environment"))
-            envs[side] = _environment(side, repo, sha, adapter, config.cache)
         if all(isinstance(env, BuildError) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
         blends = self._deblend(datasets, envs, adapter)
@@ -199,7 +200,7 @@ class Run:
             for name, env in envs.items()
             if isinstance(env, Environment)
         }
-        loaded: dict[tuple[str, str], object] = {}
+        loaded: dict[tuple[str, str], Blend | BlendError] = {}
         tasks = []
         for blend_file in (b for d in datasets for b in d.blends):
             key = (blend_file.dataset, blend_file.id)
@@ -235,7 +236,7 @@ class Run:
             for b in d.blends
         ]
 
-    def _measure(self, blend, outcome: Outcome) -> BlendRun:
+    def _measure(self, blend: Blend, outcome: Outcome) -> BlendRun:
         if outcome.error is not None:
             return BlendRun(status="errored", error=outcome.error, wall_time=outcome.wall)
         relative = str(outcome.task.out.relative_to(self.config.out))
@@ -247,14 +248,17 @@ class Run:
             return BlendRun(status="errored", error=str(error), wall_time=outcome.wall)
 
     def _blend_result(
-        self, blend_file: BlendFile, blend, envs: dict[str, Environment | BuildError]
+        self,
+        blend_file: BlendFile,
+        blend: Blend | BlendError,
+        envs: dict[str, Environment | BuildError],
     ) -> BlendResult:
         runs = {}
         for side in SIDES:
             if isinstance(blend, BlendError):
-                runs[side] = _errored(f"bad blend file: {blend}")
+                runs[side] = BlendRun("errored", f"bad blend file: {blend}")
             elif isinstance(envs[side], BuildError):
-                runs[side] = _errored(f"{side} revision did not build: {envs[side]}")
+                runs[side] = BlendRun("errored", f"{side} revision did not build: {envs[side]}")
             else:
                 runs[side] = self.outcomes[(blend_file.dataset, blend_file.id, side)]
         n_sources = 0 if isinstance(blend, BlendError) else len(blend.centers)

@@ -86,6 +86,6 @@ def test_real_hsc_blends_are_measured_within_sane_bounds(scarlet2, tmp_path):
         assert blend.base.model_hash == blend.head.model_hash, "scarlet2 is deterministic"
         assert 0.5 < blend.head.chi2_dof < 3
         errors += [e for source in blend.head.injected for e in source.mag_error]
-        assert all(s.centroid_offset < 2 for s in blend.head.injected)
+        assert all(s.centroid_offset < 3 for s in blend.head.injected)
     assert abs(np.median(errors)) < 0.2
     assert np.max(np.abs(errors)) < 1.0
