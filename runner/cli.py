@@ -1,4 +1,4 @@
-"""``python -m runner``: synth, run and release-repo."""
+"""``python -m runner``: synth, run, compare and release-repo."""
 
 from __future__ import annotations
 
@@ -31,6 +31,36 @@ def _release_repo(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.out}: git repository of {args.requirement}, tagged {tag}")
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from runner.compare import compare, metric_names
+    from runner.config import CompareConfig, ConfigError, config_from_dict, parse_config
+    from runner.result import RunResult
+
+    try:
+        result = RunResult.read(args.result)
+        known = metric_names(result.bands)
+        if args.config:
+            config = parse_config(args.config.read_text(), known)
+        elif result.comparison is not None:
+            config = config_from_dict(result.comparison.config, known)
+        else:
+            config = CompareConfig()
+    except (OSError, ValueError, ConfigError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    result.comparison = compare(result, config)
+    result.write(args.out or args.result)
+    print(summary_line(result))
+    return 0
+
+
+def summary_line(result) -> str:
+    """One line: the verdict and its reasons."""
+    comparison = result.comparison
+    reasons = "; ".join(comparison.reasons)
+    return f"verdict: {comparison.verdict}" + (f" ({reasons})" if reasons else "")
 
 
 class ProgressBar:
@@ -83,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             )
     errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
     print(f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors")
+    print(summary_line(result))
     return 0
 
 
@@ -111,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
         "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
     )
     runner.set_defaults(handler=_run)
+
+    comparer = commands.add_parser("compare", help="compare head with base in a run result")
+    comparer.add_argument("result", type=Path, help="a run's result.json")
+    comparer.add_argument("--config", type=Path, help="a scarlet-regression.toml")
+    comparer.add_argument("--out", type=Path, help="where to write (default: in place)")
+    comparer.set_defaults(handler=_compare)
 
     release = commands.add_parser(
         "release-repo", help="make a git repository from a released sdist on PyPI"

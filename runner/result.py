@@ -137,6 +137,61 @@ class Provenance:
     finished: str
 
 
+Status = Literal["improved", "unchanged", "regressed", "inconclusive"]
+Verdict = Literal["pass", "fail", "neutral"]
+
+
+@dataclass
+class MetricComparison:
+    """Head against base on one metric.
+
+    ``delta`` is the median paired difference head - base (for timing and iteration
+    metrics: the median head/base ratio) with its bootstrap confidence interval ``ci``;
+    ``p`` is the Wilcoxon signed-rank p-value and ``p_adjusted`` the same after the
+    correction across metrics. ``change`` is how much worse head is than base in the
+    metric's own direction (negative: better), the number held against ``tolerance``.
+    """
+
+    name: str
+    label: str
+    kind: Literal["science", "timing", "errors"]
+    direction: Literal["lower", "higher", "zero"]
+    n: int
+    base: float | None
+    head: float | None
+    delta: float | None
+    ci: list[float | None]
+    p: float | None
+    p_adjusted: float | None
+    change: float | None
+    tolerance: float
+    status: Status
+
+
+@dataclass
+class BlendChange:
+    """How much one blend changed between base and head (for ranking residual plots)."""
+
+    dataset: str
+    id: str
+    identical: bool
+    chi2_dof_delta: float | None
+    mag_error_delta: float | None
+    score: float
+
+
+@dataclass
+class Comparison:
+    """The verdict on head against base, metric by metric, and why."""
+
+    verdict: Verdict
+    reasons: list[str]
+    identical_models: bool
+    metrics: list[MetricComparison]
+    blends: list[BlendChange]
+    config: dict[str, Any]
+
+
 @dataclass
 class RunResult:
     """Everything one run measured, for base and head, blend by blend."""
@@ -144,6 +199,7 @@ class RunResult:
     provenance: Provenance
     bands: list[str]
     blends: list[BlendResult]
+    comparison: Comparison | None = None
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 

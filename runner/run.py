@@ -17,6 +17,14 @@ import numpy as np
 
 from runner import revisions
 from runner.adapters import Adapter, detect_adapter, get_adapter
+from runner.compare import compare, metric_names
+from runner.config import (
+    CONFIG_PATH,
+    CompareConfig,
+    ConfigError,
+    parse_config,
+    read_repository_config,
+)
 from runner.datasets import (
     BANDS,
     Blend,
@@ -76,6 +84,17 @@ def default_cache() -> Path:
     """``$SCARLET_REGRESSION_CACHE``, or ``~/.cache/scarlet-regression``."""
     root = os.environ.get("SCARLET_REGRESSION_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "scarlet-regression"
+
+
+def load_compare_config(repo: Path, sha: str) -> CompareConfig:
+    """The comparison settings the repository keeps at ``sha``, or the defaults."""
+    text = read_repository_config(repo, sha)
+    if text is None:
+        return CompareConfig()
+    try:
+        return parse_config(text, metric_names(list(BANDS)))
+    except ConfigError as error:
+        raise ConfigError(f"{CONFIG_PATH} at {sha[:12]}: {error}") from None
 
 
 def now() -> str:
@@ -150,6 +169,7 @@ class Run:
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
+            compare_config = load_compare_config(repo, revs.head)
             envs: dict[str, Environment | BuildError] = {}
             for side, sha in (("base", revs.base), ("head", revs.head)):
                 self.progress(Progress(f"building {side} environment"))
@@ -180,6 +200,8 @@ class Run:
             bands=list(BANDS),
             blends=blends,
         )
+        self.progress(Progress("comparing"))
+        result.comparison = compare(result, compare_config)
         result.write(config.out / "result.json")
         self.progress(Progress("done", self.total, self.total))
         return result

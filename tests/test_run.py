@@ -83,7 +83,10 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
         assert blend.head.model_hash == blend.base.model_hash
         assert len(blend.head.injected) == blend.n_sources
         assert (out / blend.head.arrays).exists()
-    assert "wrote" in capsys.readouterr().out
+    assert result.comparison.identical_models
+    assert result.comparison.verdict == "neutral"
+    assert result.comparison.reasons == ["3 blend(s) errored with base and head alike"]
+    assert "verdict: neutral" in capsys.readouterr().out
 
 
 def test_a_revision_that_does_not_exist_stops_the_run_with_one_line(setup, capsys):
@@ -126,3 +129,13 @@ def test_relative_paths_work_from_any_directory(setup, monkeypatch):
     assert run_cli(repo.name, head, base, dataset.name, "out") == 0
     result = RunResult.read(out / "result.json")
     assert sum(b.head.status == "ok" for b in result.blends) == 3
+
+
+def test_an_invalid_config_in_the_head_stops_the_run_naming_the_key(setup, capsys):
+    repo, base, _, dataset, out = setup
+    (repo / ".github").mkdir()
+    (repo / ".github" / "scarlet-regression.toml").write_text("[metrics.chi2]\ntolerance = 1\n")
+    head = commit(repo, "a config with a typo")
+    assert run_cli(repo, head, base, dataset, out) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: .github/scarlet-regression.toml at {head[:12]}: unknown metric")

@@ -68,6 +68,11 @@ def test_a_flux_bias_in_the_head_shows_in_its_measurements(scarlet2, synthetic_s
     expected = 2.5 * np.log10(BIAS)
     assert np.median(shifts) == pytest.approx(expected, abs=0.02)
     assert abs(np.median(base_errors)) < 0.2
+    # The fit makes every source fainter while the base already measures them a little
+    # too faint: in every band the error moves away from zero.
+    assert result.comparison.verdict == "fail"
+    regressed = {m.name for m in result.comparison.metrics if m.status == "regressed"}
+    assert regressed >= {f"mag_error_{band}" for band in "grizy"}
 
 
 @pytest.mark.hsc
@@ -89,3 +94,4 @@ def test_real_hsc_blends_are_measured_within_sane_bounds(scarlet2, tmp_path):
         assert all(s.centroid_offset < 3 for s in blend.head.injected)
     assert abs(np.median(errors)) < 0.2
     assert np.max(np.abs(errors)) < 1.0
+    assert result.comparison.identical_models and result.comparison.verdict == "pass"
