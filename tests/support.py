@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,16 @@ import numpy as np
 from runner.adapters import Adapter
 from runner.npzio import write_npz
 from runner.release import commit
+from runner.result import (
+    BlendResult,
+    BlendRun,
+    Build,
+    DatasetInfo,
+    InjectedSource,
+    Provenance,
+    RevisionInfo,
+    RunResult,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 HSC = ROOT.parent / "shared" / "data" / "hsc"
@@ -53,3 +64,67 @@ def tiny_adapter(folder: Path, worker_file: Path = FAULTY_ADAPTER) -> Adapter:
     lock = folder / "tiny-lock.txt"
     lock.write_text(TINY_LOCK)
     return Adapter("tiny", "tinydeblender", lock, worker_file)
+
+
+BANDS = ["g", "r", "i", "z", "y"]
+
+
+def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResult:
+    """Base and head with identical science and timing that differs by machine noise only."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for index in range(blends):
+        injected = [
+            InjectedSource(
+                index=k,
+                y=10.0,
+                x=10.0,
+                mag_true=[22.0] * 5,
+                mag=[22.0] * 5,
+                mag_error=list(rng.normal(0.03, 0.08, 5)),
+                centroid_offset=float(abs(rng.normal(0.5, 0.2))),
+            )
+            for k in range(sources)
+        ]
+        fit = float(rng.uniform(0.5, 3.0))
+        base = BlendRun(
+            status="ok",
+            init_time=0.1 * fit,
+            fit_time=fit,
+            iterations=int(rng.integers(20, 100)),
+            logL=float(rng.uniform(5e3, 3e4)),
+            init_logL=float(rng.uniform(1e3, 5e3)),
+            chi2_dof=float(rng.normal(1.0, 0.05)),
+            model_hash=f"{index:064x}",
+            injected=injected,
+        )
+        head = copy.deepcopy(base)
+        noise = float(np.exp(rng.normal(0, timing_noise)))
+        head.fit_time, head.init_time = base.fit_time * noise, base.init_time * noise
+        results.append(BlendResult("set", f"b{index}", "0" * 64, sources, [40, 40], base, head))
+    revision = RevisionInfo("main", "a" * 40, Build("ok"))
+    datasets = [DatasetInfo("set", "/data/set", "c" * 64, blends)]
+    provenance = Provenance(
+        "repo",
+        "scarlet1",
+        "lock",
+        revision,
+        copy.deepcopy(revision),
+        None,
+        datasets,
+        {},
+        "0",
+        "",
+        "",
+        "",
+    )
+    return RunResult(provenance, BANDS, results)
+
+
+def shift_head(result: RunResult, band: int, shift: float) -> RunResult:
+    """Head's magnitude errors in ``band`` moved by ``shift``; its models therefore differ."""
+    for blend in result.blends:
+        blend.head.model_hash = "f" * 64
+        for source in blend.head.injected:
+            source.mag_error[band] += shift
+    return result

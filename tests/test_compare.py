@@ -3,77 +3,16 @@ one band fails, the same bias the good way improves, identical code passes."""
 
 from __future__ import annotations
 
-import copy
 import json
 
 import jsonschema
-import numpy as np
 import pytest
 
 from runner.cli import main
 from runner.compare import compare, identical_models, metric_names
 from runner.config import CompareConfig, ConfigError, parse_config
-from runner.result import (
-    SCHEMA_FILE,
-    BlendResult,
-    BlendRun,
-    Build,
-    InjectedSource,
-    Provenance,
-    RevisionInfo,
-    RunResult,
-)
-
-BANDS = ["g", "r", "i", "z", "y"]
-
-
-def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResult:
-    """Base and head with identical science and timing that differs by machine noise only."""
-    rng = np.random.default_rng(seed)
-    results = []
-    for index in range(blends):
-        injected = [
-            InjectedSource(
-                index=k,
-                y=10.0,
-                x=10.0,
-                mag_true=[22.0] * 5,
-                mag=[22.0] * 5,
-                mag_error=list(rng.normal(0.03, 0.08, 5)),
-                centroid_offset=float(abs(rng.normal(0.5, 0.2))),
-            )
-            for k in range(sources)
-        ]
-        fit = float(rng.uniform(0.5, 3.0))
-        base = BlendRun(
-            status="ok",
-            init_time=0.1 * fit,
-            fit_time=fit,
-            iterations=int(rng.integers(20, 100)),
-            logL=float(rng.uniform(5e3, 3e4)),
-            init_logL=float(rng.uniform(1e3, 5e3)),
-            chi2_dof=float(rng.normal(1.0, 0.05)),
-            model_hash=f"{index:064x}",
-            injected=injected,
-        )
-        head = copy.deepcopy(base)
-        noise = float(np.exp(rng.normal(0, timing_noise)))
-        head.fit_time, head.init_time = base.fit_time * noise, base.init_time * noise
-        results.append(BlendResult("set", f"b{index}", "0" * 64, sources, [40, 40], base, head))
-    revision = RevisionInfo("main", "a" * 40, Build("ok"))
-    provenance = Provenance(
-        "repo", "scarlet1", "lock", revision, copy.deepcopy(revision), None, [], {}, "0", "", "", ""
-    )
-    return RunResult(provenance, BANDS, results)
-
-
-def shift_head(result: RunResult, band: int, shift: float) -> RunResult:
-    """Head's magnitude errors in ``band`` moved by ``shift``; its models therefore differ."""
-    for blend in result.blends:
-        blend.head.model_hash = "f" * 64
-        for source in blend.head.injected:
-            source.mag_error[band] += shift
-    return result
+from runner.result import SCHEMA_FILE, BlendRun, Build, RunResult
+from support import BANDS, shift_head, synthetic_result
 
 
 def by_name(comparison):

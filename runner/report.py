@@ -1,0 +1,368 @@
+"""Render a compared run result: the PR comment, the check run's output, an HTML page.
+
+Pure functions from a ``RunResult`` (with its ``comparison``) and the addresses of its
+artifacts to text. No numpy, no I/O, no GitHub calls: the bot and the runner's
+``--report`` both use them. Everything fits GitHub's limits however large the input:
+past them, the least important parts go first, then a pointer to the full report.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from runner.result import BlendResult, Comparison, MetricComparison, RunResult
+
+MARKER = "<!-- scarlet-regression:report -->"
+COMMENT_LIMIT = 65_536
+CHECK_LIMIT = 65_535
+TITLE_LIMIT = 250
+INLINE_IMAGES = 3
+DETAIL_IMAGES = 12
+VERDICT_ICONS = {"pass": "✅", "fail": "❌", "neutral": "⚠️"}
+STATUS_ICONS = {"improved": "🟢", "unchanged": "⚪", "regressed": "🔴", "inconclusive": "🟡"}
+STATUS_ORDER = {"regressed": 0, "improved": 1, "inconclusive": 2, "unchanged": 3}
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where the full report, the trends and the residual images of a run live."""
+
+    report: str | None = None
+    trends: str | None = None
+    history: str | None = None
+    images: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def _number(value: float | None, sign: bool = False) -> str:
+    """Four significant digits (signed differences: four decimals); thousands grouped."""
+    if value is None:
+        return "–"
+    plus = "+" if sign else ""
+    if abs(value) >= 1000:
+        return f"{value:{plus},.0f}"
+    if sign and (value == 0 or abs(value) >= 1e-4):
+        return f"{value:+.4f}"
+    return f"{value:{plus}.4g}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def format_delta(metric: MetricComparison) -> str:
+    """The change of a metric as people read it: ×ratio, relative %, or a signed difference."""
+    if metric.delta is None:
+        return "–"
+    if metric.name in ("init_time", "runtime_per_source", "iterations"):
+        return f"×{metric.delta:.3f}"
+    if metric.name in ("logL", "init_logL"):
+        return f"{metric.delta * 100:+.3f}%"
+    if metric.name == "errored_blends":
+        return f"{metric.delta:+.0f}"
+    return _number(metric.delta, sign=True)
+
+
+def format_ci(metric: MetricComparison) -> str:
+    """The confidence interval in the units of ``format_delta``."""
+    low, high = metric.ci
+    if low is None or high is None:
+        return "–"
+    if metric.name in ("init_time", "runtime_per_source", "iterations"):
+        return f"[×{low:.3f}, ×{high:.3f}]"
+    if metric.name in ("logL", "init_logL"):
+        return f"[{low * 100:+.3f}%, {high * 100:+.3f}%]"
+    return f"[{_number(low, sign=True)}, {_number(high, sign=True)}]"
+
+
+def headline(result: RunResult) -> str:
+    """One line: verdict and reasons."""
+    comparison = _comparison(result)
+    reasons = "; ".join(comparison.reasons)
+    return f"{comparison.verdict}" + (f": {reasons}" if reasons else "")
+
+
+def _comparison(result: RunResult) -> Comparison:
+    if result.comparison is None:
+        raise ValueError("the run result has no comparison: run `python -m runner compare`")
+    return result.comparison
+
+
+def _provenance_line(result: RunResult) -> str:
+    p = result.provenance
+    merge = " (merge-base)" if p.merge_base else ""
+    sets = ", ".join(f"{d.name} ({d.blends})" for d in p.datasets)
+    version = p.head.deblender_version or p.head.build.status
+    errored = sum(b.head.status == "errored" or b.base.status == "errored" for b in result.blends)
+    return (
+        f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge} · {p.adapter} {version}"
+        f" · {len(result.blends)} blends: {sets}" + (f" · {errored} errored" if errored else "")
+    )
+
+
+def _links_line(links: Links) -> str:
+    parts = [
+        f"[{name}]({url})"
+        for name, url in (
+            ("Full report", links.report),
+            ("Trends", links.trends),
+            ("History", links.history),
+        )
+        if url
+    ]
+    return " · ".join(parts)
+
+
+def metric_rows(comparison: Comparison) -> list[MetricComparison]:
+    """Metrics in reading order: regressions, improvements, inconclusive, unchanged."""
+    return sorted(comparison.metrics, key=lambda m: STATUS_ORDER[m.status])
+
+
+def _metric_row(metric: MetricComparison) -> str:
+    icon = STATUS_ICONS[metric.status]
+    label = metric.label.replace("|", "\\|")
+    return (
+        f"| {label} | {_number(metric.base)} | {_number(metric.head)} | "
+        f"{format_delta(metric)} | {format_ci(metric)} | {_p(metric.p_adjusted)} | "
+        f"{icon} {metric.status} |"
+    )
+
+
+TABLE_HEAD = (
+    "| metric | base | head | Δ | 95% CI | p (adj.) | status |\n|---|---:|---:|---:|---|---:|---|"
+)
+
+
+def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
+    """A Markdown table of metrics, cut short (with a note) past ``budget`` characters."""
+    lines, size = [TABLE_HEAD], len(TABLE_HEAD)
+    for index, metric in enumerate(metrics):
+        row = _metric_row(metric)
+        if size + len(row) + 1 > budget:
+            lines.append(f"| … {len(metrics) - index} more in the full report | | | | | | |")
+            break
+        lines.append(row)
+        size += len(row) + 1
+    return "\n".join(lines)
+
+
+def _caption(change) -> str:
+    parts = [f"**{change.id}** ({change.dataset})"]
+    if change.identical:
+        parts.append("identical")
+    if change.chi2_dof_delta is not None:
+        parts.append(f"Δχ²/dof {change.chi2_dof_delta:+.3f}")
+    if change.mag_error_delta is not None:
+        parts.append(f"max |Δmag| {change.mag_error_delta:.3f}")
+    return " · ".join(parts)
+
+
+def _image(change, links: Links) -> str | None:
+    url = links.images.get((change.dataset, change.id))
+    if url is None:
+        return None
+    return f"{_caption(change)}\n\n![residuals of {change.id}]({url})"
+
+
+def _errors(result: RunResult, limit: int = 50) -> str:
+    rows = []
+    for blend in result.blends:
+        for side in ("base", "head"):
+            run = getattr(blend, side)
+            if run.status == "errored":
+                reason = (run.error or "").splitlines()[0][:200] if run.error else ""
+                rows.append(f"- `{blend.dataset}/{blend.id}` {side}: {reason}")
+    if not rows:
+        return ""
+    shown = rows[:limit]
+    if len(rows) > limit:
+        shown.append(f"- … and {len(rows) - limit} more (see the full report)")
+    summary = f"<details><summary>{len(rows)} errored deblend(s)</summary>"
+    return summary + "\n\n" + "\n".join(shown) + "\n\n</details>"
+
+
+def _fit(parts: list[str], limit: int, tail: str) -> str:
+    """Join ``parts`` (most important first) and ``tail``; drop parts from the end to fit."""
+    kept = list(parts)
+    while kept:
+        text = "\n\n".join([*kept, tail])
+        if len(text) <= limit:
+            return text
+        kept.pop()
+    return tail[:limit]
+
+
+def comment(result: RunResult, links: Links) -> str:
+    """The PR comment: marker, headline, metric table, residual images, links."""
+    comparison = _comparison(result)
+    icon = VERDICT_ICONS[comparison.verdict]
+    title = f"{MARKER}\n## {icon} scarlet regression: {headline(result)}"
+    intro = _provenance_line(result)
+    link_line = _links_line(links)
+    if comparison.identical_models:
+        intro += "\n\nEvery model is bit-identical to base's: the science is unchanged."
+    rows = metric_rows(comparison)
+    changed = [m for m in rows if m.status != "unchanged"]
+    unchanged = [m for m in rows if m.status == "unchanged"]
+    parts = [title, intro + (f"\n\n{link_line}" if link_line else "")]
+    parts.append(metric_table(changed) if changed else "No metric changed beyond its tolerance.")
+    if unchanged:
+        parts.append(
+            f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
+            + metric_table(unchanged)
+            + "\n\n</details>"
+        )
+    images = [i for i in (_image(c, links) for c in comparison.blends) if i]
+    if images:
+        parts.append(
+            "### Residuals, most changed first\n"
+            "observed · base · head · base residual · head residual · head − base\n\n"
+            + "\n\n".join(images[:INLINE_IMAGES])
+        )
+    if len(images) > INLINE_IMAGES:
+        more = images[INLINE_IMAGES:DETAIL_IMAGES]
+        parts.append(
+            f"<details><summary>{len(more)} more residual comparison(s)</summary>\n\n"
+            + "\n\n".join(more)
+            + "\n\n</details>"
+        )
+    errors = _errors(result)
+    if errors:
+        parts.append(errors)
+    full = f" · [full report]({links.report})" if links.report else ""
+    tail = f"<sub>scarlet-regression {result.provenance.runner_version}{full}</sub>"
+    return _fit(parts, COMMENT_LIMIT, tail)
+
+
+@dataclass(frozen=True)
+class CheckRunOutput:
+    """The ``output`` of a check run."""
+
+    title: str
+    summary: str
+    text: str
+
+
+def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
+    """Title, summary and text of the check run, each within GitHub's limits."""
+    comparison = _comparison(result)
+    title = headline(result)
+    if len(title) > TITLE_LIMIT:
+        title = title[: TITLE_LIMIT - 1] + "…"
+    link_line = _links_line(links)
+    summary_parts = [_provenance_line(result) + (f"\n\n{link_line}" if link_line else "")]
+    summary_parts.append(metric_table(metric_rows(comparison)))
+    pointer = f"Full report: {links.report}" if links.report else "See the run result."
+    summary = _fit(summary_parts, CHECK_LIMIT, pointer)
+    blend_lines = [
+        f"| {c.dataset} | {c.id} | {'yes' if c.identical else 'no'} | "
+        f"{_number(c.chi2_dof_delta, sign=True)} | {_number(c.mag_error_delta)} |"
+        for c in comparison.blends
+    ]
+    text_parts = []
+    errors = _errors(result)
+    if errors:
+        text_parts.append(errors)
+    if blend_lines:
+        text_parts.append(
+            "| set | blend | identical | Δχ²/dof | max abs Δmag |\n|---|---|---|---:|---:|\n"
+            + "\n".join(blend_lines)
+        )
+    text = _fit(text_parts, CHECK_LIMIT, pointer)
+    return CheckRunOutput(title, summary, text)
+
+
+def _cell(value: object) -> str:
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def _blend_row(blend: BlendResult, change) -> str:
+    cells = [blend.dataset, blend.id, blend.n_sources, blend.base.status, blend.head.status]
+    cells += [_number(blend.base.chi2_dof), _number(blend.head.chi2_dof)]
+    cells += [_number(change.mag_error_delta) if change else "–"]
+    error = blend.head.error or blend.base.error or ""
+    return "<tr>" + "".join(_cell(c) for c in [*cells, error[:300]]) + "</tr>"
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #1f2328; }
+table { border-collapse: collapse; margin: 1em 0; }
+td, th { border: 1px solid #d0d7de; padding: 3px 8px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+figure { margin: 1.5em 0; } img { max-width: 100%; }
+.pass { color: #1a7f37; } .fail { color: #cf222e; } .neutral { color: #9a6700; }
+code { background: #f6f8fa; padding: 1px 4px; }
+"""
+
+
+def html_report(result: RunResult, links: Links) -> str:
+    """A standalone HTML page with every comparison, every blend and every image."""
+    comparison = _comparison(result)
+    esc = html.escape
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            _cell(v)
+            for v in (
+                m.label,
+                _number(m.base),
+                _number(m.head),
+                format_delta(m),
+                format_ci(m),
+                _p(m.p),
+                _p(m.p_adjusted),
+                m.tolerance,
+                f"{STATUS_ICONS[m.status]} {m.status}",
+            )
+        )
+        + "</tr>"
+        for m in metric_rows(comparison)
+    )
+    changes = {(c.dataset, c.id): c for c in comparison.blends}
+    blends = "".join(_blend_row(b, changes.get((b.dataset, b.id))) for b in result.blends)
+    figures = "".join(
+        f'<figure><img src="{esc(links.images[(c.dataset, c.id)])}" alt="residuals of '
+        f'{esc(c.id)}"><figcaption>{esc(_caption(c).replace("**", ""))}</figcaption></figure>'
+        for c in comparison.blends
+        if (c.dataset, c.id) in links.images
+    )
+    p = result.provenance
+    provenance = "".join(
+        f"<tr><th>{esc(k)}</th>{_cell(v)}</tr>"
+        for k, v in (
+            ("repository", p.repository),
+            ("head", f"{p.head.rev} {p.head.sha} ({p.head.deblender_version})"),
+            ("base", f"{p.base.rev} {p.base.sha} ({p.base.deblender_version})"),
+            ("merge-base", p.merge_base or "–"),
+            ("adapter", p.adapter),
+            ("numpy / Python", f"{p.head.numpy_version} / {p.head.python_version}"),
+            ("lock", p.lock),
+            ("datasets", ", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets)),
+            ("started / finished", f"{p.started} / {p.finished}"),
+        )
+    )
+    title = f"scarlet regression: {headline(result)}"
+    links_html = " · ".join(
+        f'<a href="{esc(url)}">{name}</a>'
+        for name, url in (("Trends", links.trends), ("History", links.history))
+        if url
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>{STYLE}</style></head><body>
+<h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
+<p>{esc(_provenance_line(result).replace("`", ""))}</p><p>{links_html}</p>
+<h2>Metrics</h2>
+<table><tr><th>metric</th><th>base</th><th>head</th><th>Δ</th><th>95% CI</th><th>p</th>
+<th>p (adj.)</th><th>tolerance</th><th>status</th></tr>{rows}</table>
+<h2>Residuals, most changed first</h2>
+<p>observed · base model · head model · base residual · head residual · head − base</p>
+{figures or "<p>No residual comparisons.</p>"}
+<h2>Blends</h2>
+<table><tr><th>set</th><th>blend</th><th>sources</th><th>base</th><th>head</th>
+<th>χ²/dof base</th><th>χ²/dof head</th><th>max |Δmag|</th><th>error</th></tr>{blends}</table>
+<h2>Provenance</h2><table>{provenance}</table>
+</body></html>
+"""
