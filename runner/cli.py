@@ -53,7 +53,19 @@ def _compare(args: argparse.Namespace) -> int:
     result.comparison = compare(result, config)
     result.write(args.out or args.result)
     print(summary_line(result))
+    if args.report:
+        _write_report(result, args.result.parent, args.report)
     return 0
+
+
+def _write_report(result, run_dir: Path, out: Path) -> None:
+    from runner.publish import write_report
+
+    files = write_report(result, run_dir, out)
+    print(
+        f"wrote the report to {out}: {', '.join(sorted(p.name for p in files[:3]))}, "
+        f"{len(files) - 3} residual image(s)"
+    )
 
 
 def summary_line(result) -> str:
@@ -114,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
     errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
     print(f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors")
     print(summary_line(result))
+    if args.report:
+        _write_report(result, args.out, args.report)
     return 0
 
 
@@ -138,6 +152,7 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
     runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
+    runner.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
     runner.add_argument(
         "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
     )
@@ -147,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     comparer.add_argument("result", type=Path, help="a run's result.json")
     comparer.add_argument("--config", type=Path, help="a scarlet-regression.toml")
     comparer.add_argument("--out", type=Path, help="where to write (default: in place)")
+    comparer.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
     comparer.set_defaults(handler=_compare)
 
     release = commands.add_parser(

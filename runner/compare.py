@@ -391,5 +391,9 @@ def _verdict(result: RunResult, comparisons: list[MetricComparison]) -> tuple[st
     both = sum(b.base.status == b.head.status == "errored" for b in result.blends)
     if both:
         return "neutral", [f"{both} blend(s) errored with base and head alike"]
-    improved = [c.label for c in comparisons if c.status == "improved"]
-    return "pass", [f"improved: {', '.join(improved)}"] if improved else []
+    reasons = []
+    for status in ("improved", "inconclusive"):
+        labels = [c.label for c in comparisons if c.status == status]
+        if labels:
+            reasons.append(f"{status}: {', '.join(labels)}")
+    return "pass", reasons

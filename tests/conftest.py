@@ -9,6 +9,8 @@ import pytest
 from runner.synth import write_synthetic_set
 from support import HSC
 
+pytest_plugins = ["gcs_emulator"]
+
 
 @pytest.fixture(scope="session")
 def synthetic_set(tmp_path_factory) -> Path:

@@ -1,0 +1,59 @@
+"""Residual comparison images into an artifact store, and the report written beside them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from runner.report import DETAIL_IMAGES, Links, check_run_output, comment, html_report
+from runner.residuals import render_blend
+from runner.result import BlendChange, RunResult
+from runner.store import ArtifactStore, LocalStore
+
+
+def caption(change: BlendChange) -> str:
+    """The caption of a blend's residual comparison: id and metric deltas."""
+    parts = [f"{change.dataset}/{change.id}"]
+    if change.identical:
+        parts.append("identical models")
+    if change.chi2_dof_delta is not None:
+        parts.append(f"Δχ²/dof {change.chi2_dof_delta:+.3f}")
+    if change.mag_error_delta is not None:
+        parts.append(f"max |Δmag| {change.mag_error_delta:.3f}")
+    return " · ".join(parts)
+
+
+def store_residual_images(
+    result: RunResult, run_dir: Path, store: ArtifactStore, limit: int = DETAIL_IMAGES
+) -> dict[tuple[str, str], str]:
+    """Render the ``limit`` most changed blends and store them; their keys by (set, id)."""
+    if result.comparison is None:
+        raise ValueError("the run result has no comparison")
+    blends = {(b.dataset, b.id): b for b in result.blends}
+    folders = {d.name: Path(d.path) for d in result.provenance.datasets}
+    keys = {}
+    for change in result.comparison.blends[:limit]:
+        blend = blends[(change.dataset, change.id)]
+        path = folders[change.dataset] / f"{change.id}.npz"
+        png = render_blend(run_dir, blend, path, caption(change))
+        keys[(change.dataset, change.id)] = store.put_image(png)
+    return keys
+
+
+def write_report(result: RunResult, run_dir: Path, out: Path) -> list[Path]:
+    """Write the comment, the check run's output, the HTML page and their images to
+    ``out`` (a local store: images under ``out/images``); return the files written."""
+    store = LocalStore(Path(out))
+    keys = store_residual_images(result, run_dir, store)
+    links = Links(report="report.html", images=keys)
+    output = check_run_output(result, links)
+    documents = {
+        "comment.md": comment(result, links),
+        "check-run.json": json.dumps(asdict(output), indent=1, ensure_ascii=False),
+        "report.html": html_report(result, links),
+    }
+    for name, text in documents.items():
+        content_type = "text/html" if name.endswith("html") else "text/plain"
+        store.put(name, text.encode(), f"{content_type}; charset=utf-8")
+    return [Path(out) / name for name in [*documents, *keys.values()]]

