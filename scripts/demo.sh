@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set everything up and run the runner on a synthetic blend set against the scarlet2
-# release on PyPI; the run result lands in demo/result/result.json.
+# release on PyPI: the run result lands in demo/result/result.json, the PR comment, the
+# check run's output and the HTML report (with residual images) in demo/report/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
@@ -12,4 +13,4 @@ if [ ! -d demo/scarlet2 ]; then
 fi
 TAG="$(git -C demo/scarlet2 describe --tags --abbrev=0)"
 .venv/bin/python -m runner run --repo demo/scarlet2 --head "$TAG" --base "$TAG" \
-    --dataset demo/synth --out demo/result
+    --dataset demo/synth --out demo/result --report demo/report

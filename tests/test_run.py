@@ -3,6 +3,7 @@ bad blends and bad revisions error alone, with reasons, and the result fits its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import jsonschema
@@ -12,6 +13,7 @@ import pytest
 from runner import adapters
 from runner.cli import main
 from runner.release import commit
+from runner.report import MARKER
 from runner.result import SCHEMA_FILE, RunResult
 from runner.revisions import git
 from support import tiny_adapter, tiny_repository, write_blend_with
@@ -139,3 +141,25 @@ def test_an_invalid_config_in_the_head_stops_the_run_naming_the_key(setup, capsy
     assert run_cli(repo, head, base, dataset, out) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: .github/scarlet-regression.toml at {head[:12]}: unknown metric")
+
+
+def test_report_writes_comment_check_run_and_page_with_residual_images(setup, capsys):
+    repo, base, head, dataset, out = setup
+    report = out.parent / "report"
+    assert run_cli(repo, head, base, dataset, out, "--report", str(report)) == 0
+    result = RunResult.read(out / "result.json")
+    comment = (report / "comment.md").read_text()
+    assert comment.startswith(MARKER)
+    images = sorted((report / "images").glob("*.png"))
+    assert len(images) == 3, "one residual comparison per blend both sides deblended"
+    for image in images:
+        assert image.name == f"{hashlib.sha256(image.read_bytes()).hexdigest()}.png"
+        assert f"](images/{image.name})" in comment
+        assert f'src="images/{image.name}"' in (report / "report.html").read_text()
+    output = json.loads((report / "check-run.json").read_text())
+    assert output["title"] == "neutral: 3 blend(s) errored with base and head alike"
+    assert result.comparison.verdict == "neutral"
+    # Storing the same run's images again adds nothing.
+    before = sum(p.stat().st_size for p in images)
+    assert main(["compare", str(out / "result.json"), "--report", str(report)]) == 0
+    assert sum(p.stat().st_size for p in (report / "images").glob("*.png")) == before

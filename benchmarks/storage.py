@@ -1,0 +1,78 @@
+"""Bytes a run adds to the artifact store.
+
+    python benchmarks/storage.py RUN_DIR [RUN_DIR ...]
+
+For each run directory (a ``result.json`` with its arrays, e.g. from ``python -m runner
+run``), stores its residual comparisons (every blend deblended by both sides), its
+report and its result into a fresh local store, then stores them again, and prints the
+bytes each pass added. Goal: a run whose residual blends all changed adds at most 25 %
+of the 1.5 MB per PR that the original approach committed to git; storing unchanged
+images again adds nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from runner.compare import compare
+from runner.config import CompareConfig
+from runner.publish import store_residual_images
+from runner.report import Links, check_run_output, comment, html_report
+from runner.result import RunResult
+from runner.store import LocalStore, store_run
+
+ORIGINAL_BYTES_PER_PR = 1.5e6
+
+
+def stored_bytes(root: Path) -> int:
+    """Bytes of every object in a local store (its bookkeeping excluded)."""
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and ".store" not in p.parts)
+
+
+def store_everything(result: RunResult, run_dir: Path, store: LocalStore) -> None:
+    """What a run publishes: residual images, report documents and the result."""
+    keys = store_residual_images(result, run_dir, store, limit=len(result.blends))
+    links = Links(images={k: store.url(v) for k, v in keys.items()})
+    report = run_dir / "report"
+    report.mkdir(exist_ok=True)
+    (report / "comment.md").write_text(comment(result, links))
+    (report / "report.html").write_text(html_report(result, links))
+    (report / "check-run.json").write_text(json.dumps(asdict(check_run_output(result, links))))
+    store_run(store, run_dir, "owner/scarlet", 1, result.provenance.head.sha)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories")
+    args = parser.parse_args()
+    for run_dir in args.runs:
+        result = RunResult.read(run_dir / "result.json")
+        if result.comparison is None:
+            result.comparison = compare(result, CompareConfig())
+        changed = sum(not c.identical for c in result.comparison.blends)
+        with tempfile.TemporaryDirectory() as tmp:
+            store = LocalStore(Path(tmp))
+            store_everything(result, run_dir, store)
+            first = stored_bytes(Path(tmp))
+            images = stored_bytes(Path(tmp) / "images")
+            count = len(list((Path(tmp) / "images").iterdir()))
+            store_everything(result, run_dir, store)
+            again = stored_bytes(Path(tmp) / "images") - images
+        print(f"{run_dir}: {len(result.comparison.blends)} residual blends, {changed} changed")
+        print(
+            f"  first store:  {first / 1e3:8.1f} KB ({count} images {images / 1e3:.1f} KB, "
+            f"{images / max(count, 1) / 1e3:.1f} KB each)"
+        )
+        print(f"  images added by storing the same run again: {again} bytes")
+        print(
+            f"  fraction of the original 1.5 MB per PR: {first / ORIGINAL_BYTES_PER_PR:.1%}"
+            "  (goal <= 25%)"
+        )
+
+
+if __name__ == "__main__":
+    main()
