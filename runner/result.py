@@ -204,8 +204,8 @@ class RunResult:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
-        """The result as JSON text."""
-        return json.dumps(dataclasses.asdict(self), indent=1, allow_nan=False)
+        """The result as compact JSON text."""
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), allow_nan=False)
 
     def write(self, path: Path) -> None:
         """Write the result to ``path`` atomically."""
