@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -75,6 +76,14 @@ def summary_line(result) -> str:
     return f"verdict: {comparison.verdict}" + (f" ({reasons})" if reasons else "")
 
 
+class JsonProgress:
+    """Progress as one JSON object per line on stdout, for the bot."""
+
+    def __call__(self, progress: Progress) -> None:
+        line = {"phase": progress.phase, "done": progress.done, "total": progress.total}
+        print(json.dumps(line), flush=True)
+
+
 class ProgressBar:
     """Phases as lines on stderr, deblending as a tqdm bar."""
 
@@ -110,11 +119,15 @@ def _run(args: argparse.Namespace) -> int:
         options=options,
         **({"cache": args.cache} if args.cache else {}),
     )
+    if args.store and not args.repository:
+        print("error: --store needs --repository owner/name", file=sys.stderr)
+        return 2
     try:
-        result = run(config, ProgressBar())
+        result = run(config, JsonProgress() if args.progress_json else ProgressBar())
     except RunError as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
+    report = sys.stderr if args.progress_json else sys.stdout
     for side in ("base", "head"):
         info = getattr(result.provenance, side)
         if info.build.status == "failed":
@@ -124,10 +137,28 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
-    print(f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors")
-    print(summary_line(result))
+    print(
+        f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors",
+        file=report,
+    )
+    print(summary_line(result), file=report)
     if args.report:
         _write_report(result, args.out, args.report)
+    published = None
+    if args.store:
+        from runner.publish import publish_run
+        from runner.store import StoreError, open_store
+
+        try:
+            publish_run(result, args.out, open_store(args.store), args.repository, args.pr)
+        except (StoreError, ValueError) as error:
+            print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
+            return 3
+        published = str((args.out / "published.json").resolve())
+    if args.progress_json:
+        result_path = str((args.out / "result.json").resolve())
+        finished = {"phase": "finished", "result": result_path, "published": published}
+        print(json.dumps(finished), flush=True)
     return 0
 
 
@@ -153,6 +184,12 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
     runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
     runner.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
+    runner.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
+    runner.add_argument("--repository", help="owner/name the run is stored under")
+    runner.add_argument("--pr", type=int, help="pull request number the run is stored under")
+    runner.add_argument(
+        "--progress-json", action="store_true", help="progress as JSON lines on stdout"
+    )
     runner.add_argument(
         "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 from runner.report import DETAIL_IMAGES, Links, check_run_output, comment, html_report
 from runner.residuals import render_blend
 from runner.result import BlendChange, RunResult
-from runner.store import ArtifactStore, LocalStore
+from runner.store import ArtifactStore, LocalStore, run_prefix, store_run
 
 
 def caption(change: BlendChange) -> str:
@@ -57,3 +57,28 @@ def write_report(result: RunResult, run_dir: Path, out: Path) -> list[Path]:
         content_type = "text/html" if name.endswith("html") else "text/plain"
         store.put(name, text.encode(), f"{content_type}; charset=utf-8")
     return [Path(out) / name for name in [*documents, *keys.values()]]
+
+
+def publish_run(
+    result: RunResult, run_dir: Path, store: ArtifactStore, repository: str, pr: int | None
+) -> dict:
+    """Store a compared run for the bot: residual images, the HTML report, the result and
+    ``published.json`` (the addresses of all of it) under the run's prefix."""
+    keys = store_residual_images(result, run_dir, store)
+    images = {key: store.url(value) for key, value in keys.items()}
+    prefix = run_prefix(repository, pr, result.provenance.head.sha)
+    links = Links(report=store.url(prefix + "report/report.html"), images=images)
+    report = Path(run_dir) / "report"
+    report.mkdir(exist_ok=True)
+    (report / "report.html").write_text(html_report(result, links))
+    stored = store_run(store, run_dir, repository, pr, result.provenance.head.sha)
+    published = {
+        "prefix": prefix,
+        "result": stored["urls"]["result.json"],
+        "report": stored["urls"]["report/report.html"],
+        "images": {f"{dataset}/{blend}": url for (dataset, blend), url in images.items()},
+    }
+    text = json.dumps(published, indent=1)
+    (Path(run_dir) / "published.json").write_text(text)
+    store.put(prefix + "published.json", text.encode(), "application/json")
+    return published

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -163,3 +164,22 @@ def test_report_writes_comment_check_run_and_page_with_residual_images(setup, ca
     before = sum(p.stat().st_size for p in images)
     assert main(["compare", str(out / "result.json"), "--report", str(report)]) == 0
     assert sum(p.stat().st_size for p in (report / "images").glob("*.png")) == before
+
+
+def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, capsys):
+    repo, base, head, dataset, out = setup
+    store = out.parent / "store"
+    extra = ["--store", str(store), "--repository", "octo/scarlet", "--pr", "5", "--progress-json"]
+    assert run_cli(repo, head, base, dataset, out, *extra) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    deblending = [line for line in lines if line["phase"] == "deblending"]
+    assert [line["done"] for line in deblending] == list(range(11)), "5 readable blends, 2 sides"
+    assert lines[-1]["phase"] == "finished"
+    published = json.loads(Path(lines[-1]["published"]).read_text())
+    prefix = f"runs/octo/scarlet/pr/5/{head}/"
+    assert published["prefix"] == prefix
+    for name in ("result.json", "published.json", "report/report.html"):
+        assert (store / prefix / name).is_file()
+    assert len(published["images"]) == 3
+    for url in published["images"].values():
+        assert Path(url.removeprefix("file://")).is_file()
