@@ -150,7 +150,8 @@ def _run(args: argparse.Namespace) -> int:
         from runner.store import StoreError, open_store
 
         try:
-            publish_run(result, args.out, open_store(args.store), args.repository, args.pr)
+            store = open_store(args.store, base_url=args.store_url)
+            publish_run(result, args.out, store, args.repository, args.pr)
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3
@@ -185,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
     runner.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
     runner.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
+    runner.add_argument("--store-url", help="public address of the store (default: its own)")
     runner.add_argument("--repository", help="owner/name the run is stored under")
     runner.add_argument("--pr", type=int, help="pull request number the run is stored under")
     runner.add_argument(

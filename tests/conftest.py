@@ -9,7 +9,7 @@ import pytest
 from runner.synth import write_synthetic_set
 from support import HSC
 
-pytest_plugins = ["gcs_emulator"]
+pytest_plugins = ["gcs_emulator", "fake_github"]
 
 
 @pytest.fixture(scope="session")
