@@ -25,6 +25,7 @@ from runner.adapters import Adapter
 RECIPE_VERSION = 1
 LOG_TAIL_LINES = 25
 COMPLETE_MARKER = "environment.json"
+BUILD_VARIABLES = ("PATH", "HOME", "LANG", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 
 
 class BuildError(RuntimeError):
@@ -132,7 +133,13 @@ def _tail(log: Path) -> str:
 
 def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict:
     uv = uv_binary()
-    build_env = {**os.environ, "PIP_NO_INPUT": "1", "MAX_JOBS": str(os.cpu_count() or 1)}
+    # The revision's build runs its own code (setup.py): it sees none of our variables.
+    build_env = {
+        key: value
+        for key, value in os.environ.items()
+        if key in BUILD_VARIABLES or key.startswith(("UV_", "PIP_", "LC_"))
+    }
+    build_env.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
     with open(log, "w") as stream:
         for step in _steps(uv, env, source, adapter):
             stream.write(f"$ {' '.join(step)}\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runner.adapters import Adapter
@@ -70,3 +72,19 @@ def test_a_lock_that_misses_a_dependency_is_refused_not_resolved(tiny, tmp_path)
     with pytest.raises(BuildError, match="'uv pip check' exited 1") as raised:
         build_environment(source, sha, adapter, cache)
     assert "requires `packaging" in raised.value.log_tail
+
+
+def test_the_revisions_build_sees_none_of_our_variables(tiny, monkeypatch):
+    repo, _, adapter, cache = tiny
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
+    (repo / "setup.py").write_text(
+        "import json, os, pathlib\n"
+        "pathlib.Path(__file__).with_name('seen.json').write_text(json.dumps(sorted(os.environ)))\n"
+        "from setuptools import setup\n"
+        "setup()\n"
+    )
+    sha = commit(repo, "a setup.py that looks around")
+    source = checkout(repo, sha, cache / "checkouts" / sha)
+    build_environment(source, sha, adapter, cache)
+    seen = json.loads((source / "seen.json").read_text())
+    assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen

@@ -1,0 +1,173 @@
+"""The web app: ``POST /webhook``, ``GET /healthz``, report and artifact pages.
+
+``create_app()`` is the factory for ``python -m bot`` and for gunicorn's
+``aiohttp.GunicornWebWorker`` (App Engine). Webhooks are verified, de-duplicated by
+delivery id and answered at once; their work runs in background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from gidgethub import BadRequest, ValidationFailure, sansio
+
+from bot.auth import InstallationClients
+from bot.jobs import DeliveryLog, JobStore
+from bot.routers import router
+from bot.service import RegressionService
+from bot.settings import Settings
+from runner.store import KeyNotFound, LocalStore, open_store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
+HANDLED = {"pull_request", "issue_comment", "check_run", "check_suite", "push"}
+# Where each handled event's payload must have data, as (key, key, ...) paths.
+REQUIRED = {
+    "pull_request": [("action",), ("pull_request", "number"), ("pull_request", "head", "sha")],
+    "issue_comment": [("action",), ("issue", "number"), ("comment", "id"), ("comment", "user")],
+    "check_run": [("action",), ("check_run", "head_sha"), ("check_run", "pull_requests")],
+    "check_suite": [("action",), ("check_suite", "head_sha"), ("check_suite", "pull_requests")],
+    "push": [("ref",), ("before",), ("after",)],
+}
+COMMON = [("repository", "full_name"), ("repository", "clone_url"), ("installation", "id")]
+
+SETTINGS = web.AppKey("settings", Settings)
+SERVICE = web.AppKey("service", RegressionService)
+CLIENTS = web.AppKey("clients", InstallationClients)
+DELIVERIES = web.AppKey("deliveries", DeliveryLog)
+TASKS = web.AppKey("tasks", set)
+
+
+def malformed(event: sansio.Event) -> str | None:
+    """Why a signed payload of a handled event cannot be processed, if it cannot."""
+    if not isinstance(event.data, dict):
+        return "the payload is not a JSON object"
+    for path in [*REQUIRED[event.event], *COMMON]:
+        value = event.data
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return f"the {event.event} payload lacks {'.'.join(path)}"
+            value = value[key]
+    return None
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """Verify, de-duplicate and accept a delivery; process it off the request path."""
+    app = request.app
+    body = await request.read()
+    try:
+        event = sansio.Event.from_http(request.headers, body, secret=app[SETTINGS].webhook_secret)
+    except ValidationFailure:
+        return web.Response(status=401, text="invalid signature")
+    except BadRequest as error:
+        return web.Response(status=int(error.status_code), text=str(error) or "bad request")
+    except (ValueError, KeyError, TypeError) as error:
+        return web.Response(status=400, text=f"malformed delivery: {type(error).__name__}")
+    if event.event not in HANDLED:
+        return web.Response(status=202, text="ignored")
+    reason = malformed(event)
+    if reason:
+        return web.Response(status=400, text=reason)
+    if await app[DELIVERIES].seen(event.delivery_id):
+        return web.Response(status=200, text="duplicate delivery")
+    task = asyncio.create_task(process(app, event))
+    app[TASKS].add(task)
+    task.add_done_callback(app[TASKS].discard)
+    return web.Response(status=202, text="accepted")
+
+
+async def process(app: web.Application, event: sansio.Event) -> None:
+    """Dispatch one event to the routers with a client of its installation."""
+    try:
+        gh = await app[CLIENTS].client(event.data["installation"]["id"])
+        await router.dispatch(event, gh, app[SERVICE])
+    except Exception:
+        log.exception("processing %s delivery %s failed", event.event, event.delivery_id)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness."""
+    return web.json_response({"ok": True})
+
+
+async def artifact(request: web.Request) -> web.Response:
+    """A file of the local store (reports, results, images), with its cache policy."""
+    store = request.app[SERVICE].store
+    key = request.match_info["key"]
+    if not isinstance(store, LocalStore):
+        raise web.HTTPNotFound()
+    try:
+        info, data = store.stat(key), store.get(key)
+    except (KeyNotFound, ValueError):
+        raise web.HTTPNotFound() from None
+    content_type = info.content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
+    headers = {"Cache-Control": info.cache_control} if info.cache_control else {}
+    return web.Response(body=data, content_type=content_type.split(";")[0], headers=headers)
+
+
+async def latest_report(request: web.Request) -> web.Response:
+    """The latest report of a PR (or of a commit's run), at a stable address."""
+    info = request.match_info
+    repository = f"{info['owner']}/{info['repo']}"
+    service = request.app[SERVICE]
+    if info["kind"] == "pr":
+        job = await service.jobs.latest(repository, pr=int(info["ref"]))
+        sha, pr = (job.head_sha, job.pr) if job else (None, None)
+    else:
+        sha, pr = info["ref"], None
+    url = service.report_url(repository, pr, sha) if sha else None
+    if url is None:
+        raise web.HTTPNotFound(text=f"no report for {repository} {info['kind']} {info['ref']} yet")
+    raise web.HTTPFound(url)
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """The bot's aiohttp application (settings from the environment by default)."""
+    settings = settings or Settings.from_env()
+    app = web.Application(client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[TASKS] = set()
+    app.router.add_post("/webhook", webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/artifacts/{key:.+}", artifact)
+    app.router.add_get(r"/{owner}/{repo}/{kind:pr|commit}/{ref}", latest_report)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application):
+    from bot.dispatch import EmbeddedDispatcher
+    from bot.runs import runner_command
+
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    session = aiohttp.ClientSession()
+    jobs = JobStore(settings.data_dir / "jobs.sqlite")
+    app[DELIVERIES] = DeliveryLog(settings.data_dir / "jobs.sqlite")
+    app[CLIENTS] = InstallationClients(session, settings)
+    store = open_store(settings.store_spec, base_url=settings.store_url)
+    service = RegressionService(settings, jobs, store, app[CLIENTS].client)
+    service.dispatcher = EmbeddedDispatcher(
+        jobs,
+        runner_command(settings),
+        Path(settings.data_dir) / "runs",
+        concurrency=settings.concurrency,
+        timeout=settings.run_timeout,
+        on_progress=service.on_progress,
+        on_finished=service.on_finished,
+    )
+    app[SERVICE] = service
+    await service.dispatcher.start()
+    yield
+    await service.dispatcher.stop()
+    for task in list(app[TASKS]):
+        task.cancel()
+    await session.close()
+    await jobs.close()
+    await app[DELIVERIES].close()

@@ -1,0 +1,63 @@
+"""GitHub App authentication: the app's JWT and installation tokens, cached."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+
+import aiohttp
+from gidgethub import apps
+from gidgethub.aiohttp import GitHubAPI
+
+from bot.settings import Settings
+
+USER_AGENT = "scarlet-regression"
+REFRESH_MARGIN = 300.0  # seconds before expiry when a token is renewed
+
+
+class InstallationClients:
+    """Authenticated gidgethub clients per installation, tokens cached until near expiry."""
+
+    def __init__(self, session: aiohttp.ClientSession, settings: Settings):
+        self.session = session
+        self.settings = settings
+        self._tokens: dict[int, tuple[str, float]] = {}
+        self._lock = asyncio.Lock()
+
+    def app_client(self) -> GitHubAPI:
+        """A client that authenticates as the app itself (JWT)."""
+        return GitHubAPI(
+            self.session,
+            USER_AGENT,
+            app_id=self.settings.app_id,
+            private_key=self.settings.private_key,
+            base_url=self.settings.api_url,
+        )
+
+    async def token(self, installation_id: int) -> str:
+        """An installation token valid for at least REFRESH_MARGIN seconds."""
+        async with self._lock:
+            cached = self._tokens.get(installation_id)
+            if cached and cached[1] - time.time() > REFRESH_MARGIN:
+                return cached[0]
+            data = await apps.get_installation_access_token(
+                self.app_client(),
+                installation_id=str(installation_id),
+                app_id=self.settings.app_id,
+                private_key=self.settings.private_key,
+            )
+            expires = datetime.fromisoformat(data["expires_at"].replace("Z", "+00:00"))
+            self._tokens[installation_id] = (data["token"], expires.timestamp())
+            return data["token"]
+
+    def forget(self, installation_id: int) -> None:
+        """Drop a token GitHub refused (401), so the next call fetches a new one."""
+        self._tokens.pop(installation_id, None)
+
+    async def client(self, installation_id: int) -> GitHubAPI:
+        """A client acting as the installation."""
+        token = await self.token(installation_id)
+        return GitHubAPI(
+            self.session, USER_AGENT, oauth_token=token, base_url=self.settings.api_url
+        )

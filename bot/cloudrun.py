@@ -1,0 +1,133 @@
+"""The production dispatcher: one Cloud Run Jobs execution per job, started with that
+job's runner arguments and environment as per-execution overrides.
+
+Needs ``run.jobs.runWithOverrides`` on the Cloud Run job (and ``run.executions.cancel``).
+The Google client library is imported only when a client is first needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bot.dispatch import OnFinished, call_safely
+from bot.jobs import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+JOB_ID_VARIABLE = "SCARLET_REGRESSION_JOB_ID"
+
+
+class CloudRunDispatcher:
+    """Starts one execution of the Cloud Run job ``job_name``
+    (``projects/P/locations/L/jobs/J``) per job, without waiting for it.
+
+    ``args(job, out)`` are the container's arguments (the image's entrypoint being
+    ``python -m runner``), with ``out`` a directory inside the container; ``env`` is
+    added to the container's environment, with ``SCARLET_REGRESSION_JOB_ID`` set to the
+    job's id. The execution's name is recorded on the job. Completion is not watched
+    here (the runner publishes its result to the store); ``on_finished`` hears only of
+    jobs that could not be started.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        job_name: str,
+        args: Callable[[Job, Path], Sequence[str]],
+        *,
+        out: Path = Path("/tmp/scarlet-regression/out"),
+        env: Mapping[str, str] | None = None,
+        container: str = "",
+        task_count: int = 1,
+        timeout: float | None = None,
+        jobs_client: Any = None,
+        executions_client: Any = None,
+        on_finished: OnFinished | None = None,
+    ) -> None:
+        self.store = store
+        self.job_name = job_name
+        self.args = args
+        self.out = out
+        self.env = dict(env or {})
+        self.container = container
+        self.task_count = task_count
+        self.timeout = timeout
+        self.on_finished = on_finished
+        self._jobs = jobs_client
+        self._executions = executions_client
+
+    async def start(self) -> None:
+        """Start the jobs a previous process stored but never dispatched."""
+        for job in await self.store.unfinished():
+            if job.state == "queued":
+                await self.submit(job)
+
+    async def stop(self) -> None:
+        """Nothing runs here: executions go on without the bot."""
+
+    async def submit(self, job: Job) -> Job:
+        """Store the job (idempotent on its key) and start its execution; a job already
+        running or finished is returned as it is."""
+        job = await self.store.add(job)
+        claimed = await self.store.claim(job.id)
+        if claimed is None:
+            return job
+        try:
+            execution = await asyncio.to_thread(self._run_job, claimed)
+        except Exception as error:
+            log.exception("job %s: Cloud Run did not start an execution", job.id)
+            done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
+            await self._notify(done)
+            return done
+        return await self.store.set_execution(job.id, execution)
+
+    async def cancel(self, job: Job) -> None:
+        """Conclude the job "cancelled" (unless it has finished) and cancel its execution."""
+        stored = await self.store.finish(job.id, "cancelled")
+        if stored is None or stored.conclusion != "cancelled" or not stored.execution:
+            return
+        try:
+            await asyncio.to_thread(self._cancel_execution, stored.execution)
+        except Exception:
+            log.exception("job %s: could not cancel %s", job.id, stored.execution)
+
+    def _run_job(self, job: Job) -> str:
+        from google.cloud import run_v2
+
+        overrides = run_v2.RunJobRequest.Overrides
+        env = {**self.env, JOB_ID_VARIABLE: job.id}
+        request = run_v2.RunJobRequest(
+            name=self.job_name,
+            overrides=overrides(
+                container_overrides=[
+                    overrides.ContainerOverride(
+                        name=self.container,
+                        args=list(self.args(job, self.out)),
+                        env=[run_v2.EnvVar(name=k, value=v) for k, v in env.items()],
+                    )
+                ],
+                task_count=self.task_count,
+                **({"timeout": {"seconds": int(self.timeout)}} if self.timeout else {}),
+            ),
+        )
+        if self._jobs is None:
+            self._jobs = run_v2.JobsClient()
+        metadata = self._jobs.run_job(request=request).metadata
+        if metadata is None or not metadata.name:
+            raise RuntimeError("the run operation names no execution")
+        return metadata.name
+
+    def _cancel_execution(self, name: str) -> None:
+        from google.cloud import run_v2
+
+        if self._executions is None:
+            self._executions = run_v2.ExecutionsClient()
+        self._executions.cancel_execution(request=run_v2.CancelExecutionRequest(name=name))
+
+    async def _notify(self, job: Job) -> None:
+        if self.on_finished is not None:
+            await call_safely(self.on_finished, job)

@@ -1,0 +1,124 @@
+"""The bot's calls to GitHub's REST API, each a small function of a gidgethub client."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from gidgethub.abc import GitHubAPI
+
+from bot.settings import CHECK_NAME
+from runner.report import MARKER, CheckRunOutput
+
+WRITERS = ("admin", "write")
+
+
+def now() -> str:
+    """The current time as GitHub writes it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _output(output: CheckRunOutput) -> dict[str, str]:
+    return {"title": output.title, "summary": output.summary, "text": output.text}
+
+
+async def create_check_run(
+    gh: GitHubAPI, repository: str, head_sha: str, details_url: str, output: CheckRunOutput
+) -> int:
+    """Create the queued check run on ``head_sha``; return its id."""
+    data = await gh.post(
+        f"/repos/{repository}/check-runs",
+        data={
+            "name": CHECK_NAME,
+            "head_sha": head_sha,
+            "status": "queued",
+            "details_url": details_url,
+            "output": _output(output),
+        },
+    )
+    return int(data["id"])
+
+
+async def waiting_check_run(gh: GitHubAPI, repository: str, head_sha: str) -> int | None:
+    """A queued check run of ours on ``head_sha`` (e.g. a fork's, waiting for approval)."""
+    url = f"/repos/{repository}/commits/{head_sha}/check-runs?check_name={CHECK_NAME}"
+    async for run in gh.getiter(url, iterable_key="check_runs"):
+        if run.get("status") == "queued":
+            return int(run["id"])
+    return None
+
+
+async def start_check_run(
+    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput
+) -> None:
+    """Mark the check run in progress with ``output`` (phase and blends done)."""
+    await gh.patch(
+        f"/repos/{repository}/check-runs/{check_run_id}",
+        data={"status": "in_progress", "started_at": now(), "output": _output(output)},
+    )
+
+
+async def complete_check_run(
+    gh: GitHubAPI, repository: str, check_run_id: int, conclusion: str, output: CheckRunOutput
+) -> None:
+    """Conclude the check run (success, failure, neutral, cancelled or timed_out)."""
+    await gh.patch(
+        f"/repos/{repository}/check-runs/{check_run_id}",
+        data={
+            "status": "completed",
+            "conclusion": conclusion,
+            "completed_at": now(),
+            "output": _output(output),
+        },
+    )
+
+
+async def find_comment(gh: GitHubAPI, repository: str, number: int) -> dict[str, Any] | None:
+    """The bot's report comment on a PR, found by its hidden marker (all pages)."""
+    url = f"/repos/{repository}/issues/{number}/comments?per_page=100"
+    async for comment in gh.getiter(url):
+        if (comment.get("body") or "").startswith(MARKER):
+            return comment
+    return None
+
+
+async def upsert_comment(gh: GitHubAPI, repository: str, number: int, body: str) -> int:
+    """Edit the report comment in place, or create it the first time; return its id."""
+    existing = await find_comment(gh, repository, number)
+    if existing is not None:
+        await gh.patch(f"/repos/{repository}/issues/comments/{existing['id']}", data={"body": body})
+        return int(existing["id"])
+    data = await gh.post(f"/repos/{repository}/issues/{number}/comments", data={"body": body})
+    return int(data["id"])
+
+
+async def reply(gh: GitHubAPI, repository: str, number: int, body: str) -> None:
+    """Post a short comment (not the report) on an issue or PR."""
+    await gh.post(f"/repos/{repository}/issues/{number}/comments", data={"body": body})
+
+
+async def react(gh: GitHubAPI, repository: str, comment_id: int, content: str) -> None:
+    """React to an issue comment (e.g. ``eyes`` on receipt, ``rocket`` once queued)."""
+    await gh.post(
+        f"/repos/{repository}/issues/comments/{comment_id}/reactions", data={"content": content}
+    )
+
+
+async def can_write(gh: GitHubAPI, repository: str, user: str) -> bool:
+    """Whether ``user`` has write access or more (maintain counts as write)."""
+    data = await gh.getitem(f"/repos/{repository}/collaborators/{user}/permission")
+    return data.get("permission") in WRITERS
+
+
+async def pull_request(gh: GitHubAPI, repository: str, number: int) -> dict[str, Any]:
+    """The pull request ``number``."""
+    return await gh.getitem(f"/repos/{repository}/pulls/{number}")
+
+
+async def pull_request_for_sha(gh: GitHubAPI, repository: str, sha: str) -> dict | None:
+    """An open pull request whose head is ``sha``, if any (fork check runs carry none)."""
+    pulls = await gh.getitem(f"/repos/{repository}/commits/{sha}/pulls")
+    for pull in pulls:
+        if pull.get("state") == "open" and pull["head"]["sha"] == sha:
+            return pull
+    return None

@@ -1,0 +1,7 @@
+"""One gidgethub router per feature; ``router`` combines them."""
+
+from gidgethub import routing
+
+from bot.routers import checks, comments, pull_requests, pushes
+
+router = routing.Router(pull_requests.router, comments.router, checks.router, pushes.router)

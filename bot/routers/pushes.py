@@ -1,0 +1,33 @@
+"""Pushes to the default branch: a baseline run, recorded for the trends."""
+
+from __future__ import annotations
+
+from gidgethub import routing
+from gidgethub.sansio import Event
+
+from bot.service import RegressionService, RunRequest
+
+router = routing.Router()
+NO_COMMIT = "0" * 40
+
+
+@router.register("push")
+async def default_branch_pushed(event: Event, gh, service: RegressionService) -> None:
+    """Run the new head of the default branch against the one before it."""
+    data = event.data
+    repository = data["repository"]
+    if data.get("deleted") or data["ref"] != f"refs/heads/{repository['default_branch']}":
+        return
+    before = data["before"] if data["before"] != NO_COMMIT else data["after"]
+    await service.request_run(
+        gh,
+        RunRequest(
+            repository=repository["full_name"],
+            installation_id=data["installation"]["id"],
+            head_sha=data["after"],
+            base=before,
+            clone_url=repository["clone_url"],
+            kind="baseline",
+            approved=True,
+        ),
+    )

@@ -1,0 +1,28 @@
+"""The runner's command line for a job: what the embedded dispatcher starts."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.jobs import Job
+from bot.settings import Settings
+
+
+def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
+    """A function giving the argv of ``python -m runner run`` for a job and its folder."""
+
+    def command(job: Job, out: Path) -> list[str]:
+        argv = [*settings.runner, "run", "--repo", job.clone_url]
+        argv += ["--head", job.head_sha, "--base", job.base, "--out", str(out)]
+        for dataset in settings.datasets:
+            argv += ["--dataset", str(dataset)]
+        argv += ["--workers", str(settings.workers), "--store", settings.store_spec]
+        argv += ["--repository", job.repository, "--progress-json"]
+        if settings.store_url:
+            argv += ["--store-url", settings.store_url]
+        if job.pr is not None:
+            argv += ["--pr", str(job.pr)]
+        return argv
+
+    return command

@@ -1,0 +1,188 @@
+"""The regression service: turns requests for runs into jobs, check runs and one comment.
+
+Webhook handlers call ``request_run`` and ``cancel_pr``; the dispatcher calls back
+``on_progress`` and ``on_finished``. GitHub is written to here and in ``bot.github``
+only; the text comes from ``runner.report``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gidgethub.abc import GitHubAPI
+
+from bot import github
+from bot.jobs import Job, JobStore
+from bot.settings import Settings
+from runner.report import CheckRunOutput, Links, check_run_output, comment
+from runner.result import RunResult
+from runner.store import ArtifactStore, StoreError, run_prefix
+
+log = logging.getLogger(__name__)
+
+CONCLUSIONS = {"pass": "success", "fail": "failure", "neutral": "neutral"}
+FAILED = {"timed_out": "timed_out", "cancelled": "cancelled", "error": "failure"}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A run to start: what to deblend and where the answer goes."""
+
+    repository: str
+    installation_id: int
+    head_sha: str
+    base: str
+    clone_url: str
+    pr: int | None = None
+    kind: str = "pr"
+    fork: bool = False
+    approved: bool = False
+
+
+def _waiting(text: str) -> CheckRunOutput:
+    return CheckRunOutput("scarlet regression", text, "")
+
+
+class RegressionService:
+    """Coordinates jobs, check runs and the report comment of every PR."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        store: ArtifactStore,
+        client: Callable[[int], Awaitable[GitHubAPI]],
+    ):
+        self.settings = settings
+        self.jobs = jobs
+        self.store = store
+        self.client = client
+        self.dispatcher = None
+        self._pr_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._progress_sent: dict[str, float] = {}
+
+    def details_url(self, repository: str, pr: int | None, sha: str) -> str:
+        """The stable address of the report a check run links to (served by the bot)."""
+        if pr is not None:
+            return f"{self.settings.public_url}/{repository}/pr/{pr}"
+        return f"{self.settings.public_url}/{repository}/commit/{sha}"
+
+    def report_url(self, repository: str, pr: int | None, sha: str) -> str | None:
+        """Where the stored report of a run is, if the run was published."""
+        try:
+            published = json.loads(
+                self.store.get(run_prefix(repository, pr, sha) + "published.json")
+            )
+        except (StoreError, ValueError):
+            return None
+        return published["report"]
+
+    async def request_run(self, gh: GitHubAPI, request: RunRequest) -> Job | None:
+        """Queue a run: supersede older SHAs of the PR, create the check run, dispatch."""
+        if request.pr is not None:
+            await self.cancel_pr(gh, request.repository, request.pr, except_sha=request.head_sha)
+        job = await self.jobs.add(
+            Job(
+                repository=request.repository,
+                installation_id=request.installation_id,
+                head_sha=request.head_sha,
+                base=request.base,
+                clone_url=request.clone_url,
+                kind=request.kind,
+                pr=request.pr,
+            )
+        )
+        if job.check_run_id is not None:
+            return job  # the same run is queued or running already
+        details = self.details_url(request.repository, request.pr, request.head_sha)
+        hold = request.fork and not request.approved and not self.settings.run_forks
+        text = (
+            "Code from forks runs after a maintainer comments `/rerun-regression`."
+            if hold
+            else "Queued."
+        )
+        check_run_id = await github.waiting_check_run(gh, request.repository, request.head_sha)
+        if check_run_id is None:
+            check_run_id = await github.create_check_run(
+                gh, request.repository, request.head_sha, details, _waiting(text)
+            )
+        job = await self.jobs.set_check_run(job.id, check_run_id) or job
+        if hold:
+            await self.jobs.finish(job.id, "cancelled", error="waiting for a maintainer")
+            return None
+        await self.dispatcher.submit(job)
+        return job
+
+    async def cancel_pr(
+        self, gh: GitHubAPI, repository: str, pr: int, except_sha: str | None = None
+    ) -> None:
+        """Cancel the PR's queued and running jobs (all, or those not at ``except_sha``)."""
+        for job in await self.jobs.cancel(repository, pr=pr, except_sha=except_sha):
+            await self.dispatcher.cancel(job)
+            if job.check_run_id is not None:
+                reason = "Superseded by a newer push." if except_sha else "The PR was closed."
+                await github.complete_check_run(
+                    gh, repository, job.check_run_id, "cancelled", _waiting(reason)
+                )
+
+    async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
+        """Show progress on the check run, at most every ``progress_interval`` seconds."""
+        last = self._progress_sent.get(job.id)
+        if job.check_run_id is None or (
+            last is not None and time.monotonic() - last < self.settings.progress_interval
+        ):
+            return
+        self._progress_sent[job.id] = time.monotonic()
+        title = f"{phase}: {done} of {total}" if total else phase
+        gh = await self.client(job.installation_id)
+        await github.start_check_run(
+            gh, job.repository, job.check_run_id, CheckRunOutput(title, title, "")
+        )
+
+    async def on_finished(self, job: Job) -> None:
+        """Conclude the check run and, for a PR, write the one report comment."""
+        self._progress_sent.pop(job.id, None)
+        if job.check_run_id is None:
+            return
+        gh = await self.client(job.installation_id)
+        if job.conclusion not in CONCLUSIONS.values():
+            reason = job.error or job.conclusion or "unknown"
+            output = CheckRunOutput(f"the run ended: {job.conclusion}", reason[:60000], "")
+            conclusion = FAILED.get(job.conclusion or "", "failure")
+            await github.complete_check_run(
+                gh, job.repository, job.check_run_id, conclusion, output
+            )
+            return
+        try:
+            result, links = self.load(job)
+        except (StoreError, ValueError, KeyError) as error:
+            output = CheckRunOutput("the run result could not be read", str(error)[:60000], "")
+            await github.complete_check_run(gh, job.repository, job.check_run_id, "failure", output)
+            return
+        verdict = result.comparison.verdict
+        output = check_run_output(result, links)
+        await github.complete_check_run(
+            gh, job.repository, job.check_run_id, CONCLUSIONS[verdict], output
+        )
+        if job.pr is not None:
+            async with self._pr_lock(job.repository, job.pr):
+                await github.upsert_comment(gh, job.repository, job.pr, comment(result, links))
+
+    def load(self, job: Job) -> tuple[RunResult, Links]:
+        """The compared result the runner stored for ``job`` and the addresses of its parts."""
+        prefix = run_prefix(job.repository, job.pr, job.head_sha)
+        result = RunResult.from_json(self.store.get(prefix + "result.json").decode())
+        if result.comparison is None:
+            raise ValueError("the stored result has no comparison")
+        published = json.loads(self.store.get(prefix + "published.json"))
+        images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
+        links = Links(report=published["report"], images=images)
+        return result, links
+
+    def _pr_lock(self, repository: str, pr: int) -> asyncio.Lock:
+        return self._pr_locks.setdefault((repository, pr), asyncio.Lock())

@@ -1,0 +1,76 @@
+"""The bot's settings, from the environment (Secret Manager feeds it in production)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHECK_NAME = "scarlet regression"
+
+
+class SettingsError(ValueError):
+    """A missing or invalid setting, naming the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot needs to know about its installation."""
+
+    app_id: str
+    private_key: str
+    webhook_secret: str
+    data_dir: Path
+    datasets: tuple[Path, ...]
+    api_url: str = "https://api.github.com"
+    public_url: str = "http://127.0.0.1:8080"
+    store: str = ""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    concurrency: int = 1
+    run_timeout: float = 3 * 3600
+    run_drafts: bool = False
+    run_forks: bool = False
+    progress_interval: float = 10.0
+    runner: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m", "runner"))
+
+    @property
+    def store_spec(self) -> str:
+        """Where runs are published: the configured store, or a folder in the data dir."""
+        return self.store or str(self.data_dir / "store")
+
+    @property
+    def store_url(self) -> str | None:
+        """Public address of a local store (served by the bot under /artifacts/)."""
+        return None if self.store.startswith("gs://") else f"{self.public_url}/artifacts/"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Read ``SCARLET_BOT_*`` and ``GITHUB_APP_*`` variables."""
+        env = dict(os.environ if environ is None else environ)
+
+        def need(name: str) -> str:
+            if not env.get(name):
+                raise SettingsError(f"{name} is not set")
+            return env[name]
+
+        key = env.get("GITHUB_APP_PRIVATE_KEY")
+        if not key:
+            path = need("GITHUB_APP_PRIVATE_KEY_FILE")
+            try:
+                key = Path(path).read_text()
+            except OSError as error:
+                raise SettingsError(f"GITHUB_APP_PRIVATE_KEY_FILE: {error}") from None
+        datasets = tuple(Path(p) for p in need("SCARLET_BOT_DATASETS").split(os.pathsep) if p)
+        return cls(
+            app_id=need("GITHUB_APP_ID"),
+            private_key=key,
+            webhook_secret=need("GITHUB_WEBHOOK_SECRET"),
+            data_dir=Path(env.get("SCARLET_BOT_DATA", "bot-data")),
+            datasets=datasets,
+            api_url=env.get("GITHUB_API_URL", "https://api.github.com"),
+            public_url=env.get("SCARLET_BOT_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
+            store=env.get("SCARLET_BOT_STORE", ""),
+            run_drafts=env.get("SCARLET_BOT_RUN_DRAFTS", "") == "1",
+            run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
+        )

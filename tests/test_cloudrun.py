@@ -1,0 +1,185 @@
+"""The Cloud Run dispatcher against a local fake of the Run Admin API (REST)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import run_v2
+
+from bot.cloudrun import CloudRunDispatcher
+from bot.jobs import Job, JobStore
+
+JOB_NAME = "projects/demo/locations/us-central1/jobs/runner"
+
+
+class FakeRunAdmin(BaseHTTPRequestHandler):
+    """Records POSTs; answers ``:run`` and ``:cancel`` with a long-running operation
+    whose metadata is the execution, and jobs named ``.../denied`` with a 403."""
+
+    requests: list[tuple[str, dict]]
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        body = json.loads(self.rfile.read(int(self.headers["content-length"] or 0)) or b"{}")
+        self.requests.append((path, body))
+        resource = path.removeprefix("/v2/").rsplit(":", 1)[0]
+        if resource.endswith("/denied"):
+            self.answer(403, {"error": {"code": 403, "message": "runWithOverrides denied"}})
+            return
+        count = sum(p.endswith(":run") for p, _ in self.requests)
+        execution = resource if ":cancel" in path else f"{resource}/executions/runner-{count}"
+        self.answer(
+            200,
+            {
+                "name": f"projects/demo/locations/us-central1/operations/op-{len(self.requests)}",
+                "metadata": {
+                    "@type": "type.googleapis.com/google.cloud.run.v2.Execution",
+                    "name": execution,
+                },
+                "done": False,
+            },
+        )
+
+    def answer(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
+    requests: list[tuple[str, dict]] = []
+    handler = type("Handler", (FakeRunAdmin,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", requests
+    server.shutdown()
+    server.server_close()
+
+
+def dispatcher(store: JobStore, endpoint: str, job_name: str = JOB_NAME, **options):
+    client_options = {"api_endpoint": endpoint}
+    credentials = AnonymousCredentials()
+    return CloudRunDispatcher(
+        store,
+        job_name,
+        runner_args,
+        env={"SCARLET_REGRESSION_CACHE": "/cache"},
+        timeout=3600,
+        jobs_client=run_v2.JobsClient(
+            transport="rest", client_options=client_options, credentials=credentials
+        ),
+        executions_client=run_v2.ExecutionsClient(
+            transport="rest", client_options=client_options, credentials=credentials
+        ),
+        **options,
+    )
+
+
+def runner_args(job: Job, out: Path) -> list[str]:
+    """What the container's ``python -m runner`` entrypoint is given for a job."""
+    args = ["run", "--repo", job.clone_url, "--head", job.head_sha, "--base", job.base]
+    return [*args, "--out", str(out), "--pr", str(job.pr), "--progress-json"]
+
+
+def make_job(sha: str = "a1b2c3") -> Job:
+    return Job(
+        repository="pmelchior/scarlet",
+        installation_id=7,
+        head_sha=sha,
+        base="main",
+        clone_url="https://github.com/pmelchior/scarlet.git",
+        pr=12,
+    )
+
+
+async def test_one_execution_per_job_with_its_overrides(tmp_path, fake_api):
+    endpoint, requests = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    cloud = dispatcher(store, endpoint)
+    try:
+        job = await cloud.submit(make_job())
+        assert job.state == "running"
+        assert job.execution == f"{JOB_NAME}/executions/runner-1"
+        assert await store.get(job.id) == job
+
+        [(path, body)] = requests
+        assert path == f"/v2/{JOB_NAME}:run"
+        [container] = body["overrides"]["containerOverrides"]
+        assert container["args"] == [
+            "run", "--repo", "https://github.com/pmelchior/scarlet.git", "--head", "a1b2c3",
+            "--base", "main", "--out", "/tmp/scarlet-regression/out", "--pr", "12",
+            "--progress-json",
+        ]  # fmt: skip
+        assert {e["name"]: e["value"] for e in container["env"]} == {
+            "SCARLET_REGRESSION_CACHE": "/cache",
+            "SCARLET_REGRESSION_JOB_ID": job.id,
+        }
+        assert body["overrides"]["taskCount"] == 1
+        assert body["overrides"]["timeout"] == "3600s"
+
+        again = await cloud.submit(make_job())  # same key, still running: no new execution
+        assert again.id == job.id and len(requests) == 1
+    finally:
+        await store.close()
+
+
+async def test_cancel_cancels_the_execution(tmp_path, fake_api):
+    endpoint, requests = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    cloud = dispatcher(store, endpoint)
+    try:
+        job = await cloud.submit(make_job())
+        for cancelled in await store.cancel("pmelchior/scarlet", pr=12, except_sha="new"):
+            await cloud.cancel(cancelled)
+        assert requests[-1][0] == f"/v2/{job.execution}:cancel"
+        stored = await store.get(job.id)
+        assert (stored.state, stored.conclusion) == ("cancelled", "cancelled")
+    finally:
+        await store.close()
+
+
+async def test_a_refused_execution_concludes_error(tmp_path, fake_api):
+    endpoint, _ = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    finished: list[Job] = []
+
+    async def on_finished(job: Job) -> None:
+        finished.append(job)
+
+    cloud = dispatcher(
+        store, endpoint, "projects/demo/locations/l/jobs/denied", on_finished=on_finished
+    )
+    try:
+        job = await cloud.submit(make_job())
+        assert (job.state, job.conclusion) == ("completed", "error")
+        assert "runWithOverrides denied" in job.error
+        assert finished == [job]
+    finally:
+        await store.close()
+
+
+async def test_start_dispatches_jobs_left_queued(tmp_path, fake_api):
+    endpoint, requests = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    try:
+        job = await store.add(make_job())
+        await dispatcher(store, endpoint).start()
+        assert (await store.get(job.id)).execution == f"{JOB_NAME}/executions/runner-1"
+        assert len(requests) == 1
+    finally:
+        await store.close()

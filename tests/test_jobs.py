@@ -1,0 +1,335 @@
+"""The job store, the delivery log and the embedded dispatcher, with a stand-in runner
+(a small script that prints progress lines, sleeps, fails or hangs as told)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bot.dispatch import EmbeddedDispatcher
+from bot.jobs import DeliveryLog, Job, JobStore
+
+# argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
+# once (hang the first time, then ok), slow (record start and end, then ok).
+FAKE_RUNNER = textwrap.dedent(
+    """
+    import json, os, subprocess, sys, time
+    from pathlib import Path
+
+    mode, out, scratch = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+
+    def say(**message):
+        print(json.dumps(message), flush=True)
+
+    def hang():
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        (scratch / "pids").write_text(f"{os.getpid()} {child.pid}")
+        say(phase="deblending", done=0, total=4)
+        time.sleep(600)
+
+    if mode == "fail":
+        print("building base environment", file=sys.stderr)
+        sys.exit("error: unknown revision deadbeef")
+    if mode == "hang" or (mode == "once" and not (scratch / "ran").exists()):
+        (scratch / "ran").touch()
+        hang()
+    if mode == "slow":
+        with open(scratch / "spans", "a") as spans:
+            spans.write(f"{time.time()} ")
+            time.sleep(0.5)
+            spans.write(f"{time.time()}\\n")
+    say(phase="resolving revisions", done=0, total=0)
+    print("not json", flush=True)
+    for done in range(3):
+        say(phase="deblending", done=done + 1, total=3)
+    (out / "result.json").write_text(
+        json.dumps({"comparison": {"verdict": os.environ.get("VERDICT", "pass")}})
+    )
+    say(phase="finished", result=str(out / "result.json"), published=None)
+    """
+)
+
+
+def make_job(mode: str = "ok", pr: int | None = 1, repository: str = "pmelchior/scarlet") -> Job:
+    """A job whose head SHA tells the stand-in runner what to do."""
+    return Job(
+        repository=repository,
+        installation_id=7,
+        head_sha=mode,
+        base="main",
+        clone_url="https://github.com/pmelchior/scarlet.git",
+        pr=pr,
+    )
+
+
+class Harness:
+    """A store, a dispatcher on the stand-in runner and what its callbacks saw."""
+
+    def __init__(self, tmp: Path, **options) -> None:
+        self.tmp = tmp
+        self.script = tmp / "fake_runner.py"
+        self.script.write_text(FAKE_RUNNER)
+        self.progress: list[tuple[str, str, int, int]] = []
+        self.finished: dict[str, Job] = {}
+        self.changed = asyncio.Condition()
+        self.options = {"timeout": 30, "grace": 1, **options}
+
+    def command(self, job: Job, out: Path) -> list[str]:
+        return [sys.executable, str(self.script), job.head_sha, str(out), str(self.tmp)]
+
+    async def open(self) -> EmbeddedDispatcher:
+        self.store = JobStore(self.tmp / "jobs.sqlite")
+        self.dispatcher = EmbeddedDispatcher(
+            self.store,
+            self.command,
+            self.tmp / "work",
+            env={**os.environ, **self.options.pop("env", {})},
+            on_progress=self.on_progress,
+            on_finished=self.on_finished,
+            **self.options,
+        )
+        await self.dispatcher.start()
+        return self.dispatcher
+
+    async def close(self) -> None:
+        await self.dispatcher.stop()
+        await self.store.close()
+
+    async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
+        self.progress.append((job.id, phase, done, total))
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def on_finished(self, job: Job) -> None:
+        assert (await self.store.get(job.id)) == job  # the store has the conclusion first
+        self.finished[job.id] = job
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def until(self, predicate, timeout: float = 20) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(predicate), timeout)
+
+    async def outcome(self, job: Job) -> Job:
+        await self.until(lambda: job.id in self.finished)
+        return self.finished[job.id]
+
+
+@pytest.fixture
+async def harness(tmp_path):
+    harness = Harness(tmp_path)
+    await harness.open()
+    yield harness
+    await harness.close()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie not yet reaped by its parent counts as gone.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+
+
+async def all_gone(pids_file: Path, within: float = 5) -> bool:
+    """Whether the stand-in runner and its child are gone (signals land asynchronously)."""
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    deadline = asyncio.get_running_loop().time() + within
+    while not all(gone(pid) for pid in pids):
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def test_success_forwards_progress_in_order_and_concludes_from_verdict(harness):
+    job = await harness.dispatcher.submit(make_job("ok"))
+    done = await harness.outcome(job)
+    assert (done.state, done.conclusion, done.attempts, done.error) == (
+        "completed",
+        "success",
+        1,
+        None,
+    )
+    assert done.result_path == str(harness.tmp / "work" / job.id / "result.json")
+    assert [p[1:] for p in harness.progress] == [
+        ("resolving revisions", 0, 0),
+        ("deblending", 1, 3),
+        ("deblending", 2, 3),
+        ("deblending", 3, 3),
+    ]
+
+
+async def test_verdict_fail_concludes_failure(tmp_path):
+    harness = Harness(tmp_path, env={"VERDICT": "fail"})
+    await harness.open()
+    try:
+        done = await harness.outcome(await harness.dispatcher.submit(make_job("ok")))
+        assert (done.state, done.conclusion) == ("completed", "failure")
+    finally:
+        await harness.close()
+
+
+async def test_failure_reports_the_last_stderr_line(harness):
+    done = await harness.outcome(await harness.dispatcher.submit(make_job("fail")))
+    assert (done.state, done.conclusion) == ("completed", "error")
+    assert done.error == "error: unknown revision deadbeef"
+    assert done.result_path is None
+
+
+async def test_timeout_kills_the_process_group(tmp_path):
+    harness = Harness(tmp_path, timeout=1.5)
+    await harness.open()
+    try:
+        done = await harness.outcome(await harness.dispatcher.submit(make_job("hang")))
+        assert (done.state, done.conclusion) == ("completed", "timed_out")
+        assert "timed out" in done.error
+        assert await all_gone(tmp_path / "pids")
+    finally:
+        await harness.close()
+
+
+async def test_cancel_running_and_queued(harness):
+    running = await harness.dispatcher.submit(make_job("hang"))
+    queued = await harness.dispatcher.submit(make_job("ok", pr=2))
+    await harness.until(lambda: any(p[0] == running.id for p in harness.progress))
+    assert (await harness.store.get(queued.id)).state == "queued"  # concurrency 1
+
+    await harness.dispatcher.cancel(queued)
+    await harness.dispatcher.cancel(running)
+    assert await all_gone(harness.tmp / "pids")
+    for job in (running, queued):
+        stored = await harness.store.get(job.id)
+        assert (stored.state, stored.conclusion, stored.attempts) == (
+            "cancelled",
+            "cancelled",
+            int(job is running),
+        )
+    assert harness.finished == {}  # whoever cancels knows
+    after = await harness.dispatcher.submit(make_job("ok", pr=3))
+    assert (await harness.outcome(after)).conclusion == "success"  # the slot is free again
+    assert not (harness.tmp / "work" / queued.id).exists()  # never ran
+
+
+async def test_superseded_sha_cancelled_through_the_store(harness):
+    old = await harness.dispatcher.submit(make_job("hang"))
+    await harness.until(lambda: any(p[0] == old.id for p in harness.progress))
+    new = make_job("ok")
+    for job in await harness.store.cancel("pmelchior/scarlet", pr=1, except_sha=new.head_sha):
+        await harness.dispatcher.cancel(job)
+    new = await harness.dispatcher.submit(new)
+    assert (await harness.outcome(new)).conclusion == "success"
+    assert (await harness.store.get(old.id)).conclusion == "cancelled"
+    assert old.id not in harness.finished
+    assert await all_gone(harness.tmp / "pids")
+
+
+async def test_only_submitted_jobs_run(harness):
+    held = await harness.store.add(make_job("ok", pr=5))  # e.g. a fork awaiting approval
+    job = await harness.dispatcher.submit(make_job("ok"))
+    await harness.outcome(job)
+    assert (await harness.store.get(held.id)).state == "queued"
+
+
+async def test_concurrency_one_runs_jobs_one_after_the_other(harness):
+    first = await harness.dispatcher.submit(make_job("slow", pr=1))
+    second = await harness.dispatcher.submit(make_job("slow", pr=2))
+    await harness.outcome(first)
+    await harness.outcome(second)
+    spans = [
+        tuple(map(float, line.split())) for line in (harness.tmp / "spans").read_text().splitlines()
+    ]
+    assert len(spans) == 2
+    assert spans[0][1] <= spans[1][0]
+
+
+async def test_graceful_stop_keeps_the_job_and_a_new_dispatcher_completes_it(tmp_path):
+    harness = Harness(tmp_path)
+    await harness.open()
+    job = await harness.dispatcher.submit(make_job("once"))
+    await harness.until(lambda: harness.progress)
+    await harness.close()
+    assert await all_gone(tmp_path / "pids")
+    assert harness.finished == {}
+
+    again = Harness(tmp_path)
+    await again.open()
+    try:
+        done = await again.outcome(job)
+        assert (done.conclusion, done.attempts) == ("success", 1)
+    finally:
+        await again.close()
+
+
+async def test_crash_mid_job_is_recovered_on_restart(tmp_path):
+    crashed = JobStore(tmp_path / "jobs.sqlite")
+    job = await crashed.add(make_job("ok"))
+    assert (await crashed.claim_next()).id == job.id  # a bot that died mid-run
+    await crashed.close()
+
+    harness = Harness(tmp_path)
+    await harness.open()
+    try:
+        done = await harness.outcome(job)
+        assert (done.conclusion, done.attempts) == ("success", 2)
+    finally:
+        await harness.close()
+
+
+async def test_a_job_interrupted_three_times_concludes_error(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    job = await store.add(make_job("ok"))
+    for attempt in (1, 2):
+        assert (await store.claim_next()).attempts == attempt
+        assert await store.recover() == []
+    assert (await store.claim_next()).attempts == 3
+    await store.close()
+
+    harness = Harness(tmp_path)
+    await harness.open()
+    try:
+        done = await harness.outcome(job)  # reported by start()
+        assert (done.state, done.conclusion, done.attempts) == ("completed", "error", 3)
+        assert "interrupted 3 times" in done.error
+    finally:
+        await harness.close()
+
+
+async def test_store_dedupes_by_key_while_unfinished(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite")
+    try:
+        first = await store.add(make_job("ok"))
+        assert (await store.add(make_job("ok"))).id == first.id
+        assert (await store.add(make_job("ok", pr=2))).id != first.id
+        other_kind = make_job("ok")
+        other_kind.kind = "baseline"
+        assert (await store.add(other_kind)).id != first.id
+        await store.finish(first.id, "success", result_path="/r.json")
+        assert (await store.add(make_job("ok"))).id != first.id
+        assert (await store.get(first.id)).result_path == "/r.json"
+        await store.set_check_run(first.id, 42)
+        assert (await store.get(first.id)).check_run_id == 42
+        newest = await store.add(make_job("def456"))
+        assert (await store.latest("pmelchior/scarlet", pr=1)).id == newest.id
+        assert await store.latest("pmelchior/scarlet") is None
+    finally:
+        await store.close()
+
+
+async def test_delivery_log_dedupes_across_a_reopen(tmp_path):
+    log = DeliveryLog(tmp_path / "bot.sqlite")
+    assert not await log.seen("guid-1")
+    assert await log.seen("guid-1")
+    await log.close()
+    log = DeliveryLog(tmp_path / "bot.sqlite")
+    try:
+        assert await log.seen("guid-1")
+        assert not await log.seen("guid-2")
+    finally:
+        await log.close()

@@ -1,0 +1,18 @@
+"""``python -m runner`` with the tiny test deblender registered as adapter ``tiny``.
+
+The bot's tests start this instead of the runner (``Settings.runner``): the runner is the
+real one; only the deblender is the tiny package and its faulty-on-request worker adapter.
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from runner import adapters
+from runner.cli import main
+from support import tiny_adapter
+
+adapters.ADAPTERS["tiny"] = tiny_adapter(Path(tempfile.mkdtemp(prefix="tiny-lock-")))
+sys.exit(main([*sys.argv[1:], "--adapter", "tiny"]))
