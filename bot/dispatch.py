@@ -39,6 +39,8 @@ PASSED_VARIABLES = (
     "GOOGLE_APPLICATION_CREDENTIALS",
     "GOOGLE_CLOUD_PROJECT",
     "STORAGE_EMULATOR_HOST",
+    # Where the machine's trusted certificates are (package indexes, git over https).
+    *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
 )
 PASSED_PREFIXES = ("LC_", "UV_", "PIP_", "SCARLET_REGRESSION_")
 STDERR_TAIL = 8192

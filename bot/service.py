@@ -145,7 +145,7 @@ class RegressionService:
         )
 
     async def on_finished(self, job: Job) -> None:
-        """Conclude the check run and, for a PR, write the one report comment."""
+        """Write the PR's one report comment, then conclude the check run."""
         self._progress_sent.pop(job.id, None)
         if job.check_run_id is None:
             return
@@ -164,14 +164,14 @@ class RegressionService:
             output = CheckRunOutput("the run result could not be read", str(error)[:60000], "")
             await github.complete_check_run(gh, job.repository, job.check_run_id, "failure", output)
             return
+        if job.pr is not None:
+            async with self._pr_lock(job.repository, job.pr):
+                await github.upsert_comment(gh, job.repository, job.pr, comment(result, links))
         verdict = result.comparison.verdict
         output = check_run_output(result, links)
         await github.complete_check_run(
             gh, job.repository, job.check_run_id, CONCLUSIONS[verdict], output
         )
-        if job.pr is not None:
-            async with self._pr_lock(job.repository, job.pr):
-                await github.upsert_comment(gh, job.repository, job.pr, comment(result, links))
 
     def load(self, job: Job) -> tuple[RunResult, Links]:
         """The compared result the runner stored for ``job`` and the addresses of its parts."""

@@ -25,7 +25,10 @@ from runner.adapters import Adapter
 RECIPE_VERSION = 1
 LOG_TAIL_LINES = 25
 COMPLETE_MARKER = "environment.json"
-BUILD_VARIABLES = ("PATH", "HOME", "LANG", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+BUILD_VARIABLES = (
+    *("PATH", "HOME", "LANG", "TMPDIR"),
+    *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
+)
 
 
 class BuildError(RuntimeError):

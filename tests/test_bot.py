@@ -1,0 +1,197 @@
+"""The GitHub App end to end: GitHub's example webhooks in, the shared fake GitHub
+(validating every request against the pinned API description) on the other side, the
+embedded queue running the real runner with the tiny test deblender on two synthetic
+blends."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from bot.app import create_app
+from bot.routers.comments import COMMAND
+from bot.settings import CHECK_NAME, Settings
+from fake_github import FakeGitHub, sign
+from runner.release import commit
+from runner.report import MARKER
+from runner.revisions import git
+from support import tiny_repository
+
+REPO = "octo/scarlet"
+TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Bot:
+    """The running bot, its fake GitHub and the scarlet repository it deblends."""
+
+    def __init__(self, url, fake, repo, session):
+        self.url, self.fake, self.repo, self.session = url, fake, repo, session
+
+    async def deliver(self, headers, body) -> int:
+        async with self.session.post(f"{self.url}/webhook", data=body, headers=headers) as resp:
+            return resp.status
+
+    async def send(self, event, action=None, merge=None, **overrides) -> int:
+        merge = {"repository": {"clone_url": str(self.repo)}, **(merge or {})}
+        headers, body = self.fake.webhook(event, action, merge=merge, **overrides)
+        return await self.deliver(headers, body)
+
+    async def comment(self, pull, body: str, user: str) -> int:
+        """Comment on the PR as ``user`` and deliver the issue_comment webhook."""
+        comment = self.fake.add_comment(REPO, pull.number, body, user=user)
+        merge = {"comment": {"id": comment.id}}
+        return await self.send(
+            "issue_comment", "created", pull=pull, body=body, sender=user, merge=merge
+        )
+
+    async def completed(self, sha: str, count: int = 1, timeout: float = 180) -> list:
+        """Wait until ``count`` check runs on ``sha`` are completed; return them."""
+        for _ in range(int(timeout * 10)):
+            runs = [r for r in self.fake.check_runs(REPO, sha) if r.status == "completed"]
+            if len(runs) >= count:
+                return runs
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no completed check run on {sha} after {timeout} s")
+
+    def report_comments(self, number: int) -> list:
+        return [c for c in self.fake.comments(REPO, number) if c.body.startswith(MARKER)]
+
+
+@pytest_asyncio.fixture
+async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    repo, _ = tiny_repository(tmp_path / "scarlet")
+    git(repo, "checkout", "--quiet", "-b", "feature")
+    (repo / "NOTES").write_text("a change that does not touch the deblender\n")
+    commit(repo, "head of the PR")
+    dataset = tmp_path / "blends"
+    dataset.mkdir()
+    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
+        shutil.copy(path, dataset)
+    installation = fake_github.add_installation("octo", [REPO])
+    fake_github.add_repo(
+        REPO,
+        installation_id=installation.id,
+        collaborators={"maintainer": "maintain", "reader": "read"},
+    )
+    port = free_port()
+    settings = Settings(
+        app_id=str(fake_github.app_id),
+        private_key=fake_github.private_key_pem,
+        webhook_secret=fake_github.webhook_secret,
+        data_dir=tmp_path / "bot",
+        datasets=(dataset,),
+        api_url=fake_github.url,
+        public_url=f"http://127.0.0.1:{port}",
+        workers=1,
+        progress_interval=0.0,
+        runner=(sys.executable, str(TINY_RUNNER)),
+    )
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as session:
+        yield Bot(settings.public_url, fake_github, repo, session)
+    await runner.cleanup()
+
+
+def head(bot: Bot) -> str:
+    return git(bot.repo, "rev-parse", "feature")
+
+
+async def test_a_pr_gets_a_check_run_and_one_comment_whose_images_resolve(bot):
+    pull = bot.fake.add_pull(REPO, 7, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (check_run,) = await bot.completed(pull.head_sha)
+    assert check_run.name == CHECK_NAME
+    assert check_run.conclusion == "success", check_run.output
+    assert check_run.output["title"].startswith("pass")
+    (report,) = bot.report_comments(7)
+    assert "## ✅ scarlet regression: pass" in report.body
+    images = IMAGE.findall(report.body)
+    assert len(images) == 2
+    for url in images:
+        async with bot.session.get(url) as response:
+            assert response.status == 200 and response.content_type == "image/png"
+            assert "immutable" in response.headers["Cache-Control"]
+    async with bot.session.get(check_run.details_url) as response:
+        assert response.status == 200 and "scarlet regression: pass" in await response.text()
+
+    # A push: a new check run on the new head, and the same comment edited in place.
+    (bot.repo / "NOTES").write_text("a second change\n")
+    pull.head_sha = commit(bot.repo, "second push")
+    assert await bot.send("pull_request", "synchronize", pull=pull) == 202
+    await bot.completed(pull.head_sha)
+    (edited,) = bot.report_comments(7)
+    assert edited.id == report.id and pull.head_sha[:10] in edited.body
+    assert len(bot.fake.calls("POST", f"/repos/{REPO}/issues/7/comments")) == 1
+
+
+async def test_rerun_needs_write_access_and_runs_at_the_sha_pinned_then(bot):
+    pull = bot.fake.add_pull(REPO, 8, head_sha=head(bot), base_ref="main")
+    assert await bot.comment(pull, COMMAND, "reader") == 202
+    for _ in range(100):
+        if len(bot.fake.comments(REPO, 8)) == 2:
+            break
+        await asyncio.sleep(0.1)
+    refusal = bot.fake.comments(REPO, 8)[-1]
+    assert refusal.body.startswith("Sorry @reader")
+    assert not bot.fake.check_runs(REPO)
+
+    pinned = pull.head_sha
+    assert await bot.comment(pull, f"please\n{COMMAND}\n", "maintainer") == 202
+    (check_run,) = await bot.completed(pinned)
+    assert check_run.conclusion == "success"
+    reactions = [r.content for c in bot.fake.comments(REPO, 8) for r in c.reactions]
+    assert reactions.count("eyes") == 2 and reactions.count("rocket") == 1
+    assert len(bot.report_comments(8)) == 1
+
+
+async def test_five_redeliveries_of_one_delivery_start_one_run(bot):
+    pull = bot.fake.add_pull(REPO, 9, head_sha=head(bot), base_ref="main")
+    merge = {"repository": {"clone_url": str(bot.repo)}}
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, merge=merge)
+    statuses = [await bot.deliver(headers, body) for _ in range(5)]
+    assert statuses == [202, 200, 200, 200, 200]
+    await bot.completed(pull.head_sha)
+    await asyncio.sleep(0.5)
+    assert len(bot.fake.check_runs(REPO, pull.head_sha)) == 1
+
+
+async def test_a_forged_signature_is_refused_and_nothing_reaches_github(bot):
+    pull = bot.fake.add_pull(REPO, 10, head_sha=head(bot), base_ref="main")
+    before = len(bot.fake.calls())
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, secret="not the secret")
+    assert await bot.deliver(headers, body) == 401
+    del headers["X-Hub-Signature-256"]
+    assert await bot.deliver(headers, body) == 401
+    await asyncio.sleep(0.5)
+    assert len(bot.fake.calls()) == before
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"), [("text/plain", 415), ("application/json", 400)]
+)
+async def test_bad_deliveries_get_a_clear_status(bot, content_type, status):
+    headers, body = bot.fake.webhook("push", merge={"repository": {"clone_url": str(bot.repo)}})
+    if status == 400:
+        body = b'{"ref": "refs/heads/main"}'
+        headers["X-Hub-Signature-256"] = sign(body, bot.fake.webhook_secret)
+    headers["Content-Type"] = content_type
+    assert await bot.deliver(headers, body) == status
