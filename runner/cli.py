@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -211,6 +212,19 @@ def parser() -> argparse.ArgumentParser:
     release.add_argument("--out", type=Path, required=True)
     release.set_defaults(handler=_release_repo)
     return main
+
+
+def _terminate(signum: int, frame: object) -> None:
+    from runner.pool import kill_all_workers
+
+    kill_all_workers()
+    os._exit(128 + signum)
+
+
+def exit_with_workers_on_sigterm() -> None:
+    """On SIGTERM (a cancelled or timed-out job) take the worker processes down too: they
+    run in sessions of their own and would outlive the runner."""
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def main(argv: list[str] | None = None) -> int:

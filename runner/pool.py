@@ -82,6 +82,15 @@ def worker_environment(side: Side, home: Path) -> dict[str, str]:
     return env
 
 
+LIVE_WORKERS: set[Worker] = set()
+
+
+def kill_all_workers() -> None:
+    """Kill every worker process (their own sessions outlive the runner otherwise)."""
+    for worker in list(LIVE_WORKERS):
+        worker.kill()
+
+
 class Worker:
     """One persistent worker process speaking the line protocol of ``worker.py``."""
 
@@ -105,6 +114,7 @@ class Worker:
                 cwd=self.home,
                 start_new_session=True,
             )
+        LIVE_WORKERS.add(self)
         self._buffer = b""
         try:
             self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting")
@@ -166,6 +176,7 @@ class Worker:
             self.kill()
         if self.process.stdout:
             self.process.stdout.close()
+        LIVE_WORKERS.discard(self)
 
 
 def run_tasks(

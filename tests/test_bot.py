@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -24,7 +25,7 @@ from fake_github import FakeGitHub, sign
 from runner.release import commit
 from runner.report import MARKER
 from runner.revisions import git
-from support import tiny_repository
+from support import tiny_repository, write_blend_with
 
 REPO = "octo/scarlet"
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
@@ -40,8 +41,9 @@ def free_port() -> int:
 class Bot:
     """The running bot, its fake GitHub and the scarlet repository it deblends."""
 
-    def __init__(self, url, fake, repo, session):
+    def __init__(self, url, fake, repo, session, installation, dataset):
         self.url, self.fake, self.repo, self.session = url, fake, repo, session
+        self.installation, self.dataset = installation, dataset
 
     async def deliver(self, headers, body) -> int:
         async with self.session.post(f"{self.url}/webhook", data=body, headers=headers) as resp:
@@ -107,7 +109,7 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     async with aiohttp.ClientSession() as session:
-        yield Bot(settings.public_url, fake_github, repo, session)
+        yield Bot(settings.public_url, fake_github, repo, session, installation.id, dataset)
     await runner.cleanup()
 
 
@@ -195,3 +197,55 @@ async def test_bad_deliveries_get_a_clear_status(bot, content_type, status):
         headers["X-Hub-Signature-256"] = sign(body, bot.fake.webhook_secret)
     headers["Content-Type"] = content_type
     assert await bot.deliver(headers, body) == status
+
+
+async def test_a_fork_waits_for_a_maintainer_and_then_runs_in_the_same_check_run(bot):
+    pull = bot.fake.add_pull(REPO, 11, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    (waiting,) = bot.fake.check_runs(REPO, pull.head_sha)
+    assert waiting.status == "queued" and "/rerun-regression" in waiting.output["summary"]
+    await asyncio.sleep(1.0)
+    assert waiting.status == "queued", "fork code does not run by itself"
+    assert await bot.comment(pull, COMMAND, "maintainer") == 202
+    (done,) = await bot.completed(pull.head_sha)
+    assert done.id == waiting.id and done.conclusion == "success"
+
+
+async def test_the_re_run_button_of_a_fork_check_run_finds_its_pr_by_sha(bot):
+    pull = bot.fake.add_pull(REPO, 12, head_sha=head(bot), base_ref="main")
+    delivered = await bot.send(
+        "check_run",
+        "rerequested",
+        repo=REPO,
+        installation_id=bot.installation,
+        head_sha=pull.head_sha,
+        check_name=CHECK_NAME,
+        pull_requests=[],
+    )
+    assert delivered == 202
+    await bot.completed(pull.head_sha)
+    assert len(bot.report_comments(12)) == 1
+
+
+async def test_closing_a_pr_cancels_its_run(bot):
+    source = sorted(bot.dataset.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = 1002.0  # the tiny deblender hangs on this blend
+    write_blend_with(bot.dataset / "hangs.npz", source, images=images)
+    pull = bot.fake.add_pull(REPO, 13, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(600):
+        runs = bot.fake.check_runs(REPO, pull.head_sha)
+        if runs and runs[0].status == "in_progress":
+            break
+        await asyncio.sleep(0.1)
+    assert await bot.send("pull_request", "closed", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha, timeout=30)
+    assert run.conclusion == "cancelled"
+    assert run.output["summary"] == "The PR was closed."
+    await asyncio.sleep(1.0)
+    assert not bot.report_comments(13)

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jsonschema
@@ -17,7 +22,7 @@ from runner.release import commit
 from runner.report import MARKER
 from runner.result import SCHEMA_FILE, RunResult
 from runner.revisions import git
-from support import tiny_adapter, tiny_repository, write_blend_with
+from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository, write_blend_with
 
 
 @pytest.fixture
@@ -183,3 +188,51 @@ def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, ca
     assert len(published["images"]) == 3
     for url in published["images"].values():
         assert Path(url.removeprefix("file://")).is_file()
+
+
+def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
+    repo, base, head, dataset, out = setup
+    source = sorted(dataset.glob("synth*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = 1002.0  # the faulty deblender hangs
+    write_blend_with(dataset / "hangs.npz", source, images=images)
+    argv = [
+        sys.executable,
+        str(Path(__file__).parent / "tiny_runner.py"),
+        "run",
+        "--repo",
+        str(repo),
+        "--head",
+        head,
+        "--base",
+        base,
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "SCARLET_REGRESSION_CACHE": str(tmp_path / "cache")}
+    runner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def workers() -> list[int]:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"worker.py" in cmdline and str(FAULTY_ADAPTER).encode() in cmdline:
+                found.append(int(proc.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers(), "the run started workers"
+    time.sleep(3)  # the hang is reached
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+    time.sleep(0.5)
+    assert workers() == []

@@ -11,8 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from runner import adapters
-from runner.cli import main
+from runner.cli import exit_with_workers_on_sigterm, main
 from support import tiny_adapter
 
+exit_with_workers_on_sigterm()
 adapters.ADAPTERS["tiny"] = tiny_adapter(Path(tempfile.mkdtemp(prefix="tiny-lock-")))
 sys.exit(main([*sys.argv[1:], "--adapter", "tiny"]))
