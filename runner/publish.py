@@ -6,22 +6,17 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from runner.report import DETAIL_IMAGES, Links, check_run_output, comment, html_report
+from runner.report import (
+    DETAIL_IMAGES,
+    Links,
+    caption,
+    check_run_output,
+    comment,
+    html_report,
+)
 from runner.residuals import render_blend
-from runner.result import BlendChange, RunResult
+from runner.result import RunResult
 from runner.store import ArtifactStore, LocalStore, run_prefix, store_run
-
-
-def caption(change: BlendChange) -> str:
-    """The caption of a blend's residual comparison: id and metric deltas."""
-    parts = [f"{change.dataset}/{change.id}"]
-    if change.identical:
-        parts.append("identical models")
-    if change.chi2_dof_delta is not None:
-        parts.append(f"Δχ²/dof {change.chi2_dof_delta:+.3f}")
-    if change.mag_error_delta is not None:
-        parts.append(f"max |Δmag| {change.mag_error_delta:.3f}")
-    return " · ".join(parts)
 
 
 def store_residual_images(

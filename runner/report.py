@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from runner.result import BlendResult, Comparison, MetricComparison, RunResult
+from runner.result import BlendChange, BlendResult, Comparison, MetricComparison, RunResult
 
 MARKER = "<!-- scarlet-regression:report -->"
 COMMENT_LIMIT = 65_536
@@ -148,15 +148,23 @@ def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
     return "\n".join(lines)
 
 
-def _caption(change) -> str:
-    parts = [f"**{change.id}** ({change.dataset})"]
-    if change.identical:
-        parts.append("identical")
+def blend_deltas(change: BlendChange) -> list[str]:
+    """How a blend changed, in words: identical, Δχ²/dof, largest |Δmag|."""
+    parts = ["identical models"] if change.identical else []
     if change.chi2_dof_delta is not None:
         parts.append(f"Δχ²/dof {change.chi2_dof_delta:+.3f}")
     if change.mag_error_delta is not None:
         parts.append(f"max |Δmag| {change.mag_error_delta:.3f}")
-    return " · ".join(parts)
+    return parts
+
+
+def caption(change: BlendChange) -> str:
+    """The plain caption of a blend's residual comparison: set/id and its deltas."""
+    return " · ".join([f"{change.dataset}/{change.id}", *blend_deltas(change)])
+
+
+def _caption(change: BlendChange) -> str:
+    return " · ".join([f"**{change.id}** ({change.dataset})", *blend_deltas(change)])
 
 
 def _image(change, links: Links) -> str | None:
@@ -324,7 +332,7 @@ def html_report(result: RunResult, links: Links) -> str:
     blends = "".join(_blend_row(b, changes.get((b.dataset, b.id))) for b in result.blends)
     figures = "".join(
         f'<figure><img src="{esc(links.images[(c.dataset, c.id)])}" alt="residuals of '
-        f'{esc(c.id)}"><figcaption>{esc(_caption(c).replace("**", ""))}</figcaption></figure>'
+        f'{esc(c.id)}"><figcaption>{esc(caption(c))}</figcaption></figure>'
         for c in comparison.blends
         if (c.dataset, c.id) in links.images
     )

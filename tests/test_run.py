@@ -46,27 +46,14 @@ def setup(tmp_path, synthetic_set, monkeypatch):
     return repo, base, head, dataset, tmp_path / "out"
 
 
+def run_args(repo, head, base, dataset, out, workers: int = 2) -> list[str]:
+    """``run`` arguments for the tiny package (the adapter comes separately)."""
+    return ["run", "--repo", str(repo), "--head", head, "--base", base,
+            "--dataset", str(dataset), "--out", str(out), "--workers", str(workers)]  # fmt: skip
+
+
 def run_cli(repo, head, base, dataset, out, *extra):
-    return main(
-        [
-            "run",
-            "--repo",
-            str(repo),
-            "--head",
-            head,
-            "--base",
-            base,
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-            "--workers",
-            "2",
-            "--adapter",
-            "tiny",
-            *extra,
-        ]
-    )
+    return main([*run_args(repo, head, base, dataset, out), "--adapter", "tiny", *extra])
 
 
 def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, capsys):
@@ -196,23 +183,8 @@ def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
     images = np.load(source)["images"].copy()
     images[0, 0, 0] = 1002.0  # the faulty deblender hangs
     write_blend_with(dataset / "hangs.npz", source, images=images)
-    argv = [
-        sys.executable,
-        str(Path(__file__).parent / "tiny_runner.py"),
-        "run",
-        "--repo",
-        str(repo),
-        "--head",
-        head,
-        "--base",
-        base,
-        "--dataset",
-        str(dataset),
-        "--out",
-        str(out),
-        "--workers",
-        "1",
-    ]
+    tiny_runner = str(Path(__file__).parent / "tiny_runner.py")
+    argv = [sys.executable, tiny_runner, *run_args(repo, head, base, dataset, out, workers=1)]
     env = {**os.environ, "SCARLET_REGRESSION_CACHE": str(tmp_path / "cache")}
     runner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
