@@ -3,15 +3,16 @@
 Each slot of the pool (one per core by default) runs blends one at a time, starting
 a persistent worker per revision with that revision's own interpreter. Tasks come in
 the order given, so base and head of a blend interleave and machine drift cancels in
-timing comparisons. A crash, a hang past the timeout or a deblender exception errors
-that task only: the worker is replaced and the other tasks go on.
+timing comparisons; with two or more slots, each slot keeps to one revision where it
+can, so base and head of a blend run side by side. A crash, a hang past the timeout
+or a deblender exception errors that task only: the worker is replaced and the other
+tasks go on.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import selectors
 import signal
 import subprocess
@@ -179,6 +180,25 @@ class Worker:
         LIVE_WORKERS.discard(self)
 
 
+class TaskQueue:
+    """Tasks in their given order, where a slot takes the next task for a revision whose
+    worker it already runs: with as many slots as revisions each slot keeps to one
+    revision and no worker imports a deblender only to idle."""
+
+    def __init__(self, tasks: Iterable[Task]):
+        self.tasks = list(tasks)
+        self.lock = threading.Lock()
+
+    def take(self, preferred: set[str], only_preferred: bool) -> Task | None:
+        """The next task, preferring one for a side in ``preferred`` (only such a task
+        with ``only_preferred``); None when there is none."""
+        with self.lock:
+            index = next((i for i, t in enumerate(self.tasks) if t.side in preferred), None)
+            if index is None and (only_preferred or not self.tasks):
+                return None
+            return self.tasks.pop(index or 0)
+
+
 def run_tasks(
     tasks: Iterable[Task],
     sides: dict[str, Side],
@@ -188,9 +208,7 @@ def run_tasks(
     on_outcome: Callable[[Outcome], None],
 ) -> None:
     """Run every task on ``slots`` parallel slots; report each outcome as it comes."""
-    pending: queue.SimpleQueue[Task] = queue.SimpleQueue()
-    for task in tasks:
-        pending.put(task)
+    pending = TaskQueue(tasks)
     report = threading.Lock()
     broken: dict[str, str] = {}
 
@@ -201,9 +219,12 @@ def run_tasks(
         }
         try:
             while True:
-                try:
-                    task = pending.get_nowait()
-                except queue.Empty:
+                # A slot that runs a worker leaves the other revisions' tasks to the
+                # slots running theirs, unless it is the only slot.
+                started = {name for name, worker in workers.items() if worker.process}
+                preferred = started or {list(sides)[number % len(sides)]}
+                task = pending.take(preferred, only_preferred=bool(started) and slots > 1)
+                if task is None:
                     return
                 outcome = _run_one(task, workers[task.side], timeout, broken)
                 with report:

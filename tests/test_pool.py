@@ -107,3 +107,18 @@ def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypat
     seen = outcomes[0].reply["version"]
     assert "GITHUB_APP_PRIVATE_KEY" not in seen
     assert "OMP_NUM_THREADS" in seen
+
+
+def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set, tmp_path):
+    sides = {name: Side(name, sys.executable, FAULTY_ADAPTER) for name in ("base", "head")}
+    blends = sorted(synthetic_set.glob("*.npz"))
+    tasks = [
+        Task(side, path, tmp_path / f"{path.stem}.{side}.npz", {})
+        for path in blends
+        for side in ("base", "head")
+    ]
+    outcomes = []
+    run_tasks(tasks, sides, tmp_path, 2, 10.0, outcomes.append)
+    assert len(outcomes) == 2 * len(blends) and all(o.error is None for o in outcomes)
+    started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
+    assert started == ["worker-0-base.log", "worker-1-head.log"]
