@@ -70,6 +70,14 @@ def _write_report(result, run_dir: Path, out: Path) -> None:
     )
 
 
+def positive(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def summary_line(result) -> str:
     """One line: the verdict and its reasons."""
     comparison = result.comparison
@@ -171,7 +179,7 @@ def parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="write a deterministic synthetic blend set")
     synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--blends", type=int, default=20)
+    synth.add_argument("--blends", type=positive, default=20)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(handler=_synth)
 
@@ -181,10 +189,10 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--base", required=True, help="base revision; a branch means merge-base")
     runner.add_argument("--dataset", type=Path, action="append", required=True)
     runner.add_argument("--out", type=Path, required=True)
-    runner.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    runner.add_argument("--workers", type=positive, default=os.cpu_count() or 1)
     runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
-    runner.add_argument("--max-iter", type=int, help="deblender iterations (adapter default)")
+    runner.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
     runner.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
     runner.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
     runner.add_argument("--store-url", help="public address of the store (default: its own)")
