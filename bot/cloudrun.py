@@ -1,13 +1,15 @@
 """The production dispatcher: one Cloud Run Jobs execution per job, started with that
 job's runner arguments and environment as per-execution overrides.
 
-Needs ``run.jobs.runWithOverrides`` on the Cloud Run job (and ``run.executions.cancel``).
-The Google client library is imported only when a client is first needed.
+Needs ``run.jobs.runWithOverrides`` on the Cloud Run job, ``run.executions.get`` to
+watch executions and ``run.executions.cancel``. The Google client library is imported
+only when a client is first needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,9 +30,11 @@ class CloudRunDispatcher:
     ``args(job, out)`` are the container's arguments (the image's entrypoint being
     ``python -m runner``), with ``out`` a directory inside the container; ``env`` is
     added to the container's environment, with ``SCARLET_REGRESSION_JOB_ID`` set to the
-    job's id. The execution's name is recorded on the job. Completion is not watched
-    here (the runner publishes its result to the store); ``on_finished`` hears only of
-    jobs that could not be started.
+    job's id. The execution's name is recorded on the job; every ``poll_interval``
+    seconds the running jobs' executions are looked at, and a finished one concludes its
+    job ("success" when every task succeeded: the runner has published the result to
+    the store, where the bot reads the verdict; "error" otherwise) and is passed to
+    ``on_finished``, as are jobs that could not be started.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class CloudRunDispatcher:
         jobs_client: Any = None,
         executions_client: Any = None,
         on_finished: OnFinished | None = None,
+        poll_interval: float = 30.0,
     ) -> None:
         self.store = store
         self.job_name = job_name
@@ -59,15 +64,48 @@ class CloudRunDispatcher:
         self.on_finished = on_finished
         self._jobs = jobs_client
         self._executions = executions_client
+        self.poll_interval = poll_interval
+        self._watcher: asyncio.Task | None = None
 
     async def start(self) -> None:
-        """Start the jobs a previous process stored but never dispatched."""
+        """Start the jobs a previous process stored but never dispatched, and watch the
+        executions of running ones (also those started before a restart)."""
         for job in await self.store.unfinished():
             if job.state == "queued":
                 await self.submit(job)
+        self._watcher = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
-        """Nothing runs here: executions go on without the bot."""
+        """Stop watching: executions go on without the bot and are watched after a restart."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+    async def check(self) -> list[Job]:
+        """Conclude the running jobs whose executions have finished; return them."""
+        finished = []
+        for job in await self.store.unfinished():
+            if job.state != "running" or not job.execution:
+                continue
+            try:
+                outcome = await asyncio.to_thread(self._outcome, job.execution)
+            except Exception:
+                log.exception("job %s: could not look at %s", job.id, job.execution)
+                continue
+            if outcome is None:
+                continue
+            conclusion, error = outcome
+            done = await self.store.finish(job.id, conclusion, error=error)
+            if done is not None and done.conclusion == conclusion:
+                finished.append(done)
+                await self._notify(done)
+        return finished
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(self.poll_interval)
 
     async def submit(self, job: Job) -> Job:
         """Store the job (idempotent on its key) and start its execution; a job already
@@ -120,6 +158,20 @@ class CloudRunDispatcher:
         if metadata is None or not metadata.name:
             raise RuntimeError("the run operation names no execution")
         return metadata.name
+
+    def _outcome(self, name: str) -> tuple[str, str | None] | None:
+        """None while the execution runs; else its conclusion and, if it failed, why."""
+        from google.cloud import run_v2
+
+        if self._executions is None:
+            self._executions = run_v2.ExecutionsClient()
+        execution = self._executions.get_execution(request=run_v2.GetExecutionRequest(name=name))
+        if not execution.completion_time:
+            return None
+        if execution.succeeded_count >= max(execution.task_count, 1) and not execution.failed_count:
+            return "success", None
+        reasons = [c.message for c in execution.conditions if c.message]
+        return "error", "; ".join(reasons) or f"{execution.failed_count} task(s) failed"
 
     def _cancel_execution(self, name: str) -> None:
         from google.cloud import run_v2

@@ -24,6 +24,11 @@ class FakeRunAdmin(BaseHTTPRequestHandler):
     whose metadata is the execution, and jobs named ``.../denied`` with a 403."""
 
     requests: list[tuple[str, dict]]
+    executions: dict[str, dict]  # GET answers by execution name (running when absent)
+
+    def do_GET(self) -> None:
+        name = urlsplit(self.path).path.removeprefix("/v2/")
+        self.answer(200, {"name": name, "taskCount": 1, **self.executions.get(name, {})})
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path
@@ -59,10 +64,14 @@ class FakeRunAdmin(BaseHTTPRequestHandler):
         pass
 
 
+EXECUTIONS: dict[str, dict] = {}
+
+
 @pytest.fixture
 def fake_api() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
     requests: list[tuple[str, dict]] = []
-    handler = type("Handler", (FakeRunAdmin,), {"requests": requests})
+    EXECUTIONS.clear()
+    handler = type("Handler", (FakeRunAdmin,), {"requests": requests, "executions": EXECUTIONS})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -183,3 +192,31 @@ async def test_start_dispatches_jobs_left_queued(tmp_path, fake_api):
         assert len(requests) == 1
     finally:
         await store.close()
+
+
+async def test_finished_executions_conclude_their_jobs(tmp_path, fake_api):
+    endpoint, _ = fake_api
+    finished: list[Job] = []
+
+    async def on_finished(job: Job) -> None:
+        finished.append(job)
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs = dispatcher(store, endpoint, on_finished=on_finished)
+    good = await runs.submit(make_job("a" * 40))
+    bad = await runs.submit(make_job("b" * 40))
+    assert await runs.check() == [], "both executions still run"
+    done = "2026-11-25T12:00:00Z"
+    EXECUTIONS[good.execution] = {"completionTime": done, "succeededCount": 1}
+    EXECUTIONS[bad.execution] = {
+        "completionTime": done,
+        "failedCount": 1,
+        "conditions": [{"type": "Completed", "message": "Task runner-2 exited with code 2"}],
+    }
+    concluded = {job.head_sha: job for job in await runs.check()}
+    assert concluded["a" * 40].conclusion == "success"
+    assert concluded["b" * 40].conclusion == "error"
+    assert concluded["b" * 40].error == "Task runner-2 exited with code 2"
+    assert sorted(job.head_sha for job in finished) == ["a" * 40, "b" * 40]
+    assert await runs.check() == [], "a concluded job is not concluded twice"
+    await store.close()
