@@ -1,4 +1,4 @@
-"""``python -m runner``: synth, run, compare and release-repo."""
+"""``python -m runner``: synth, run, merge, compare and release-repo."""
 
 from __future__ import annotations
 
@@ -126,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         adapter=args.adapter,
         timeout=args.timeout,
         options=options,
+        shard=_shard(args),
         **({"cache": args.cache} if args.cache else {}),
     )
     if args.store and not args.repository:
@@ -136,7 +137,6 @@ def _run(args: argparse.Namespace) -> int:
     except RunError as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
-    report = sys.stderr if args.progress_json else sys.stdout
     for side in ("base", "head"):
         info = getattr(result.provenance, side)
         if info.build.status == "failed":
@@ -145,31 +145,92 @@ def _run(args: argparse.Namespace) -> int:
                 f"{info.build.error}",
                 file=sys.stderr,
             )
+    return _finish(result, args)
+
+
+def _finish(result, args: argparse.Namespace) -> int:
+    """Summarise a run (or merged shards), write its report, publish it, say where."""
+    report = sys.stderr if args.progress_json else sys.stdout
     errored = sum(b.base.status == "errored" or b.head.status == "errored" for b in result.blends)
     print(
         f"wrote {args.out / 'result.json'}: {len(result.blends)} blends, {errored} with errors",
         file=report,
     )
-    print(summary_line(result), file=report)
-    if args.report:
+    if result.comparison is not None:
+        print(summary_line(result), file=report)
+    if args.report and result.comparison is not None:
         _write_report(result, args.out, args.report)
     published = None
     if args.store:
+        from runner.merge import store_shard
         from runner.publish import publish_run
         from runner.store import StoreError, open_store
 
         try:
             store = open_store(args.store, base_url=args.store_url)
-            publish_run(result, args.out, store, args.repository, args.pr)
+            if result.shard is not None:
+                store_shard(store, args.out, result, args.repository, args.pr)
+            else:
+                publish_run(result, args.out, store, args.repository, args.pr)
+                published = str((args.out / "published.json").resolve())
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3
-        published = str((args.out / "published.json").resolve())
     if args.progress_json:
         result_path = str((args.out / "result.json").resolve())
         finished = {"phase": "finished", "result": result_path, "published": published}
         print(json.dumps(finished), flush=True)
     return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from runner.merge import MergeError, merge_from_store, merge_results
+    from runner.result import RunResult
+    from runner.store import StoreError, open_store
+
+    if args.store and not args.repository:
+        print("error: --store needs --repository owner/name", file=sys.stderr)
+        return 2
+    try:
+        if args.parts:
+            parts = [(RunResult.read(folder / "result.json"), folder) for folder in args.parts]
+            result = merge_results(parts, args.out)
+        elif args.store and args.sha and args.shards:
+            store = open_store(args.store, base_url=args.store_url)
+            result = merge_from_store(
+                store, args.repository, args.pr, args.sha, args.shards, args.out
+            )
+        else:
+            print("error: give shard folders, or --store with --sha and --shards", file=sys.stderr)
+            return 2
+    except (MergeError, StoreError, OSError, ValueError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    return _finish(result, args)
+
+
+def _shard(args: argparse.Namespace):
+    """``--shard``, or Cloud Run's task index and count when there are several tasks."""
+    from runner.result import Shard
+
+    if args.shard:
+        return Shard.parse(args.shard)
+    count = int(os.environ.get("CLOUD_RUN_TASK_COUNT", "1"))
+    if count > 1:
+        return Shard(int(os.environ.get("CLOUD_RUN_TASK_INDEX", "0")), count)
+    return None
+
+
+def _publishing(command: argparse.ArgumentParser) -> None:
+    """Options for writing a report and publishing to a store."""
+    command.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
+    command.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
+    command.add_argument("--store-url", help="public address of the store (default: its own)")
+    command.add_argument("--repository", help="owner/name the run is stored under")
+    command.add_argument("--pr", type=int, help="pull request number the run is stored under")
+    command.add_argument(
+        "--progress-json", action="store_true", help="progress as JSON lines on stdout"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -193,18 +254,20 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
     runner.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
-    runner.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
-    runner.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
-    runner.add_argument("--store-url", help="public address of the store (default: its own)")
-    runner.add_argument("--repository", help="owner/name the run is stored under")
-    runner.add_argument("--pr", type=int, help="pull request number the run is stored under")
-    runner.add_argument(
-        "--progress-json", action="store_true", help="progress as JSON lines on stdout"
-    )
+    runner.add_argument("--shard", help="I/N: deblend shard I of N and write a partial result")
+    _publishing(runner)
     runner.add_argument(
         "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
     )
     runner.set_defaults(handler=_run)
+
+    merger = commands.add_parser("merge", help="merge the results of a run's shards")
+    merger.add_argument("parts", type=Path, nargs="*", help="shard result folders")
+    merger.add_argument("--out", type=Path, required=True)
+    merger.add_argument("--sha", help="with --store: the head SHA of the sharded run")
+    merger.add_argument("--shards", type=positive, help="with --store: how many shards")
+    _publishing(merger)
+    merger.set_defaults(handler=_merge)
 
     comparer = commands.add_parser("compare", help="compare head with base in a run result")
     comparer.add_argument("result", type=Path, help="a run's result.json")

@@ -192,14 +192,33 @@ class Comparison:
     config: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (from 0): every count-th blend of the sets in order."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``I/N`` as a shard; ValueError unless 0 <= I < N."""
+        index, _, count = text.partition("/")
+        shard = cls(int(index), int(count))
+        if not 0 <= shard.index < shard.count:
+            raise ValueError(f"a shard is I/N with 0 <= I < N, got {text!r}")
+        return shard
+
+
 @dataclass
 class RunResult:
-    """Everything one run measured, for base and head, blend by blend."""
+    """Everything one run measured, for base and head, blend by blend; a shard's result
+    holds only its blends and no comparison until the shards are merged."""
 
     provenance: Provenance
     bands: list[str]
     blends: list[BlendResult]
     comparison: Comparison | None = None
+    shard: Shard | None = None
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 

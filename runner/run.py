@@ -45,6 +45,7 @@ from runner.result import (
     Provenance,
     RevisionInfo,
     RunResult,
+    Shard,
 )
 
 SIDES = ("base", "head")
@@ -78,6 +79,7 @@ class RunConfig:
     timeout: float = DEFAULT_TIMEOUT
     options: dict = field(default_factory=dict)
     cache: Path = field(default_factory=lambda: default_cache())
+    shard: Shard | None = None
 
 
 def default_cache() -> Path:
@@ -179,6 +181,7 @@ class Run:
         if all(isinstance(env, BuildError) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
         blends = self._deblend(datasets, envs, adapter)
+        settings = {"workers": config.workers, "timeout": config.timeout, **config.options}
         result = RunResult(
             provenance=Provenance(
                 repository=config.repo,
@@ -191,7 +194,7 @@ class Run:
                     DatasetInfo(d.name, str(d.path), d.content_hash, len(d.blends))
                     for d in datasets
                 ],
-                config={"workers": config.workers, "timeout": config.timeout, **config.options},
+                config={**settings, "comparison": compare_config.as_dict()},
                 runner_version=version("scarlet-regression"),
                 platform=platform.platform(),
                 started=started,
@@ -199,9 +202,11 @@ class Run:
             ),
             bands=list(BANDS),
             blends=blends,
+            shard=config.shard,
         )
-        self.progress(Progress("comparing"))
-        result.comparison = compare(result, compare_config)
+        if config.shard is None:  # a shard's result is compared once the shards are merged
+            self.progress(Progress("comparing"))
+            result.comparison = compare(result, compare_config)
         result.write(config.out / "result.json")
         self.progress(Progress("done", self.total, self.total))
         return result
@@ -224,7 +229,7 @@ class Run:
         }
         loaded: dict[tuple[str, str], Blend | BlendError] = {}
         tasks = []
-        for blend_file in (b for d in datasets for b in d.blends):
+        for blend_file in self._blend_files(datasets):
             key = (blend_file.dataset, blend_file.id)
             try:
                 loaded[key] = load_blend(blend_file.path)
@@ -254,9 +259,14 @@ class Run:
         shutil.rmtree(workdir / "home", ignore_errors=True)
         return [
             self._blend_result(b, loaded[(b.dataset, b.id)], envs)
-            for d in datasets
-            for b in d.blends
+            for b in self._blend_files(datasets)
         ]
+
+    def _blend_files(self, datasets: list[Dataset]) -> list[BlendFile]:
+        """Every blend of the sets in order, or this run's shard of them."""
+        files = [b for d in datasets for b in d.blends]
+        shard = self.config.shard
+        return files if shard is None else files[shard.index :: shard.count]
 
     def _measure(self, blend: Blend, outcome: Outcome) -> BlendRun:
         if outcome.error is not None:

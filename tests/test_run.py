@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import jsonschema
@@ -208,3 +209,58 @@ def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
     time.sleep(0.5)
     assert workers() == []
+
+
+def science(result: RunResult) -> list:
+    """Every measurement of a result but its timings."""
+    timings = {"wall_time", "init_time", "fit_time"}
+    return [
+        (b.dataset, b.id, side, {k: v for k, v in asdict(getattr(b, side)).items()
+                                 if k not in timings})
+        for b in result.blends
+        for side in ("base", "head")
+    ]  # fmt: skip
+
+
+def test_three_shards_merged_give_the_science_of_one_run(setup, capsys):
+    repo, base, head, dataset, out = setup
+    assert run_cli(repo, head, base, dataset, out) == 0
+    whole = RunResult.read(out / "result.json")
+    parts = [out.parent / f"shard-{i}" for i in range(3)]
+    for index, part in enumerate(parts):
+        assert run_cli(repo, head, base, dataset, part, "--shard", f"{index}/3") == 0
+        partial = RunResult.read(part / "result.json")
+        assert partial.shard.count == 3 and partial.comparison is None
+        assert len(partial.blends) == 2
+    merged_dir = out.parent / "merged"
+    assert main(["merge", "--out", str(merged_dir), *map(str, parts)]) == 0
+    merged = RunResult.read(merged_dir / "result.json")
+    jsonschema.validate(
+        json.loads((merged_dir / "result.json").read_text()), json.loads(SCHEMA_FILE.read_text())
+    )
+    assert science(merged) == science(whole)
+    assert merged.comparison.verdict == whole.comparison.verdict
+    assert merged.shard is None
+    for blend in merged.blends:
+        if blend.head.arrays:
+            assert (merged_dir / blend.head.arrays).is_file()
+    capsys.readouterr()
+    assert main(["merge", "--out", str(out.parent / "m2"), str(parts[0]), str(parts[2])]) == 2
+    assert capsys.readouterr().err.strip() == "error: shard(s) 1/3 missing"
+
+
+def test_shards_stored_by_cloud_run_tasks_merge_from_the_store(setup, monkeypatch):
+    repo, base, head, dataset, out = setup
+    store = out.parent / "store"
+    publish = ["--store", str(store), "--repository", "octo/scarlet", "--pr", "3"]
+    for index in range(2):
+        monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", str(index))
+        monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "2")
+        assert run_cli(repo, head, base, dataset, out.parent / f"task-{index}", *publish) == 0
+    monkeypatch.delenv("CLOUD_RUN_TASK_COUNT")
+    merged = out.parent / "merged"
+    argv = ["merge", "--out", str(merged), "--sha", head, "--shards", "2", *publish]
+    assert main(argv) == 0
+    published = json.loads((merged / "published.json").read_text())
+    assert published["prefix"] == f"runs/octo/scarlet/pr/3/{head}/"
+    assert len(RunResult.read(merged / "result.json").blends) == 6
