@@ -141,9 +141,36 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
-async def _lifecycle(app: web.Application):
+def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
+    """Cloud Run Jobs when a job is configured (production), else the embedded queue."""
+    from bot.runs import merge_arguments, runner_command
+
+    command = runner_command(settings)
+    if settings.cloud_run_job:
+        from bot.cloudrun import CloudRunDispatcher
+
+        return CloudRunDispatcher(
+            jobs,
+            settings.cloud_run_job,
+            lambda job, out: command(job, out)[len(settings.runner) :],
+            task_count=settings.cloud_run_tasks,
+            merge_args=merge_arguments(settings),
+            on_finished=service.on_finished,
+        )
     from bot.dispatch import EmbeddedDispatcher
-    from bot.runs import runner_command
+
+    return EmbeddedDispatcher(
+        jobs,
+        command,
+        Path(settings.data_dir) / "runs",
+        concurrency=settings.concurrency,
+        timeout=settings.run_timeout,
+        on_progress=service.on_progress,
+        on_finished=service.on_finished,
+    )
+
+
+async def _lifecycle(app: web.Application):
 
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -153,15 +180,7 @@ async def _lifecycle(app: web.Application):
     app[CLIENTS] = InstallationClients(session, settings)
     store = open_store(settings.store_spec, base_url=settings.store_url)
     service = RegressionService(settings, jobs, store, app[CLIENTS].client)
-    service.dispatcher = EmbeddedDispatcher(
-        jobs,
-        runner_command(settings),
-        Path(settings.data_dir) / "runs",
-        concurrency=settings.concurrency,
-        timeout=settings.run_timeout,
-        on_progress=service.on_progress,
-        on_finished=service.on_finished,
-    )
+    service.dispatcher = _dispatcher(settings, jobs, service)
     app[SERVICE] = service
     await service.dispatcher.start()
     yield

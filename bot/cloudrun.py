@@ -21,6 +21,7 @@ from bot.jobs import Job, JobStore
 log = logging.getLogger(__name__)
 
 JOB_ID_VARIABLE = "SCARLET_REGRESSION_JOB_ID"
+MERGING = "merge:"  # marks a job's execution as the merge of its shards
 
 
 class CloudRunDispatcher:
@@ -34,7 +35,12 @@ class CloudRunDispatcher:
     seconds the running jobs' executions are looked at, and a finished one concludes its
     job ("success" when every task succeeded: the runner has published the result to
     the store, where the bot reads the verdict; "error" otherwise) and is passed to
-    ``on_finished``, as are jobs that could not be started.
+    ``on_finished``, as are jobs that could not be started. With ``task_count`` > 1 each
+    task deblends a shard (the runner reads ``CLOUD_RUN_TASK_INDEX``/``COUNT``); when all
+    succeeded, one more execution runs ``merge_args`` (``runner merge`` from the store),
+    and its end concludes the job. Cloud Run retries failed tasks (the job's
+    ``maxRetries``); a shard that still fails fails the execution and so the job, with
+    Cloud Run's reason.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class CloudRunDispatcher:
         executions_client: Any = None,
         on_finished: OnFinished | None = None,
         poll_interval: float = 30.0,
+        merge_args: Callable[[Job, Path], Sequence[str]] | None = None,
     ) -> None:
         self.store = store
         self.job_name = job_name
@@ -65,7 +72,10 @@ class CloudRunDispatcher:
         self._jobs = jobs_client
         self._executions = executions_client
         self.poll_interval = poll_interval
+        self.merge_args = merge_args
         self._watcher: asyncio.Task | None = None
+        if task_count > 1 and merge_args is None:
+            raise ValueError("sharding over several tasks needs merge_args")
 
     async def start(self) -> None:
         """Start the jobs a previous process stored but never dispatched, and watch the
@@ -96,11 +106,26 @@ class CloudRunDispatcher:
             if outcome is None:
                 continue
             conclusion, error = outcome
+            if conclusion == "success" and self.task_count > 1 and not _merging(job):
+                await self._start_merge(job)
+                continue
             done = await self.store.finish(job.id, conclusion, error=error)
             if done is not None and done.conclusion == conclusion:
                 finished.append(done)
                 await self._notify(done)
         return finished
+
+    async def _start_merge(self, job: Job) -> None:
+        """All shards succeeded: start one task that merges them and publishes the run."""
+        try:
+            args = list(self.merge_args(job, self.out))
+            execution = await asyncio.to_thread(self._run_job, job, args, 1)
+        except Exception as error:
+            log.exception("job %s: Cloud Run did not start the merge", job.id)
+            done = await self.store.finish(job.id, "error", error=f"Cloud Run merge: {error}")
+            await self._notify(done)
+            return
+        await self.store.set_execution(job.id, MERGING + execution)
 
     async def _watch(self) -> None:
         while True:
@@ -115,7 +140,8 @@ class CloudRunDispatcher:
         if claimed is None:
             return job
         try:
-            execution = await asyncio.to_thread(self._run_job, claimed)
+            args = list(self.args(claimed, self.out))
+            execution = await asyncio.to_thread(self._run_job, claimed, args, self.task_count)
         except Exception as error:
             log.exception("job %s: Cloud Run did not start an execution", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
@@ -133,7 +159,7 @@ class CloudRunDispatcher:
         except Exception:
             log.exception("job %s: could not cancel %s", job.id, stored.execution)
 
-    def _run_job(self, job: Job) -> str:
+    def _run_job(self, job: Job, args: list[str], task_count: int) -> str:
         from google.cloud import run_v2
 
         overrides = run_v2.RunJobRequest.Overrides
@@ -144,11 +170,11 @@ class CloudRunDispatcher:
                 container_overrides=[
                     overrides.ContainerOverride(
                         name=self.container,
-                        args=list(self.args(job, self.out)),
+                        args=args,
                         env=[run_v2.EnvVar(name=k, value=v) for k, v in env.items()],
                     )
                 ],
-                task_count=self.task_count,
+                task_count=task_count,
                 **({"timeout": {"seconds": int(self.timeout)}} if self.timeout else {}),
             ),
         )
@@ -165,7 +191,8 @@ class CloudRunDispatcher:
 
         if self._executions is None:
             self._executions = run_v2.ExecutionsClient()
-        execution = self._executions.get_execution(request=run_v2.GetExecutionRequest(name=name))
+        request = run_v2.GetExecutionRequest(name=name.removeprefix(MERGING))
+        execution = self._executions.get_execution(request=request)
         if not execution.completion_time:
             return None
         if execution.succeeded_count >= max(execution.task_count, 1) and not execution.failed_count:
@@ -178,8 +205,13 @@ class CloudRunDispatcher:
 
         if self._executions is None:
             self._executions = run_v2.ExecutionsClient()
-        self._executions.cancel_execution(request=run_v2.CancelExecutionRequest(name=name))
+        request = run_v2.CancelExecutionRequest(name=name.removeprefix(MERGING))
+        self._executions.cancel_execution(request=request)
 
     async def _notify(self, job: Job) -> None:
         if self.on_finished is not None:
             await call_safely(self.on_finished, job)
+
+
+def _merging(job: Job) -> bool:
+    return bool(job.execution and job.execution.startswith(MERGING))

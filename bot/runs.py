@@ -9,6 +9,15 @@ from bot.jobs import Job
 from bot.settings import Settings
 
 
+def _publishing(settings: Settings, job: Job) -> list[str]:
+    argv = ["--store", settings.store_spec, "--repository", job.repository, "--progress-json"]
+    if settings.store_url:
+        argv += ["--store-url", settings.store_url]
+    if job.pr is not None:
+        argv += ["--pr", str(job.pr)]
+    return argv
+
+
 def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
     """A function giving the argv of ``python -m runner run`` for a job and its folder."""
 
@@ -17,12 +26,16 @@ def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
         argv += ["--head", job.head_sha, "--base", job.base, "--out", str(out)]
         for dataset in settings.datasets:
             argv += ["--dataset", str(dataset)]
-        argv += ["--workers", str(settings.workers), "--store", settings.store_spec]
-        argv += ["--repository", job.repository, "--progress-json"]
-        if settings.store_url:
-            argv += ["--store-url", settings.store_url]
-        if job.pr is not None:
-            argv += ["--pr", str(job.pr)]
-        return argv
+        return [*argv, "--workers", str(settings.workers), *_publishing(settings, job)]
 
     return command
+
+
+def merge_arguments(settings: Settings) -> Callable[[Job, Path], list[str]]:
+    """The arguments of ``runner merge`` for a job run as ``cloud_run_tasks`` shards."""
+
+    def arguments(job: Job, out: Path) -> list[str]:
+        argv = ["merge", "--out", str(out), "--sha", job.head_sha]
+        return [*argv, "--shards", str(settings.cloud_run_tasks), *_publishing(settings, job)]
+
+    return arguments

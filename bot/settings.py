@@ -33,6 +33,8 @@ class Settings:
     run_forks: bool = False
     progress_interval: float = 10.0
     runner: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m", "runner"))
+    cloud_run_job: str = ""
+    cloud_run_tasks: int = 1
 
     @property
     def store_spec(self) -> str:
@@ -73,4 +75,6 @@ class Settings:
             store=env.get("SCARLET_BOT_STORE", ""),
             run_drafts=env.get("SCARLET_BOT_RUN_DRAFTS", "") == "1",
             run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
+            cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),
+            cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
         )

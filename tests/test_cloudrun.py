@@ -220,3 +220,80 @@ async def test_finished_executions_conclude_their_jobs(tmp_path, fake_api):
     assert sorted(job.head_sha for job in finished) == ["a" * 40, "b" * 40]
     assert await runs.check() == [], "a concluded job is not concluded twice"
     await store.close()
+
+
+async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
+    endpoint, requests = fake_api
+    finished: list[Job] = []
+
+    async def on_finished(job: Job) -> None:
+        finished.append(job)
+
+    def merge_args(job: Job, out: Path) -> list[str]:
+        return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs = dispatcher(store, endpoint, task_count=4, merge_args=merge_args, on_finished=on_finished)
+    job = await runs.submit(make_job("c" * 40))
+    path, body = requests[-1]
+    assert path.endswith(":run") and body["overrides"]["taskCount"] == 4
+    done = "2026-11-25T12:00:00Z"
+    EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 4, "taskCount": 4}
+    assert await runs.check() == [], "the merge still has to run"
+    path, body = requests[-1]
+    assert body["overrides"]["taskCount"] == 1
+    assert body["overrides"]["containerOverrides"][0]["args"][:2] == ["merge", "--out"]
+    merging = await store.get(job.id)
+    assert merging.execution.startswith("merge:") and merging.state == "running"
+    EXECUTIONS[merging.execution.removeprefix("merge:")] = {
+        "completionTime": done,
+        "succeededCount": 1,
+    }
+    (concluded,) = await runs.check()
+    assert concluded.conclusion == "success" and finished == [concluded]
+    await store.close()
+
+
+async def test_a_shard_that_fails_after_its_retries_fails_the_job(tmp_path, fake_api):
+    endpoint, _ = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs = dispatcher(store, endpoint, task_count=2, merge_args=lambda job, out: ["merge"])
+    job = await runs.submit(make_job("d" * 40))
+    EXECUTIONS[job.execution] = {
+        "completionTime": "2026-11-25T12:00:00Z",
+        "succeededCount": 1,
+        "failedCount": 1,
+        "taskCount": 2,
+        "conditions": [{"type": "Completed", "message": "Task 1 failed after 1 retry"}],
+    }
+    (concluded,) = await runs.check()
+    assert concluded.conclusion == "error" and "Task 1 failed" in concluded.error
+    await store.close()
+
+
+def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
+    from bot.app import _dispatcher
+    from bot.service import RegressionService
+    from bot.settings import Settings
+    from runner.store import LocalStore
+
+    settings = Settings(
+        app_id="1",
+        private_key="-",
+        webhook_secret="-",
+        data_dir=tmp_path,
+        datasets=(tmp_path / "set1",),
+        store="gs://bucket/scarlet",
+        cloud_run_job=JOB_NAME,
+        cloud_run_tasks=8,
+    )
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    service = RegressionService(settings, jobs, LocalStore(tmp_path / "store"), None)
+    runs = _dispatcher(settings, jobs, service)
+    job = make_job("e" * 40)
+    run_args = runs.args(job, runs.out)
+    assert run_args[0] == "run" and "--progress-json" in run_args
+    assert run_args[run_args.index("--store") + 1] == "gs://bucket/scarlet"
+    merge = runs.merge_args(job, runs.out)
+    assert merge[:2] == ["merge", "--out"] and merge[merge.index("--shards") + 1] == "8"
+    assert runs.task_count == 8
