@@ -153,6 +153,7 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             jobs,
             settings.cloud_run_job,
             lambda job, out: command(job, out)[len(settings.runner) :],
+            container="runner",
             task_count=settings.cloud_run_tasks,
             merge_args=merge_arguments(settings),
             on_finished=service.on_finished,

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.secrets import load_secrets
+
 CHECK_NAME = "scarlet regression"
 
 
@@ -48,8 +50,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read ``SCARLET_BOT_*`` and ``GITHUB_APP_*`` variables."""
-        env = dict(os.environ if environ is None else environ)
+        """Read ``SCARLET_BOT_*`` and ``GITHUB_APP_*`` variables (a ``*_SECRET`` variable
+        names a Secret Manager version holding the value)."""
+        env = load_secrets(dict(os.environ if environ is None else environ))
 
         def need(name: str) -> str:
             if not env.get(name):
@@ -77,4 +80,5 @@ class Settings:
             run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
             cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
+            workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
         )

@@ -8,8 +8,11 @@ through the official ``google-cloud-storage`` client. :func:`open_store` picks o
 Layout (keys are ``/``-separated, relative to the store's root or bucket prefix)::
 
     images/<sha256>.<ext>                      content-addressed, immutable
-    runs/<owner>/<name>/pr/<number>/<sha>/...  a run of a pull request at head <sha>
-    runs/<owner>/<name>/commit/<sha>/...       a run without a PR (e.g. a branch baseline)
+    runs/pr/<owner>/<name>/<number>/<sha>/...  a run of a pull request at head <sha>
+    runs/commit/<owner>/<name>/<sha>/...       a run without a PR (e.g. a branch baseline)
+
+(the kind of run comes first so that one literal lifecycle prefix, ``runs/pr/``, lets
+pull requests' runs expire while the default branch's history stays)
 
     .../result.json                            the run result (written last by store_run)
     .../report/...                             the run's rendered report files, if any
@@ -145,10 +148,10 @@ def run_prefix(repository: str, pr: int | None, sha: str) -> str:
     if not _SHA.fullmatch(sha):
         raise ValueError(f"sha must be a full lowercase hex commit id, got {sha!r}")
     if pr is None:
-        return f"runs/{owner}/{name}/commit/{sha}/"
+        return f"runs/commit/{owner}/{name}/{sha}/"
     if isinstance(pr, bool) or not isinstance(pr, int) or pr < 1:
         raise ValueError(f"pr must be a positive int or None, got {pr!r}")
-    return f"runs/{owner}/{name}/pr/{pr}/{sha}/"
+    return f"runs/pr/{owner}/{name}/{pr}/{sha}/"
 
 
 def store_run(

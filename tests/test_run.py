@@ -169,7 +169,7 @@ def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, ca
     assert [line["done"] for line in deblending] == list(range(11)), "5 readable blends, 2 sides"
     assert lines[-1]["phase"] == "finished"
     published = json.loads(Path(lines[-1]["published"]).read_text())
-    prefix = f"runs/octo/scarlet/pr/5/{head}/"
+    prefix = f"runs/pr/octo/scarlet/5/{head}/"
     assert published["prefix"] == prefix
     for name in ("result.json", "published.json", "report/report.html"):
         assert (store / prefix / name).is_file()
@@ -262,5 +262,5 @@ def test_shards_stored_by_cloud_run_tasks_merge_from_the_store(setup, monkeypatc
     argv = ["merge", "--out", str(merged), "--sha", head, "--shards", "2", *publish]
     assert main(argv) == 0
     published = json.loads((merged / "published.json").read_text())
-    assert published["prefix"] == f"runs/octo/scarlet/pr/3/{head}/"
+    assert published["prefix"] == f"runs/pr/octo/scarlet/3/{head}/"
     assert len(RunResult.read(merged / "result.json").blends) == 6

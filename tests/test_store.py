@@ -152,7 +152,7 @@ def test_store_run(store, tmp_path):
     (run / "blends" / "x.npz").write_bytes(b"not uploaded")
 
     stored = store_run(store, run, "pmelchior/scarlet", 42, SHA)
-    prefix = f"runs/pmelchior/scarlet/pr/42/{SHA}/"
+    prefix = f"runs/pr/pmelchior/scarlet/42/{SHA}/"
     assert stored["prefix"] == prefix
     assert stored["keys"] == {
         "report/img/a.png": prefix + "report/img/a.png",
@@ -166,15 +166,15 @@ def test_store_run(store, tmp_path):
     assert stored["urls"]["result.json"] == store.url(prefix + "result.json")
 
     baseline = store_run(store, run, "pmelchior/scarlet", None, SHA)
-    assert baseline["prefix"] == f"runs/pmelchior/scarlet/commit/{SHA}/"
+    assert baseline["prefix"] == f"runs/commit/pmelchior/scarlet/{SHA}/"
     with pytest.raises(FileNotFoundError):
         store_run(store, tmp_path / "empty", "pmelchior/scarlet", None, SHA)
 
 
 def test_run_prefix():
-    assert run_prefix("o/r", 7, SHA) == f"runs/o/r/pr/7/{SHA}/"
-    assert run_prefix("org/.github", None, SHA) == f"runs/org/.github/commit/{SHA}/"
-    assert run_prefix("o/r", None, "a" * 64) == f"runs/o/r/commit/{'a' * 64}/"
+    assert run_prefix("o/r", 7, SHA) == f"runs/pr/o/r/7/{SHA}/"
+    assert run_prefix("org/.github", None, SHA) == f"runs/commit/org/.github/{SHA}/"
+    assert run_prefix("o/r", None, "a" * 64) == f"runs/commit/o/r/{'a' * 64}/"
     for repository in ["o", "o/r/x", "/r", "o/", "../r", "o/r r"]:
         with pytest.raises(ValueError, match="owner/name"):
             run_prefix(repository, 1, SHA)

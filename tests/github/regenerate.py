@@ -51,6 +51,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/repos/{owner}/{repo}/issues"),
     ("PATCH", "/repos/{owner}/{repo}/issues/{issue_number}"),
     ("GET", "/repos/{owner}/{repo}/issues"),
+    ("POST", "/app-manifests/{code}/conversions"),
 ]
 
 # event -> actions (None: the event has no action). File name: ``event.action.json``.
