@@ -33,8 +33,8 @@ from runner.result import RunResult
 
 CPU_PRICE = 0.000018  # USD per vCPU-second, Cloud Run jobs
 MEMORY_PRICE = 0.000002  # USD per GiB-second
-TASK_CPUS = 2
-TASK_MEMORY_GIB = 8  # scarlet2 needs up to ~3.5 GB per worker
+TASK_CPUS = 4  # as deploy/runner-job.yaml
+TASK_MEMORY_GIB = 16  # scarlet2 needs up to ~3.5 GB per worker
 MODEL_TASKS = (1, 10, 100, 1000)
 
 
