@@ -8,8 +8,8 @@ from datetime import datetime
 
 import aiohttp
 from gidgethub import apps
-from gidgethub.aiohttp import GitHubAPI
 
+from bot.resilience import ResilientGitHubAPI
 from bot.settings import Settings
 
 USER_AGENT = "scarlet-regression"
@@ -25,14 +25,15 @@ class InstallationClients:
         self._tokens: dict[int, tuple[str, float]] = {}
         self._lock = asyncio.Lock()
 
-    def app_client(self) -> GitHubAPI:
+    def app_client(self) -> ResilientGitHubAPI:
         """A client that authenticates as the app itself (JWT)."""
-        return GitHubAPI(
+        return ResilientGitHubAPI(
             self.session,
             USER_AGENT,
             app_id=self.settings.app_id,
             private_key=self.settings.private_key,
             base_url=self.settings.api_url,
+            backoff=self.settings.github_backoff,
         )
 
     async def token(self, installation_id: int) -> str:
@@ -51,13 +52,20 @@ class InstallationClients:
             self._tokens[installation_id] = (data["token"], expires.timestamp())
             return data["token"]
 
-    def forget(self, installation_id: int) -> None:
-        """Drop a token GitHub refused (401), so the next call fetches a new one."""
-        self._tokens.pop(installation_id, None)
+    async def renew(self, installation_id: int) -> str:
+        """A new token, after GitHub refused the cached one (401: expired or revoked)."""
+        async with self._lock:
+            self._tokens.pop(installation_id, None)
+        return await self.token(installation_id)
 
-    async def client(self, installation_id: int) -> GitHubAPI:
-        """A client acting as the installation."""
+    async def client(self, installation_id: int) -> ResilientGitHubAPI:
+        """A client acting as the installation (retrying, renewing its token)."""
         token = await self.token(installation_id)
-        return GitHubAPI(
-            self.session, USER_AGENT, oauth_token=token, base_url=self.settings.api_url
+        return ResilientGitHubAPI(
+            self.session,
+            USER_AGENT,
+            oauth_token=token,
+            base_url=self.settings.api_url,
+            renew_token=lambda: self.renew(installation_id),
+            backoff=self.settings.github_backoff,
         )

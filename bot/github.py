@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from gidgethub import GitHubBroken
 from gidgethub.abc import GitHubAPI
 
 from bot.settings import CHECK_NAME
@@ -25,7 +26,20 @@ def _output(output: CheckRunOutput) -> dict[str, str]:
 async def create_check_run(
     gh: GitHubAPI, repository: str, head_sha: str, details_url: str, output: CheckRunOutput
 ) -> int:
-    """Create the queued check run on ``head_sha``; return its id."""
+    """Create the queued check run on ``head_sha``; return its id. After a 502 or 504
+    GitHub may have created it: look for it before creating it again."""
+    try:
+        return await _create_check_run(gh, repository, head_sha, details_url, output)
+    except GitHubBroken:
+        existing = await waiting_check_run(gh, repository, head_sha)
+        if existing is not None:
+            return existing
+        return await _create_check_run(gh, repository, head_sha, details_url, output)
+
+
+async def _create_check_run(
+    gh: GitHubAPI, repository: str, head_sha: str, details_url: str, output: CheckRunOutput
+) -> int:
     data = await gh.post(
         f"/repos/{repository}/check-runs",
         data={
@@ -83,11 +97,21 @@ async def find_comment(gh: GitHubAPI, repository: str, number: int) -> dict[str,
 
 
 async def upsert_comment(gh: GitHubAPI, repository: str, number: int, body: str) -> int:
-    """Edit the report comment in place, or create it the first time; return its id."""
+    """Edit the report comment in place, or create it the first time; return its id.
+    After a 502 or 504 on creating it, GitHub may have: look again before posting."""
     existing = await find_comment(gh, repository, number)
-    if existing is not None:
-        await gh.patch(f"/repos/{repository}/issues/comments/{existing['id']}", data={"body": body})
-        return int(existing["id"])
+    if existing is None:
+        try:
+            return await _post_comment(gh, repository, number, body)
+        except GitHubBroken:
+            existing = await find_comment(gh, repository, number)
+            if existing is None:
+                return await _post_comment(gh, repository, number, body)
+    await gh.patch(f"/repos/{repository}/issues/comments/{existing['id']}", data={"body": body})
+    return int(existing["id"])
+
+
+async def _post_comment(gh: GitHubAPI, repository: str, number: int, body: str) -> int:
     data = await gh.post(f"/repos/{repository}/issues/{number}/comments", data={"body": body})
     return int(data["id"])
 

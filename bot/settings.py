@@ -35,6 +35,7 @@ class Settings:
     run_forks: bool = False
     progress_interval: float = 10.0
     runner: tuple[str, ...] = field(default_factory=lambda: (sys.executable, "-m", "runner"))
+    github_backoff: float = 1.0
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
 

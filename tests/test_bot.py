@@ -103,6 +103,7 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
         public_url=f"http://127.0.0.1:{port}",
         workers=1,
         progress_interval=0.0,
+        github_backoff=0.01,
         runner=(sys.executable, str(TINY_RUNNER)),
     )
     runner = web.AppRunner(create_app(settings))
@@ -249,3 +250,28 @@ async def test_closing_a_pr_cancels_its_run(bot):
     assert run.output["summary"] == "The PR was closed."
     await asyncio.sleep(1.0)
     assert not bot.report_comments(13)
+
+
+async def test_github_failures_are_retried_to_one_comment_and_one_concluded_check_run(bot):
+    fake = bot.fake
+    fake.fail_next("POST", "/repos/*/check-runs", 503, times=2)
+    fake.fail_next("PATCH", "/repos/*/check-runs/*", 502, times=2)
+    fake.fail_next("GET", "/repos/*/issues/*/comments", 502)
+    fake.fail_next("POST", "/repos/*/issues/*/comments", 403, {"retry-after": "0"})
+    pull = fake.add_pull(REPO, 14, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert len(bot.report_comments(14)) == 1
+    assert len(fake.calls("POST", "/repos/*/check-runs", status=503)) == 2
+
+    # The bot's cached installation token expires: a 401, a new token, and on.
+    for token in list(fake.tokens):
+        fake.expire_token(token)
+    (bot.repo / "NOTES").write_text("after the token expired\n")
+    pull.head_sha = commit(bot.repo, "third push")
+    assert await bot.send("pull_request", "synchronize", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert fake.calls(status=401), "the expired token was refused once"
+    assert len(bot.report_comments(14)) == 1
