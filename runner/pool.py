@@ -4,16 +4,19 @@ Each slot of the pool (one per core by default) runs blends one at a time, start
 a persistent worker per revision with that revision's own interpreter. Tasks come in
 the order given, so base and head of a blend interleave and machine drift cancels in
 timing comparisons; with two or more slots, each slot keeps to one revision where it
-can, so base and head of a blend run side by side. A crash, a hang past the timeout
+can, so base and head of a blend run side by side. Workers see a scrubbed environment
+and, where the machine allows it, no network. A crash, a hang past the timeout
 or a deblender exception errors that task only: the worker is replaced and the other
 tasks go on.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -34,6 +37,18 @@ THREAD_VARIABLES = (
 )
 # What a worker may see of the parent's environment; everything else is scrubbed.
 PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+@functools.cache
+def no_network() -> tuple[str, ...]:
+    """The command prefix that runs a worker without network (a new, empty network
+    namespace), where the machine allows it; empty where it does not (Cloud Run: there
+    the job's egress settings close the network)."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, check=False)
+    return (unshare, "--net") if probe.returncode == 0 else ()
 
 
 class WorkerError(RuntimeError):
@@ -106,8 +121,9 @@ class Worker:
         """Start the process and wait until the deblender is imported."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as stderr:
+            command = [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)]
             self.process = subprocess.Popen(
-                [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)],
+                [*no_network(), *command],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

@@ -6,8 +6,10 @@ blends."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -41,9 +43,10 @@ def free_port() -> int:
 class Bot:
     """The running bot, its fake GitHub and the scarlet repository it deblends."""
 
-    def __init__(self, url, fake, repo, session, installation, dataset):
-        self.url, self.fake, self.repo, self.session = url, fake, repo, session
-        self.installation, self.dataset = installation, dataset
+    def __init__(self, settings, fake, repo, session, installation):
+        self.url, self.fake, self.repo, self.session = settings.public_url, fake, repo, session
+        self.installation, self.settings = installation, settings
+        self.dataset = settings.datasets[0]
 
     async def deliver(self, headers, body) -> int:
         async with self.session.post(f"{self.url}/webhook", data=body, headers=headers) as resp:
@@ -110,7 +113,7 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     async with aiohttp.ClientSession() as session:
-        yield Bot(settings.public_url, fake_github, repo, session, installation.id, dataset)
+        yield Bot(settings, fake_github, repo, session, installation.id)
     await runner.cleanup()
 
 
@@ -275,3 +278,36 @@ async def test_github_failures_are_retried_to_one_comment_and_one_concluded_chec
     assert run.conclusion == "success"
     assert fake.calls(status=401), "the expired token was refused once"
     assert len(bot.report_comments(14)) == 1
+
+
+async def test_a_runner_killed_mid_run_concludes_its_check_run(bot):
+    source = sorted(bot.dataset.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = 1002.0  # the tiny deblender hangs on this blend: the run stays busy
+    write_blend_with(bot.dataset / "hangs.npz", source, images=images)
+    pull = bot.fake.add_pull(REPO, 15, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    runner = None
+    for _ in range(600):
+        runner = next(
+            (int(p.name) for p in Path("/proc").glob("[0-9]*") if _is_runner(p, bot)),
+            None,
+        )
+        if runner:
+            break
+        await asyncio.sleep(0.1)
+    assert runner, "the runner started"
+    await asyncio.sleep(2)
+    os.kill(runner, signal.SIGKILL)
+    (run,) = await bot.completed(pull.head_sha, timeout=30)
+    assert run.conclusion == "failure"
+    assert not bot.report_comments(15)
+
+
+def _is_runner(proc: Path, bot: Bot) -> bool:
+    """Whether ``proc`` is a runner this test's bot started (its data folder is unique)."""
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return TINY_RUNNER.name.encode() in cmdline and str(bot.settings.data_dir).encode() in cmdline

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import sys
 import time
 
 import numpy as np
+import pytest
 
-from runner.pool import Side, Task, run_tasks
+from runner.pool import Side, Task, no_network, run_tasks
 from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
@@ -122,3 +125,38 @@ def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set,
     assert len(outcomes) == 2 * len(blends) and all(o.error is None for o in outcomes)
     started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
     assert started == ["worker-0-base.log", "worker-1-head.log"]
+
+
+def test_a_malicious_deblender_finds_no_secret_and_no_network(synthetic_set, tmp_path, monkeypatch):
+    if not no_network():
+        pytest.skip("this machine cannot give workers a network namespace of their own")
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/secrets/gcs.json")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        spy = tmp_path / "malicious_adapter.py"
+        spy.write_text(
+            "import json, os, socket\n"
+            f"exec(open({str(FAULTY_ADAPTER)!r}).read())\n"
+            "_deblend = deblend\n"
+            "def deblend(blend, options):\n"
+            "    found = {k: v for k, v in os.environ.items() if 'KEY' in k or 'CRED' in k}\n"
+            "    for host in ('127.0.0.1', 'pypi.org'):\n"
+            "        try:\n"
+            f"            socket.create_connection((host, {port} if host[0] == '1' else 443), 2)\n"
+            "            found[host] = 'connected'\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "    result = _deblend(blend, options)\n"
+            "    result['version'] = json.dumps(found)\n"
+            "    return result\n"
+        )
+        blend = sorted(synthetic_set.glob("*.npz"))[0]
+        outcomes = []
+        side = Side("head", sys.executable, spy)
+        run_tasks([Task("head", blend, tmp_path / "o.npz", {})], {"head": side}, tmp_path, 1,
+                  20.0, outcomes.append)  # fmt: skip
+    assert outcomes[0].error is None
+    assert json.loads(outcomes[0].reply["version"]) == {}
