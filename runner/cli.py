@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runner.adapters import ADAPTERS
-from runner.run import DEFAULT_TIMEOUT, Progress, RunConfig, RunError, run
+from runner.run import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Progress, RunConfig, RunError, run
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -127,6 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         options=options,
         shard=_shard(args),
+        memory_limit=args.memory_limit * 2**20,
         **({"cache": args.cache} if args.cache else {}),
     )
     if args.store and not args.repository:
@@ -253,6 +254,12 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--workers", type=positive, default=os.cpu_count() or 1)
     runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
     runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
+    runner.add_argument(
+        "--memory-limit",
+        type=positive,
+        default=DEFAULT_MEMORY_LIMIT // 2**20,
+        help="MiB of resident memory a worker may use",
+    )
     runner.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
     runner.add_argument("--shard", help="I/N: deblend shard I of N and write a partial result")
     _publishing(runner)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
+MEMORY_CHECK_INTERVAL = 0.25  # seconds between looks at a busy worker's memory
 STDERR_TAIL_LINES = 12
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -37,6 +38,18 @@ THREAD_VARIABLES = (
 )
 # What a worker may see of the parent's environment; everything else is scrubbed.
 PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident memory of a process in bytes (Linux ``/proc``), None where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 @functools.cache
@@ -67,6 +80,7 @@ class Side:
     python: Path
     adapter_file: Path
     environment: dict[str, str] = field(default_factory=dict)
+    memory_limit: int | None = None  # bytes of resident memory a worker may use
 
 
 @dataclass(frozen=True)
@@ -157,15 +171,31 @@ class Worker:
             selector.register(fd, selectors.EVENT_READ)
             while b"\n" not in self._buffer:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
+                if remaining <= 0:
                     self.kill()
                     raise WorkerError(f"timed out while {doing}")
+                if not selector.select(min(remaining, MEMORY_CHECK_INTERVAL)):
+                    self._check_memory(doing)
+                    continue
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
                     raise WorkerError(self._death(f"the worker exited while {doing}"))
                 self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
+
+    def _check_memory(self, doing: str) -> None:
+        """Kill a worker whose resident memory passed the side's limit."""
+        limit = self.side.memory_limit
+        if limit is None or self.process is None:
+            return
+        used = resident_memory(self.process.pid)
+        if used is not None and used > limit:
+            self.kill()
+            raise WorkerError(
+                f"used {used / 2**20:.0f} MiB while {doing}, over the limit of "
+                f"{limit / 2**20:.0f} MiB"
+            )
 
     def _death(self, what: str) -> str:
         assert self.process is not None

@@ -50,6 +50,7 @@ from runner.result import (
 
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0
+DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
 
 
 class RunError(RuntimeError):
@@ -80,6 +81,7 @@ class RunConfig:
     options: dict = field(default_factory=dict)
     cache: Path = field(default_factory=lambda: default_cache())
     shard: Shard | None = None
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT
 
 
 def default_cache() -> Path:
@@ -181,7 +183,12 @@ class Run:
         if all(isinstance(env, BuildError) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
         blends = self._deblend(datasets, envs, adapter)
-        settings = {"workers": config.workers, "timeout": config.timeout, **config.options}
+        settings = {
+            "workers": config.workers,
+            "timeout": config.timeout,
+            "memory_limit": config.memory_limit,
+            **config.options,
+        }
         result = RunResult(
             provenance=Provenance(
                 repository=config.repo,
@@ -222,7 +229,11 @@ class Run:
         workdir.mkdir(parents=True, exist_ok=True)
         sides = {
             name: Side(
-                name, env.python, adapter.worker_file, deblender_variables(adapter, config.cache)
+                name,
+                env.python,
+                adapter.worker_file,
+                deblender_variables(adapter, config.cache),
+                config.memory_limit,
             )
             for name, env in envs.items()
             if isinstance(env, Environment)

@@ -14,6 +14,7 @@ from runner.pool import Side, Task, no_network, run_tasks
 from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
+ALLOCATES = 1006.0
 
 
 def faulty_blends(synthetic_set, tmp_path):
@@ -160,3 +161,18 @@ def test_a_malicious_deblender_finds_no_secret_and_no_network(synthetic_set, tmp
                   20.0, outcomes.append)  # fmt: skip
     assert outcomes[0].error is None
     assert json.loads(outcomes[0].reply["version"]) == {}
+
+
+def test_a_deblender_that_allocates_without_bound_is_stopped_at_the_limit(synthetic_set, tmp_path):
+    source = sorted(synthetic_set.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = ALLOCATES
+    greedy = write_blend_with(tmp_path / "greedy.npz", source, images=images)
+    side = Side("head", sys.executable, FAULTY_ADAPTER, memory_limit=1 * 2**30)
+    tasks = [Task("head", path, tmp_path / f"{path.stem}.out.npz", {}) for path in (greedy, source)]
+    outcomes = {}
+    run_tasks(tasks, {"head": side}, tmp_path, 1, 60.0,
+              lambda o: outcomes.__setitem__(o.task.blend, o))  # fmt: skip
+    assert "over the limit of 1024 MiB" in outcomes[greedy].error
+    assert outcomes[greedy].wall < 30
+    assert outcomes[source].error is None, "the next blend runs on a fresh worker"

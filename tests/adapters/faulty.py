@@ -2,8 +2,8 @@
 
 The fault is read from ``images[0, 0, 0]`` of the blend, which the tests set:
 1001 raises, 1002 hangs, 1003 kills the process, 1004 returns NaNs, 1005 prints to
-stdout before answering. Otherwise the "model" is the image itself and each source's
-flux is the sum of a 5x5 box around its centre.
+stdout before answering, 1006 allocates memory without bound. Otherwise the "model" is
+the image itself and each source's flux is the sum of a 5x5 box around its centre.
 """
 
 import os
@@ -12,7 +12,14 @@ import time
 
 import numpy as np
 
-FAULTS = {1001.0: "raise", 1002.0: "hang", 1003.0: "crash", 1004.0: "nan", 1005.0: "print"}
+FAULTS = {
+    1001.0: "raise",
+    1002.0: "hang",
+    1003.0: "crash",
+    1004.0: "nan",
+    1005.0: "print",
+    1006.0: "allocate",
+}
 
 
 def deblend(blend, options):
@@ -25,6 +32,11 @@ def deblend(blend, options):
         time.sleep(3600)
     if fault == "crash":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "allocate":
+        hoard = []
+        while True:
+            hoard.append(np.ones(2**24))  # 128 MiB more, touched, every step
+            time.sleep(0.05)
     if fault == "print":
         print("chatty deblender output on stdout")
     images = blend["images"].astype(float)
