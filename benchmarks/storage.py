@@ -14,17 +14,14 @@ printed beside the images.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 from runner.compare import compare
 from runner.config import CompareConfig
-from runner.publish import store_residual_images
-from runner.report import Links, check_run_output, comment, html_report
+from runner.publish import publish_run
 from runner.result import RunResult
-from runner.store import LocalStore, store_run
+from runner.store import LocalStore
 
 ORIGINAL_BYTES_PER_PR = 1.5e6
 
@@ -35,15 +32,8 @@ def stored_bytes(root: Path) -> int:
 
 
 def store_everything(result: RunResult, run_dir: Path, store: LocalStore) -> None:
-    """What a run publishes: residual images, report documents and the result."""
-    keys = store_residual_images(result, run_dir, store, limit=len(result.blends))
-    links = Links(images={k: store.url(v) for k, v in keys.items()})
-    report = run_dir / "report"
-    report.mkdir(exist_ok=True)
-    (report / "comment.md").write_text(comment(result, links))
-    (report / "report.html").write_text(html_report(result, links))
-    (report / "check-run.json").write_text(json.dumps(asdict(check_run_output(result, links))))
-    store_run(store, run_dir, "owner/scarlet", 1, result.provenance.head.sha)
+    """What a run publishes (``publish_run``), with every residual blend's image."""
+    publish_run(result, run_dir, store, "owner/scarlet", 1, images=len(result.blends))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from gidgethub.abc import GitHubAPI
 
 from bot import github
+from bot.dispatch import VERDICT_CONCLUSIONS
 from bot.jobs import Job, JobStore
 from bot.settings import Settings
 from runner.report import CheckRunOutput, Links, check_run_output, comment
@@ -25,7 +26,6 @@ from runner.store import ArtifactStore, StoreError, run_prefix
 
 log = logging.getLogger(__name__)
 
-CONCLUSIONS = {"pass": "success", "fail": "failure", "neutral": "neutral"}
 FAILED = {"timed_out": "timed_out", "cancelled": "cancelled", "error": "failure"}
 
 
@@ -72,15 +72,16 @@ class RegressionService:
             return f"{self.settings.public_url}/{repository}/pr/{pr}"
         return f"{self.settings.public_url}/{repository}/commit/{sha}"
 
+    def published(self, repository: str, pr: int | None, sha: str) -> dict:
+        """The addresses the runner published for a run (``published.json``)."""
+        return json.loads(self.store.get(run_prefix(repository, pr, sha) + "published.json"))
+
     def report_url(self, repository: str, pr: int | None, sha: str) -> str | None:
         """Where the stored report of a run is, if the run was published."""
         try:
-            published = json.loads(
-                self.store.get(run_prefix(repository, pr, sha) + "published.json")
-            )
+            return self.published(repository, pr, sha)["report"]
         except (StoreError, ValueError):
             return None
-        return published["report"]
 
     async def request_run(self, gh: GitHubAPI, request: RunRequest) -> Job | None:
         """Queue a run: supersede older SHAs of the PR, create the check run, dispatch."""
@@ -150,7 +151,7 @@ class RegressionService:
         if job.check_run_id is None:
             return
         gh = await self.client(job.installation_id)
-        if job.conclusion not in CONCLUSIONS.values():
+        if job.conclusion not in VERDICT_CONCLUSIONS.values():
             reason = job.error or job.conclusion or "unknown"
             output = CheckRunOutput(f"the run ended: {job.conclusion}", reason[:60000], "")
             conclusion = FAILED.get(job.conclusion or "", "failure")
@@ -170,7 +171,7 @@ class RegressionService:
         verdict = result.comparison.verdict
         output = check_run_output(result, links)
         await github.complete_check_run(
-            gh, job.repository, job.check_run_id, CONCLUSIONS[verdict], output
+            gh, job.repository, job.check_run_id, VERDICT_CONCLUSIONS[verdict], output
         )
 
     def load(self, job: Job) -> tuple[RunResult, Links]:
@@ -179,7 +180,7 @@ class RegressionService:
         result = RunResult.from_json(self.store.get(prefix + "result.json").decode())
         if result.comparison is None:
             raise ValueError("the stored result has no comparison")
-        published = json.loads(self.store.get(prefix + "published.json"))
+        published = self.published(job.repository, job.pr, job.head_sha)
         images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
         links = Links(report=published["report"], images=images)
         return result, links

@@ -64,10 +64,8 @@ def _write_report(result, run_dir: Path, out: Path) -> None:
     from runner.publish import write_report
 
     files = write_report(result, run_dir, out)
-    print(
-        f"wrote the report to {out}: {', '.join(sorted(p.name for p in files[:3]))}, "
-        f"{len(files) - 3} residual image(s)"
-    )
+    images = sum(path.suffix == ".png" for path in files)
+    print(f"wrote the report to {out}: comment, check run, HTML page, {images} residual image(s)")
 
 
 def positive(text: str) -> int:

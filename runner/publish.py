@@ -55,11 +55,17 @@ def write_report(result: RunResult, run_dir: Path, out: Path) -> list[Path]:
 
 
 def publish_run(
-    result: RunResult, run_dir: Path, store: ArtifactStore, repository: str, pr: int | None
+    result: RunResult,
+    run_dir: Path,
+    store: ArtifactStore,
+    repository: str,
+    pr: int | None,
+    images: int = DETAIL_IMAGES,
 ) -> dict:
-    """Store a compared run for the bot: residual images, the HTML report, the result and
-    ``published.json`` (the addresses of all of it) under the run's prefix."""
-    keys = store_residual_images(result, run_dir, store)
+    """Store a compared run for the bot: the residual images of the ``images`` most
+    changed blends, the HTML report, the result and ``published.json`` (the addresses of
+    all of it) under the run's prefix."""
+    keys = store_residual_images(result, run_dir, store, limit=images)
     images = {key: store.url(value) for key, value in keys.items()}
     prefix = run_prefix(repository, pr, result.provenance.head.sha)
     links = Links(report=store.url(prefix + "report/report.html"), images=images)
