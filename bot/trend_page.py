@@ -52,7 +52,8 @@ def trend_page(data: dict[str, Any], scripts: list[str], selected_set: str, band
     empty = "" if data["merges"] or current else "<p>No run has been recorded yet.</p>"
     tags = "".join(f'<script src="{escape(src)}"></script>' for src in scripts)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>{title}</title>
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <style>{STYLE}</style></head><body>
 <h1>{title}</h1>

@@ -358,7 +358,8 @@ def html_report(result: RunResult, links: Links) -> str:
         if url
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>{esc(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
 <p>{esc(_provenance_line(result).replace("`", ""))}</p><p>{links_html}</p>

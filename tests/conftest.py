@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from runner.store import ArtifactStore, GCSStore, LocalStore
 from runner.synth import write_synthetic_set
-from support import HSC
+from support import HSC, fast_retry
 
 pytest_plugins = ["gcs_emulator", "fake_github"]
 
@@ -27,3 +28,13 @@ def hsc_set1() -> Path:
     if not path.is_dir():
         pytest.skip(f"real HSC blends not found at {path}")
     return path
+
+
+@pytest.fixture(params=["local", "gcs"])
+def store(request, tmp_path) -> ArtifactStore:
+    """Each backend in turn: a fresh directory, or a fresh emulated bucket with a prefix."""
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    bucket = request.getfixturevalue("gcs_bucket")
+    client = request.getfixturevalue("gcs_client")
+    return GCSStore(bucket.name, "artifacts", client=client, retry=fast_retry(), timeout=5)

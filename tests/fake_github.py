@@ -1435,6 +1435,8 @@ def _apply_overrides(
             if key in payload:
                 payload[key] = _replace_strings(payload[key], old, full_name)
         payload["repository"] = _set_repo(payload["repository"], full_name)
+        if full_name in fake.repos:
+            payload["repository"]["default_branch"] = fake.repos[full_name].default_branch
         pr, issue, comment = (
             payload.get("pull_request"),
             payload.get("issue"),

@@ -128,3 +128,10 @@ def shift_head(result: RunResult, band: int, shift: float) -> RunResult:
         for source in blend.head.injected:
             source.mag_error[band] += shift
     return result
+
+
+def fast_retry(deadline: float = 1.0):
+    """GCS's DEFAULT_RETRY with a short deadline, so failing tests stay fast."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.02, maximum=0.1)

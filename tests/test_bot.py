@@ -311,3 +311,32 @@ def _is_runner(proc: Path, bot: Bot) -> bool:
     except OSError:
         return False
     return TINY_RUNNER.name.encode() in cmdline and str(bot.settings.data_dir).encode() in cmdline
+
+
+async def test_a_merged_pr_lands_in_the_trends_under_its_branch(bot):
+    main_before = git(bot.repo, "rev-parse", "main")
+    pull = bot.fake.add_pull(REPO, 12, head_sha=head(bot), head_ref="feature", base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    await bot.completed(pull.head_sha)
+    (report,) = bot.report_comments(12)
+    trends = f"{bot.url}/{REPO}/trends?pr=12"
+    assert f"[Trends]({trends})" in report.body
+
+    # The PR is merged: the push of the merge commit runs as the default branch's history.
+    git(bot.repo, "checkout", "--quiet", "main")
+    git(bot.repo, "merge", "--quiet", "--no-ff", "-m", "Merge pull request #12", "feature")
+    merged = git(bot.repo, "rev-parse", "main")
+    pull.state, pull.merged, pull.merge_commit_sha = "closed", True, merged
+    pushed = {"before": main_before, "ref": "refs/heads/main", "repo": REPO}
+    pushed["installation_id"] = bot.installation
+    assert await bot.send("push", head_sha=merged, **pushed) == 202
+    (baseline,) = await bot.completed(merged)
+    assert baseline.conclusion == "success", baseline.output
+
+    async with bot.session.get(f"{bot.url}/{REPO}/trends.json?pr=12") as response:
+        data = await response.json()
+    assert [(p["label"], p["sha"]) for p in data["merges"]] == [("feature", merged)]
+    assert data["current"]["label"] == "#12 feature"
+    assert data["boxes"]["chi2_dof"][0]["all"]["n"] == 2  # two blends deblended
+    async with bot.session.get(f"{bot.url}/{REPO}/branch/feature") as response:
+        assert response.status == 200 and merged[:10] in await response.text()

@@ -25,26 +25,10 @@ from runner.store import (
     run_prefix,
     store_run,
 )
+from support import fast_retry
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-
-
-def fast_retry(deadline: float = 1.0):
-    """DEFAULT_RETRY with a short deadline, so failing tests stay fast."""
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
-    return DEFAULT_RETRY.with_timeout(deadline).with_delay(initial=0.02, maximum=0.1)
-
-
-@pytest.fixture(params=["local", "gcs"])
-def store(request, tmp_path) -> ArtifactStore:
-    """Each backend in turn: a fresh directory, or a fresh emulated bucket with a prefix."""
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    bucket = request.getfixturevalue("gcs_bucket")
-    client = request.getfixturevalue("gcs_client")
-    return GCSStore(bucket.name, "artifacts", client=client, retry=fast_retry(), timeout=5)
 
 
 def stored_bytes(store: ArtifactStore, prefix: str = "") -> int:

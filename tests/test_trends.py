@@ -1,0 +1,233 @@
+"""Trend pages at stable addresses: ten merged branches with known shifts, a PR beside
+them, and the pages loaded in a real headless Chromium."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from bot.app import create_app
+from bot.settings import Settings
+from runner.compare import compare
+from runner.config import CompareConfig
+from runner.history import append_record
+from runner.release import commit
+from runner.revisions import git
+from runner.store import LocalStore
+from runner.summarise import summarise
+from support import shift_head, synthetic_result, tiny_repository
+
+REPO = "octo/scarlet"
+TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+CHROMIUM = shutil.which("chromium")
+BRANCHES = [f"branch-{i:02d}" for i in range(10)]
+SHIFTED = {3: 0.1, 7: -0.1}  # branch index → shift of head's r-band mag error
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def merged_record(index: int):
+    result = synthetic_result(blends=40, seed=index)
+    if index in SHIFTED:
+        shift_head(result, band=1, shift=SHIFTED[index])
+    result.provenance.head.sha = f"{index + 1:040x}"
+    result.comparison = compare(result, CompareConfig())
+    landed = (START + timedelta(hours=index)).isoformat()
+    return summarise(result, REPO, branch=BRANCHES[index], merged_at=landed)
+
+
+@dataclass
+class Site:
+    """The bot serving a store, and a session to browse it with."""
+
+    settings: Settings
+    store: LocalStore
+    session: aiohttp.ClientSession
+
+
+@pytest_asyncio.fixture
+async def site(fake_github, tmp_path, unused_tcp_port):
+    """The bot on 127.0.0.1 over a store holding ten merges, appended out of merge order
+    (runs finish in any order)."""
+    settings = Settings(
+        app_id=str(fake_github.app_id),
+        private_key=fake_github.private_key_pem,
+        webhook_secret=fake_github.webhook_secret,
+        data_dir=tmp_path / "bot",
+        datasets=(),
+        api_url=fake_github.url,
+        public_url=f"http://127.0.0.1:{unused_tcp_port}",
+    )
+    store = LocalStore(Path(settings.store_spec), base_url=settings.store_url)
+    for index in [2, 0, 1, 5, 3, 4, 9, 6, 8, 7]:
+        append_record(store, merged_record(index))
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    async with aiohttp.ClientSession() as session:
+        yield Site(settings, store, session)
+    await runner.cleanup()
+
+
+async def get_json(session, url):
+    async with session.get(url) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def test_ten_merged_branches_appear_in_merge_order_with_their_shifts(site):
+    settings, session = site.settings, site.session
+    data = await get_json(session, f"{settings.public_url}/{REPO}/trends.json")
+    assert [p["label"] for p in data["merges"]] == BRANCHES
+    assert data["current"] is None
+    medians = [box["all"]["median"] for box in data["boxes"]["mag_error_r"]]
+    baseline = sorted(m for i, m in enumerate(medians) if i not in SHIFTED)
+    typical = baseline[len(baseline) // 2]
+    for index, median in enumerate(medians):
+        expected = typical + SHIFTED.get(index, 0.0)
+        assert median == pytest.approx(expected, abs=0.03), BRANCHES[index]
+    assert max(range(10), key=medians.__getitem__) == 3
+    assert min(range(10), key=medians.__getitem__) == 7
+    # Other bands did not move; the line of medians covers all history.
+    g = [box["all"]["median"] for box in data["boxes"]["mag_error_g"]]
+    assert max(g) - min(g) < 0.06
+    assert data["history"]["medians"]["mag_error_r"]["all"] == medians
+
+    recent = await get_json(session, f"{settings.public_url}/{REPO}/trends.json?last=4")
+    assert [p["label"] for p in recent["merges"]] == BRANCHES[-4:]
+    assert len(recent["history"]["points"]) == 10
+
+
+async def test_a_pr_stands_beside_the_merges_and_its_addresses_lead_to_its_report(site):
+    settings, store, session = site.settings, site.store, site.session
+    result = shift_head(synthetic_result(blends=12, seed=42), band=1, shift=0.2)
+    result.provenance.head.sha = "e" * 40
+    result.comparison = compare(result, CompareConfig())
+    report = f"{settings.public_url}/artifacts/runs/pr/octo/scarlet/11/{'e' * 40}/report.html"
+    append_record(store, summarise(result, REPO, pr=11, branch="bolder", report=report))
+
+    data = await get_json(session, f"{settings.public_url}/{REPO}/trends.json?pr=11")
+    assert data["current"]["label"] == "#11 bolder"
+    assert data["current"]["summaries"]["mag_error_r"]["all"]["median"] > max(
+        box["all"]["median"] for box in data["boxes"]["mag_error_r"]
+    )
+    for address in ("pr/11", "branch/bolder"):
+        url = f"{settings.public_url}/{REPO}/{address}"
+        async with session.get(url, allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (302, report)
+    async with session.get(f"{settings.public_url}/{REPO}/pr/12") as response:
+        assert response.status == 404
+    async with session.get(f"{settings.public_url}/{REPO}/trends?pr=x") as response:
+        assert response.status == 400 and "whole number" in await response.text()
+
+
+async def test_the_page_names_its_scripts_by_version_and_filters(site):
+    settings, session = site.settings, site.session
+    async with session.get(f"{settings.public_url}/{REPO}/trends?set=set&band=i") as response:
+        assert response.status == 200
+        page = await response.text()
+    assert '<option value="set" selected>' in page and '<option value="i" selected>' in page
+    scripts = [part.split('"')[0] for part in page.split('<script src="')[1:]]
+    assert len(scripts) == 2 and scripts[0].startswith("/static/plotly-")
+    for script in scripts:
+        async with session.get(settings.public_url + script) as response:
+            assert response.status == 200
+            assert response.headers["Cache-Control"].endswith("immutable")
+    async with session.get(f"{settings.public_url}/{REPO}/trends.json") as response:
+        assert len(await response.read()) < 200_000  # summaries, not per-source values
+
+
+def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> None:
+    """Run the real runner (tiny deblender) for PR 7 and publish it as the bot would."""
+    repo, _ = tiny_repository(tmp_path / "scarlet")
+    git(repo, "checkout", "--quiet", "-b", "feature")
+    (repo / "NOTES").write_text("a change that does not touch the deblender\n")
+    head = commit(repo, "head of the PR")
+    argv = [sys.executable, str(TINY_RUNNER), "run", "--repo", str(repo), "--head", head]
+    argv += ["--base", "main", "--dataset", str(dataset), "--out", str(tmp_path / "run")]
+    argv += ["--workers", "1", "--store", settings.store_spec, "--store-url", settings.store_url]
+    argv += ["--repository", REPO, "--pr", "7", "--branch", "feature"]
+    argv += ["--trends-url", f"{settings.public_url}/{REPO}/trends?pr=7"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+async def test_chromium_loads_the_trend_page_and_the_pr_page(
+    site, tmp_path, synthetic_set, monkeypatch
+):
+    playwright = pytest.importorskip("playwright.async_api")
+    settings = site.settings
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    dataset = tmp_path / "blends"
+    dataset.mkdir()
+    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
+        shutil.copy(path, dataset)
+    publish_pr_run(settings, tmp_path, dataset)
+
+    problems: list[str] = []
+    async with playwright.async_playwright() as driver:
+        browser = await driver.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+            viewport={"width": 1200, "height": 900},
+        )
+        page = browser.pages[0] if browser.pages else await browser.new_page()
+        page.on(
+            "console",
+            lambda m: m.type == "error" and problems.append(f"console: {m.text} {m.location}"),
+        )
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("requestfailed", lambda r: problems.append(f"failed: {r.url} {r.failure}"))
+        page.on(
+            "response",
+            lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"),
+        )
+
+        await page.goto(f"{settings.public_url}/{REPO}/trends?pr=7", wait_until="networkidle")
+        await page.wait_for_selector("body[data-drawn=true]")
+        drawn = await page.evaluate(
+            "[...document.querySelectorAll('section:not([hidden]) .js-plotly-plot')].length"
+        )
+        visible = await page.evaluate("document.querySelectorAll('section:not([hidden])').length")
+        assert drawn == visible > 5
+        plotted = await page.evaluate(
+            "document.querySelector('#metric-mag_error_r .js-plotly-plot').data"
+            ".map(t => ({name: t.name, x: t.x, median: t.median}))"
+        )
+        merged, current, line = plotted
+        assert merged["x"] == list(range(10)) and current["name"] == "PR #7 feature"
+        assert current["x"] == [10] and line["name"] == "median, every merge"
+        assert max(range(10), key=merged["median"].__getitem__) == 3
+        await page.screenshot(path=str(tmp_path / "trends.png"), full_page=True)
+
+        await page.goto(f"{settings.public_url}/{REPO}/pr/7", wait_until="networkidle")
+        assert "scarlet regression" in await page.title()
+        images = await page.evaluate(
+            "[...document.images].map(i => [i.src, i.complete && i.naturalWidth > 0])"
+        )
+        assert images and all(loaded for _, loaded in images), images
+        trends_link = await page.get_attribute("a:text('Trends')", "href")
+        assert trends_link == f"{settings.public_url}/{REPO}/trends?pr=7"
+        await page.screenshot(path=str(tmp_path / "pr.png"), full_page=True)
+        await browser.close()
+    assert problems == []
+    assert (tmp_path / "trends.png").stat().st_size > 10_000
