@@ -19,8 +19,9 @@ from gidgethub import BadRequest, ValidationFailure, sansio
 from bot import drift
 from bot.auth import InstallationClients
 from bot.jobs import DeliveryLog, JobStore
+from bot.pages import add_routes
 from bot.routers import router
-from bot.service import RegressionService
+from bot.service import SERVICE, RegressionService
 from bot.settings import Settings
 from runner.store import KeyNotFound, LocalStore, open_store
 
@@ -39,7 +40,6 @@ REQUIRED = {
 COMMON = [("repository", "full_name"), ("repository", "clone_url"), ("installation", "id")]
 
 SETTINGS = web.AppKey("settings", Settings)
-SERVICE = web.AppKey("service", RegressionService)
 CLIENTS = web.AppKey("clients", InstallationClients)
 DELIVERIES = web.AppKey("deliveries", DeliveryLog)
 TASKS = web.AppKey("tasks", set)
@@ -132,22 +132,6 @@ async def artifact(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type=content_type.split(";")[0], headers=headers)
 
 
-async def latest_report(request: web.Request) -> web.Response:
-    """The latest report of a PR (or of a commit's run), at a stable address."""
-    info = request.match_info
-    repository = f"{info['owner']}/{info['repo']}"
-    service = request.app[SERVICE]
-    if info["kind"] == "pr":
-        job = await service.jobs.latest(repository, pr=int(info["ref"]))
-        sha, pr = (job.head_sha, job.pr) if job else (None, None)
-    else:
-        sha, pr = info["ref"], None
-    url = service.report_url(repository, pr, sha) if sha else None
-    if url is None:
-        raise web.HTTPNotFound(text=f"no report for {repository} {info['kind']} {info['ref']} yet")
-    raise web.HTTPFound(url)
-
-
 def create_app(settings: Settings | None = None) -> web.Application:
     """The bot's aiohttp application (settings from the environment by default)."""
     settings = settings or Settings.from_env()
@@ -158,7 +142,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_post("/schedule/drift", schedule_drift)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/artifacts/{key:.+}", artifact)
-    app.router.add_get(r"/{owner}/{repo}/{kind:pr|commit}/{ref}", latest_report)
+    add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

@@ -139,6 +139,15 @@ async def pull_request(gh: GitHubAPI, repository: str, number: int) -> dict[str,
     return await gh.getitem(f"/repos/{repository}/pulls/{number}")
 
 
+async def merged_pull_request(gh: GitHubAPI, repository: str, sha: str) -> dict | None:
+    """The pull request that landed as commit ``sha`` on its base branch, if any."""
+    pulls = await gh.getitem(f"/repos/{repository}/commits/{sha}/pulls")
+    for pull in pulls:
+        if pull.get("merged_at") and pull.get("merge_commit_sha") == sha:
+            return pull
+    return None
+
+
 async def pull_request_for_sha(gh: GitHubAPI, repository: str, sha: str) -> dict | None:
     """An open pull request whose head is ``sha``, if any (fork check runs carry none)."""
     pulls = await gh.getitem(f"/repos/{repository}/commits/{sha}/pulls")

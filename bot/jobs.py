@@ -54,6 +54,8 @@ class Job:
     published_path: str | None = None
     error: str | None = None
     execution: str | None = None
+    branch: str | None = None
+    merged_at: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:

@@ -15,7 +15,12 @@ def _publishing(settings: Settings, job: Job) -> list[str]:
         argv += ["--store-url", settings.store_url]
     if job.pr is not None:
         argv += ["--pr", str(job.pr)]
-    return argv
+    if job.branch:
+        argv += ["--branch", job.branch]
+    if job.merged_at:
+        argv += ["--merged-at", job.merged_at]
+    query = f"?pr={job.pr}" if job.pr is not None else ""
+    return [*argv, "--trends-url", f"{settings.public_url}/{job.repository}/trends{query}"]
 
 
 def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:

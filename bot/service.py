@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from aiohttp import web
 from gidgethub.abc import GitHubAPI
 
 from bot import drift, github
@@ -42,6 +43,8 @@ class RunRequest:
     kind: str = "pr"
     fork: bool = False
     approved: bool = False
+    branch: str | None = None
+    merged_at: str | None = None
 
 
 def _waiting(text: str) -> CheckRunOutput:
@@ -65,6 +68,11 @@ class RegressionService:
         self.dispatcher = None
         self._pr_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._progress_sent: dict[str, float] = {}
+
+    def trends_url(self, repository: str, pr: int | None) -> str:
+        """The repository's trend page, with the PR highlighted."""
+        query = f"?pr={pr}" if pr is not None else ""
+        return f"{self.settings.public_url}/{repository}/trends{query}"
 
     def details_url(self, repository: str, pr: int | None, sha: str) -> str:
         """The stable address of the report a check run links to (served by the bot)."""
@@ -97,6 +105,8 @@ class RegressionService:
                 clone_url=request.clone_url,
                 kind=request.kind,
                 pr=request.pr,
+                branch=request.branch,
+                merged_at=request.merged_at,
             )
         )
         if job.check_run_id is not None:
@@ -196,8 +206,16 @@ class RegressionService:
             raise ValueError("the stored result has no comparison")
         published = self.published(job.repository, job.pr, job.head_sha, is_drift)
         images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
-        links = Links(report=published["report"], images=images)
+        links = Links(
+            report=published["report"],
+            trends=self.trends_url(job.repository, job.pr),
+            latest=self.details_url(job.repository, job.pr, job.head_sha),
+            images=images,
+        )
         return result, links
 
     def _pr_lock(self, repository: str, pr: int) -> asyncio.Lock:
         return self._pr_locks.setdefault((repository, pr), asyncio.Lock())
+
+
+SERVICE = web.AppKey("service", RegressionService)

@@ -217,17 +217,31 @@ def _finish(result, args: argparse.Namespace) -> int:
         _write_report(result, args.out, args.report)
     published = None
     if args.store:
+        from runner.history import append_record
         from runner.merge import store_shard
         from runner.publish import publish_run
         from runner.store import StoreError, open_store
+        from runner.summarise import summarise
 
         try:
             store = open_store(args.store, base_url=args.store_url)
             if result.shard is not None:
                 store_shard(store, args.out, result, args.repository, args.pr)
             else:
-                publish_run(result, args.out, store, args.repository, args.pr)
+                addresses = publish_run(
+                    result, args.out, store, args.repository, args.pr, trends=args.trends_url
+                )
                 published = str((args.out / "published.json").resolve())
+                if result.provenance.drift is None:  # drift runs are no point of the trends
+                    record = summarise(
+                        result,
+                        args.repository,
+                        pr=args.pr,
+                        branch=args.branch,
+                        merged_at=args.merged_at,
+                        report=addresses["report"],
+                    )
+                    append_record(store, record)
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3
@@ -283,6 +297,11 @@ def _publishing(command: argparse.ArgumentParser) -> None:
     command.add_argument("--store-url", help="public address of the store (default: its own)")
     command.add_argument("--repository", help="owner/name the run is stored under")
     command.add_argument("--pr", type=int, help="pull request number the run is stored under")
+    command.add_argument("--branch", help="for the history: the branch whose head this is")
+    command.add_argument(
+        "--merged-at", help="for the history: when a default-branch head landed (ISO 8601)"
+    )
+    command.add_argument("--trends-url", help="the trend page the report links to")
     command.add_argument(
         "--progress-json", action="store_true", help="progress as JSON lines on stdout"
     )

@@ -31,7 +31,7 @@ class Links:
 
     report: str | None = None
     trends: str | None = None
-    history: str | None = None
+    latest: str | None = None
     images: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
@@ -175,7 +175,7 @@ def _links_line(links: Links) -> str:
         for name, url in (
             ("Full report", links.report),
             ("Trends", links.trends),
-            ("History", links.history),
+            ("Latest report of this PR", links.latest),
         )
         if url
     ]
@@ -439,7 +439,7 @@ def html_report(result: RunResult, links: Links) -> str:
     title = f"scarlet regression: {headline(result)}"
     links_html = " · ".join(
         f'<a href="{esc(url)}">{name}</a>'
-        for name, url in (("Trends", links.trends), ("History", links.history))
+        for name, url in (("Trends", links.trends), ("Latest report", links.latest))
         if url
     )
     return f"""<!doctype html>

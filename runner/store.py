@@ -10,6 +10,7 @@ Layout (keys are ``/``-separated, relative to the store's root or bucket prefix)
     images/<sha256>.<ext>                      content-addressed, immutable
     runs/pr/<owner>/<name>/<number>/<sha>/...  a run of a pull request at head <sha>
     runs/commit/<owner>/<name>/<sha>/...       a run without a PR (e.g. a branch baseline)
+    history/<owner>/<name>.jsonl               one summary record a run, appended (trends)
 
 (the kind of run comes first so that one literal lifecycle prefix, ``runs/pr/``, lets
 pull requests' runs expire while the default branch's history stays)
@@ -42,12 +43,15 @@ segment.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import mimetypes
 import os
+import random
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -61,6 +65,9 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 """Cache-Control of content-addressed images."""
 MUTABLE = "no-cache"
 """Cache-Control of mutable documents (caches must revalidate)."""
+APPEND_TYPE = "application/x-ndjson"
+"""Content type of the JSON-lines documents that :meth:`ArtifactStore.append` extends."""
+APPEND_ATTEMPTS = 30
 GCS_PUBLIC_URL = "https://storage.googleapis.com"
 
 _RESERVED = ".store"
@@ -121,6 +128,11 @@ class ArtifactStore(Protocol):
 
     def list(self, prefix: str = "") -> list[str]:
         """Every key that starts with ``prefix``, sorted."""
+        ...
+
+    def append(self, key: str, line: bytes) -> None:
+        """Append a newline-terminated ``line`` to a JSON-lines document, creating it;
+        writers appending at the same moment all land, in some order."""
         ...
 
     def url(self, key: str) -> str:
@@ -235,6 +247,12 @@ def _gcs_errors() -> tuple[type[BaseException], ...]:
         requests.RequestException,
         OSError,
     )
+
+
+def _ends_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _base(base_url: str | None) -> str | None:
@@ -370,6 +388,24 @@ class LocalStore:
             keys.extend(base + name for name in filenames if (base + name).startswith(prefix))
         return sorted(keys)
 
+    def append(self, key: str, line: bytes) -> None:
+        path = self._path(key)
+        locks = self.root / _RESERVED / "locks"
+        try:
+            locks.mkdir(parents=True, exist_ok=True)
+            with open(locks / hashlib.sha256(key.encode()).hexdigest(), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._write_meta(key, APPEND_TYPE, MUTABLE)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "ab") as f:
+                    if f.tell() and not _ends_line(path):
+                        f.write(b"\n")  # a line cut short by a crash stays alone
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise StoreError("append", key, self, exc) from exc
+
     def url(self, key: str) -> str:
         if self.base_url is not None:
             return self.base_url + quote(_check_key(key))
@@ -501,6 +537,41 @@ class GCSStore:
             return sorted(b.name.removeprefix(self.prefix) for b in blobs)
         except _gcs_errors() as exc:
             raise self._fail("list", prefix, exc) from exc
+
+    def append(self, key: str, line: bytes) -> None:
+        """Read, extend and write back under a generation precondition (0: the object
+        must not exist yet); when another writer got in between (412), start again."""
+        from google.api_core.exceptions import PreconditionFailed
+        from google.cloud.storage.retry import ConditionalRetryPolicy, is_generation_specified
+
+        retry = ConditionalRetryPolicy(self.retry, is_generation_specified, ["query_params"])
+        name = self.prefix + _check_key(key)
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                current = self._bucket.get_blob(name, retry=self.retry, timeout=self.timeout)
+                generation = current.generation if current is not None else 0
+                data = b""
+                if current is not None:
+                    data = current.download_as_bytes(
+                        if_generation_match=generation, retry=retry, timeout=self.timeout
+                    )
+                if data and not data.endswith(b"\n"):
+                    data += b"\n"
+                blob = self._bucket.blob(name)
+                blob.cache_control = MUTABLE
+                blob.upload_from_string(
+                    data + line,
+                    content_type=APPEND_TYPE,
+                    if_generation_match=generation,
+                    retry=retry,
+                    timeout=self.timeout,
+                )
+                return
+            except PreconditionFailed:
+                time.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+            except _gcs_errors() as exc:
+                raise self._fail("append", key, exc) from exc
+        raise StoreError("append", key, self, f"still contended after {APPEND_ATTEMPTS} tries")
 
     def url(self, key: str) -> str:
         if self.base_url is not None:

@@ -178,6 +178,7 @@ class PullRequest:
     draft: bool = False
     merged: bool = False
     base_sha: str = "0" * 40
+    merge_commit_sha: str | None = None
     created_at: datetime = field(default_factory=_now)
 
     @property
@@ -474,8 +475,10 @@ class FakeGitHub:
         state: str = "open",
         draft: bool = False,
         merged: bool = False,
+        merge_commit_sha: str | None = None,
     ) -> PullRequest:
-        """A pull request; ``head_repo`` names a fork, ``head_sha`` defaults to a random SHA."""
+        """A pull request; ``head_repo`` names a fork, ``head_sha`` defaults to a random SHA;
+        a merged one may name the commit it landed as (``merge_commit_sha``)."""
         with self._lock:
             if repo not in self.repos:
                 raise KeyError(f"add_repo({repo!r}) first")
@@ -492,6 +495,7 @@ class FakeGitHub:
                 state=state,
                 draft=draft,
                 merged=merged,
+                merge_commit_sha=merge_commit_sha,
             )
             self.pulls[(repo, pull.number)] = pull
         return pull
@@ -984,7 +988,7 @@ class FakeGitHub:
             "updated_at": _iso(pull.created_at),
             "closed_at": _iso(pull.created_at) if closed else None,
             "merged_at": _iso(pull.created_at) if pull.merged else None,
-            "merge_commit_sha": None,
+            "merge_commit_sha": pull.merge_commit_sha,
             "auto_merge": None,
             "active_lock_reason": None,
             "merged_by": None,
@@ -1334,7 +1338,11 @@ class FakeGitHub:
         self, call: Call, params: dict[str, str], query: MultiDict[str], body: dict[str, Any]
     ) -> tuple[int, Any, dict[str, str]]:
         repo, sha = self._repo_of(params), params["commit_sha"]
-        pulls = [p for p in self.pulls.values() if p.repo == repo and p.head_sha == sha]
+        pulls = [
+            p
+            for p in self.pulls.values()
+            if p.repo == repo and sha in (p.head_sha, p.merge_commit_sha)
+        ]
         items, headers = self._page(call, query, pulls)
         return 200, [self._pull_json(p) for p in items], headers
 

@@ -23,7 +23,7 @@ from support import shift_head, synthetic_result
 LINKS = Links(
     report="https://example.org/o/r/pr/7",
     trends="https://example.org/o/r/trends",
-    history="https://example.org/o/r/branch/feature",
+    latest="https://example.org/o/r/pr/7",
 )
 
 

@@ -31,6 +31,7 @@ async def rerun(event: Event, gh, service: RegressionService, head_sha: str, pul
         pr=pull["number"] if pull else None,
         kind="pr" if pull else "baseline",
         approved=True,
+        branch=pull["head"]["ref"] if pull else None,
     )
     await service.request_run(gh, request)
 

@@ -23,6 +23,7 @@ def run_request(data: dict, approved: bool = False) -> RunRequest:
         pr=pull["number"],
         fork=head_repo != repository["full_name"],
         approved=approved,
+        branch=pull["head"]["ref"],
     )
 
 
