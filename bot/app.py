@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, sansio
 
+from bot import drift
 from bot.auth import InstallationClients
 from bot.jobs import DeliveryLog, JobStore
 from bot.pages import add_routes
@@ -91,6 +92,26 @@ async def process(app: web.Application, event: sansio.Event) -> None:
         log.exception("processing %s delivery %s failed", event.event, event.delivery_id)
 
 
+async def schedule_drift(request: web.Request) -> web.Response:
+    """The scheduler's daily call: a drift run for every installed repository, at most
+    one per repository and day (401 without the scheduler token; the work runs after
+    the answer)."""
+    app = request.app
+    if not drift.authorised(app[SETTINGS].scheduler_secret, request):
+        return web.Response(status=401, text="the scheduler token is missing or wrong")
+
+    async def run() -> None:
+        try:
+            await drift.schedule(app[CLIENTS], app[SERVICE], drift.today())
+        except Exception:
+            log.exception("scheduling drift runs failed")
+
+    task = asyncio.create_task(run())
+    app[TASKS].add(task)
+    task.add_done_callback(app[TASKS].discard)
+    return web.Response(status=202, text="accepted")
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness."""
     return web.json_response({"ok": True})
@@ -118,6 +139,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SETTINGS] = settings
     app[TASKS] = set()
     app.router.add_post("/webhook", webhook)
+    app.router.add_post("/schedule/drift", schedule_drift)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/artifacts/{key:.+}", artifact)
     add_routes(app)

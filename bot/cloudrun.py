@@ -106,7 +106,7 @@ class CloudRunDispatcher:
             if outcome is None:
                 continue
             conclusion, error = outcome
-            if conclusion == "success" and self.task_count > 1 and not _merging(job):
+            if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
                 await self._start_merge(job)
                 continue
             done = await self.store.finish(job.id, conclusion, error=error)
@@ -141,13 +141,18 @@ class CloudRunDispatcher:
             return job
         try:
             args = list(self.args(claimed, self.out))
-            execution = await asyncio.to_thread(self._run_job, claimed, args, self.task_count)
+            execution = await asyncio.to_thread(self._run_job, claimed, args, self._tasks(claimed))
         except Exception as error:
             log.exception("job %s: Cloud Run did not start an execution", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
             await self._notify(done)
             return done
         return await self.store.set_execution(job.id, execution)
+
+    def _tasks(self, job: Job) -> int:
+        """Tasks of the job's execution: ``task_count``, but one for a drift run (it
+        deblends with two environments of its own and is not sharded)."""
+        return 1 if job.kind == "drift" else self.task_count
 
     async def cancel(self, job: Job) -> None:
         """Conclude the job "cancelled" (unless it has finished) and cancel its execution."""

@@ -155,3 +155,40 @@ async def pull_request_for_sha(gh: GitHubAPI, repository: str, sha: str) -> dict
         if pull.get("state") == "open" and pull["head"]["sha"] == sha:
             return pull
     return None
+
+
+async def installation_ids(gh: GitHubAPI) -> list[int]:
+    """The app's installations (``gh`` authenticated as the app)."""
+    return [int(installation["id"]) async for installation in gh.getiter("/app/installations")]
+
+
+async def installation_repositories(gh: GitHubAPI) -> list[dict[str, Any]]:
+    """The repositories of the installation ``gh`` acts for (all pages)."""
+    url = "/installation/repositories?per_page=100"
+    return [repo async for repo in gh.getiter(url, iterable_key="repositories")]
+
+
+async def branch_head(gh: GitHubAPI, repository: str, branch: str) -> str:
+    """The SHA at the head of ``branch``."""
+    data = await gh.getitem(f"/repos/{repository}/branches/{branch}")
+    return str(data["commit"]["sha"])
+
+
+async def find_issue(gh: GitHubAPI, repository: str, marker: str) -> dict[str, Any] | None:
+    """The open issue (not a pull request) whose body starts with ``marker``, if any."""
+    url = f"/repos/{repository}/issues?state=open&per_page=100"
+    async for issue in gh.getiter(url):
+        if "pull_request" not in issue and (issue.get("body") or "").startswith(marker):
+            return issue
+    return None
+
+
+async def open_issue(gh: GitHubAPI, repository: str, title: str, body: str) -> int:
+    """Open an issue; return its number."""
+    data = await gh.post(f"/repos/{repository}/issues", data={"title": title, "body": body})
+    return int(data["number"])
+
+
+async def edit_issue(gh: GitHubAPI, repository: str, number: int, **fields: str) -> None:
+    """Change an issue's title, body or state (``state="closed"``, ``state_reason``)."""
+    await gh.patch(f"/repos/{repository}/issues/{number}", data=fields)

@@ -81,6 +81,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key ON jobs (key)
     WHERE state IN ('queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS schedules (
+    repository TEXT NOT NULL, kind TEXT NOT NULL, day TEXT NOT NULL, seen REAL NOT NULL,
+    PRIMARY KEY (repository, kind, day)
+);
 CREATE INDEX IF NOT EXISTS deliveries_seen ON deliveries (seen);
 """
 
@@ -288,6 +292,19 @@ class JobStore(_Database):
             ).fetchone()
         )
         return None if row is None else _job(row)
+
+    async def first_of_day(self, repository: str, kind: Kind, day: str) -> bool:
+        """Record a scheduled ``kind`` run of ``repository`` on ``day`` (e.g. 2026-11-30);
+        True only for the first of that repository, kind and day."""
+
+        def first(db: sqlite3.Connection) -> bool:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO schedules (repository, kind, day, seen) VALUES (?, ?, ?, ?)",
+                (repository, kind, day, time.time()),
+            ).rowcount
+            return inserted == 1
+
+        return await self._transaction(first)
 
     async def set_check_run(self, job_id: str, check_run_id: int) -> Job | None:
         """Record the job's check run."""

@@ -32,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from gidgethub.aiohttp import GitHubAPI
 
+# issues: the PR report comment and the drift issue; contents: branches for drift runs.
 PERMISSIONS: dict[str, str] = {
     "checks": "write",
     "pull_requests": "write",

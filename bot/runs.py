@@ -24,11 +24,16 @@ def _publishing(settings: Settings, job: Job) -> list[str]:
 
 
 def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
-    """A function giving the argv of ``python -m runner run`` for a job and its folder."""
+    """A function giving the argv of ``python -m runner run`` (``drift`` for a drift job)
+    for a job and its folder."""
 
     def command(job: Job, out: Path) -> list[str]:
-        argv = [*settings.runner, "run", "--repo", job.clone_url]
-        argv += ["--head", job.head_sha, "--base", job.base, "--out", str(out)]
+        if job.kind == "drift":  # the default branch's head, locked and newest
+            argv = [*settings.runner, "drift", "--repo", job.clone_url, "--rev", job.head_sha]
+        else:
+            argv = [*settings.runner, "run", "--repo", job.clone_url]
+            argv += ["--head", job.head_sha, "--base", job.base]
+        argv += ["--out", str(out)]
         for dataset in settings.datasets:
             argv += ["--dataset", str(dataset)]
         return [*argv, "--workers", str(settings.workers), *_publishing(settings, job)]

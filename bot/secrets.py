@@ -19,6 +19,7 @@ from typing import Any
 SECRET_VARIABLES: dict[str, str] = {
     "GITHUB_APP_PRIVATE_KEY_SECRET": "GITHUB_APP_PRIVATE_KEY",
     "GITHUB_WEBHOOK_SECRET_SECRET": "GITHUB_WEBHOOK_SECRET",
+    "SCARLET_BOT_SCHEDULER_SECRET_SECRET": "SCARLET_BOT_SCHEDULER_SECRET",
 }
 """Variable naming a secret version -> the variable it fills."""
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from gidgethub.abc import GitHubAPI
 
-from bot import github
+from bot import drift, github
 from bot.dispatch import VERDICT_CONCLUSIONS
 from bot.jobs import Job, JobStore
 from bot.settings import Settings
@@ -80,9 +80,10 @@ class RegressionService:
             return f"{self.settings.public_url}/{repository}/pr/{pr}"
         return f"{self.settings.public_url}/{repository}/commit/{sha}"
 
-    def published(self, repository: str, pr: int | None, sha: str) -> dict:
+    def published(self, repository: str, pr: int | None, sha: str, drift: bool = False) -> dict:
         """The addresses the runner published for a run (``published.json``)."""
-        return json.loads(self.store.get(run_prefix(repository, pr, sha) + "published.json"))
+        prefix = run_prefix(repository, pr, sha, drift)
+        return json.loads(self.store.get(prefix + "published.json"))
 
     def report_url(self, repository: str, pr: int | None, sha: str) -> str | None:
         """Where the stored report of a run is, if the run was published."""
@@ -156,8 +157,12 @@ class RegressionService:
         )
 
     async def on_finished(self, job: Job) -> None:
-        """Write the PR's one report comment, then conclude the check run."""
+        """Write the PR's one report comment, then conclude the check run (a drift run:
+        open, update or close the drift issue)."""
         self._progress_sent.pop(job.id, None)
+        if job.kind == "drift":
+            await self._drift_finished(job)
+            return
         if job.check_run_id is None:
             return
         gh = await self.client(job.installation_id)
@@ -184,13 +189,22 @@ class RegressionService:
             gh, job.repository, job.check_run_id, VERDICT_CONCLUSIONS[verdict], output
         )
 
+    async def _drift_finished(self, job: Job) -> None:
+        if job.conclusion not in VERDICT_CONCLUSIONS.values():
+            log.error("drift run of %s ended %s: %s", job.repository, job.conclusion, job.error)
+            return
+        result, links = self.load(job)
+        gh = await self.client(job.installation_id)
+        await drift.report(gh, job.repository, result, links)
+
     def load(self, job: Job) -> tuple[RunResult, Links]:
         """The compared result the runner stored for ``job`` and the addresses of its parts."""
-        prefix = run_prefix(job.repository, job.pr, job.head_sha)
+        is_drift = job.kind == "drift"
+        prefix = run_prefix(job.repository, job.pr, job.head_sha, is_drift)
         result = RunResult.from_json(self.store.get(prefix + "result.json").decode())
         if result.comparison is None:
             raise ValueError("the stored result has no comparison")
-        published = self.published(job.repository, job.pr, job.head_sha)
+        published = self.published(job.repository, job.pr, job.head_sha, is_drift)
         images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
         links = Links(
             report=published["report"],

@@ -38,6 +38,7 @@ class Settings:
     github_backoff: float = 1.0
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
+    scheduler_secret: str = ""
 
     @property
     def store_spec(self) -> str:
@@ -82,4 +83,5 @@ class Settings:
             cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
+            scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
         )

@@ -1,4 +1,4 @@
-"""``python -m runner``: synth, run, merge, compare and release-repo."""
+"""``python -m runner``: synth, run, drift, lock adopt, merge, compare and release-repo."""
 
 from __future__ import annotations
 
@@ -112,39 +112,95 @@ class ProgressBar:
             print(f"{progress.phase}…", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> RunConfig:
     options = {"max_iter": args.max_iter} if args.max_iter else {}
-    config = RunConfig(
+    return RunConfig(
         repo=args.repo,
-        head=args.head,
-        base=args.base,
+        head=head,
+        base=base,
         datasets=args.dataset,
         out=args.out,
         workers=args.workers,
         adapter=args.adapter,
         timeout=args.timeout,
         options=options,
-        shard=_shard(args),
+        shard=shard,
         memory_limit=args.memory_limit * 2**20,
         **({"cache": args.cache} if args.cache else {}),
     )
+
+
+def _progress(args: argparse.Namespace):
+    return JsonProgress() if args.progress_json else ProgressBar()
+
+
+def _warn_failed_builds(result, names: dict[str, str]) -> None:
+    for side, name in names.items():
+        info = getattr(result.provenance, side)
+        if info.build.status == "failed":
+            print(
+                f"{info.build.log_tail}\nwarning: {name} {info.sha[:12]} did not build: "
+                f"{info.build.error}",
+                file=sys.stderr,
+            )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _run_config(args, args.head, args.base, _shard(args))
     if args.store and not args.repository:
         print("error: --store needs --repository owner/name", file=sys.stderr)
         return 2
     try:
-        result = run(config, JsonProgress() if args.progress_json else ProgressBar())
+        result = run(config, _progress(args))
     except RunError as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)
         return 2
-    for side in ("base", "head"):
-        info = getattr(result.provenance, side)
-        if info.build.status == "failed":
-            print(
-                f"{info.build.log_tail}\nwarning: {side} {info.sha[:12]} did not build: "
-                f"{info.build.error}",
-                file=sys.stderr,
-            )
+    _warn_failed_builds(result, {"base": "base", "head": "head"})
     return _finish(result, args)
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from runner.drift import drift
+
+    if args.store and not args.repository:
+        print("error: --store needs --repository owner/name", file=sys.stderr)
+        return 2
+    try:
+        result = drift(_run_config(args, head=args.rev, base=args.rev), _progress(args))
+    except RunError as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    _warn_failed_builds(result, {"base": "locked", "head": "newest"})
+    moved = result.provenance.drift.packages
+    names = ", ".join(f"{p.name} {p.locked or '–'} → {p.newest or '–'}" for p in moved)
+    report = sys.stderr if args.progress_json else sys.stdout
+    print(f"newer than the lock: {names or 'nothing'}", file=report)
+    return _finish(result, args)
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from runner.adapters import get_adapter
+    from runner.lockfile import adopt
+    from runner.result import RunResult
+
+    try:
+        result = RunResult.read(args.source)
+        drift = result.provenance.drift
+        if drift is None:
+            raise ValueError(f"{args.source} is not the result of a drift run")
+        lock = args.lock or get_adapter(result.provenance.adapter).lock
+        text = lock.read_text()
+        if hashlib.sha256(text.encode()).hexdigest() != result.provenance.lock:
+            raise ValueError(f"{lock} is not the lock the drift run used")
+        new = adopt(text, drift.packages, result.provenance.adapter, args.source.name)
+        args.out.write_text(new)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}".splitlines()[0], file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {lock} with {len(drift.packages)} package(s) moved; review it")
+    return 0
 
 
 def _finish(result, args: argparse.Namespace) -> int:
@@ -176,15 +232,16 @@ def _finish(result, args: argparse.Namespace) -> int:
                     result, args.out, store, args.repository, args.pr, trends=args.trends_url
                 )
                 published = str((args.out / "published.json").resolve())
-                record = summarise(
-                    result,
-                    args.repository,
-                    pr=args.pr,
-                    branch=args.branch,
-                    merged_at=args.merged_at,
-                    report=addresses["report"],
-                )
-                append_record(store, record)
+                if result.provenance.drift is None:  # drift runs are no point of the trends
+                    record = summarise(
+                        result,
+                        args.repository,
+                        pr=args.pr,
+                        branch=args.branch,
+                        merged_at=args.merged_at,
+                        report=addresses["report"],
+                    )
+                    append_record(store, record)
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3
@@ -250,6 +307,25 @@ def _publishing(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _run_options(command: argparse.ArgumentParser) -> None:
+    """Options for deblending blend sets (run and drift)."""
+    command.add_argument("--dataset", type=Path, action="append", required=True)
+    command.add_argument("--out", type=Path, required=True)
+    command.add_argument("--workers", type=positive, default=os.cpu_count() or 1)
+    command.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
+    command.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
+    command.add_argument(
+        "--memory-limit",
+        type=positive,
+        default=DEFAULT_MEMORY_LIMIT // 2**20,
+        help="MiB of resident memory a worker may use",
+    )
+    command.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
+    command.add_argument(
+        "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     main = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
@@ -265,24 +341,29 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
     runner.add_argument("--head", required=True, help="revision under test")
     runner.add_argument("--base", required=True, help="base revision; a branch means merge-base")
-    runner.add_argument("--dataset", type=Path, action="append", required=True)
-    runner.add_argument("--out", type=Path, required=True)
-    runner.add_argument("--workers", type=positive, default=os.cpu_count() or 1)
-    runner.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
-    runner.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
-    runner.add_argument(
-        "--memory-limit",
-        type=positive,
-        default=DEFAULT_MEMORY_LIMIT // 2**20,
-        help="MiB of resident memory a worker may use",
-    )
-    runner.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
+    _run_options(runner)
     runner.add_argument("--shard", help="I/N: deblend shard I of N and write a partial result")
     _publishing(runner)
-    runner.add_argument(
-        "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
-    )
     runner.set_defaults(handler=_run)
+
+    drifter = commands.add_parser(
+        "drift", help="deblend one revision with the lock and with the newest allowed releases"
+    )
+    drifter.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
+    drifter.add_argument("--rev", required=True, help="revision, e.g. the default branch")
+    _run_options(drifter)
+    _publishing(drifter)
+    drifter.set_defaults(handler=_drift)
+
+    lock = commands.add_parser("lock", help="work with the runner's locks")
+    lock_commands = lock.add_subparsers(dest="lock_command", required=True)
+    adopter = lock_commands.add_parser(
+        "adopt", help="write a lock with the newer versions a drift run found, for review"
+    )
+    adopter.add_argument("source", type=Path, help="a drift run's result.json")
+    adopter.add_argument("--out", type=Path, required=True, help="where to write the new lock")
+    adopter.add_argument("--lock", type=Path, help="the lock the run used (default: the adapter's)")
+    adopter.set_defaults(handler=_adopt)
 
     merger = commands.add_parser("merge", help="merge the results of a run's shards")
     merger.add_argument("parts", type=Path, nargs="*", help="shard result folders")

@@ -4,6 +4,12 @@ The key covers the SHA, the interpreter, the adapter's lock (its exact third-par
 versions, which include the build requirements) and this recipe's version, so a
 second run at the same SHA reuses the environment and spends seconds on setup.
 Environments are built with uv when it is available, with venv and pip otherwise.
+
+A drift run also builds the *newest* environment: the lock, then the revision installed
+with dependency resolution and upgrades, so every package the revision requires comes
+at the newest release its requirements allow (from the index uv or pip is configured
+with: ``UV_INDEX_URL``, ``UV_FIND_LINKS``, ``PIP_INDEX_URL``, ...). It is never cached:
+what it resolves to changes with every release.
 """
 
 from __future__ import annotations
@@ -82,25 +88,33 @@ def environment_key(sha: str, adapter: Adapter) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _steps(uv: str | None, env: Path, source: Path, adapter: Adapter) -> list[list[str]]:
+def _steps(
+    uv: str | None, env: Path, source: Path, adapter: Adapter, newest: bool = False
+) -> list[list[str]]:
     """Create the environment, install exactly the lock (no resolution, then a check that
-    it is complete), then the revision itself without dependencies or build isolation."""
+    it is complete), then the revision itself without build isolation: without
+    dependencies, or (``newest``) resolving and upgrading them, then checking again."""
     python = str(env / "bin" / "python")
     lock = str(adapter.lock)
     if uv:
-        install = [uv, "pip", "install", "--python", python, "--no-progress", "--no-deps"]
+        install = [uv, "pip", "install", "--python", python, "--no-progress"]
+        check = [uv, "pip", "check", "--python", python]
+        revision = [*install, "--no-build-isolation", "--reinstall", str(source)]
         return [
             [uv, "venv", "--quiet", "--python", sys.executable, str(env)],
-            [*install, "--requirement", lock],
-            [uv, "pip", "check", "--python", python],
-            [*install, "--no-build-isolation", "--reinstall", str(source)],
+            [*install, "--no-deps", "--requirement", lock],
+            check,
+            *([[*revision, "--upgrade"], check] if newest else [[*revision, "--no-deps"]]),
         ]
-    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet", "--no-deps"]
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
+    check = [python, "-m", "pip", "check"]
+    revision = [*pip, "--no-build-isolation", str(source)]
+    upgrade = ["--upgrade", "--upgrade-strategy", "eager"]
     return [
         [sys.executable, "-m", "venv", str(env)],
-        [*pip, "--requirement", lock],
-        [python, "-m", "pip", "check"],
-        [*pip, "--no-build-isolation", str(source)],
+        [*pip, "--no-deps", "--requirement", lock],
+        check,
+        *([[*revision, *upgrade], check] if newest else [[*revision, "--no-deps"]]),
     ]
 
 
@@ -134,7 +148,7 @@ def _tail(log: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict:
+def _build(env: Path, source: Path, adapter: Adapter, log: Path, newest: bool = False) -> dict:
     uv = uv_binary()
     # The revision's build runs its own code (setup.py): it sees none of our variables.
     build_env = {
@@ -144,7 +158,7 @@ def _build(env: Path, source: Path, adapter: Adapter, log: Path) -> dict:
     }
     build_env.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
     with open(log, "w") as stream:
-        for step in _steps(uv, env, source, adapter):
+        for step in _steps(uv, env, source, adapter, newest):
             stream.write(f"$ {' '.join(step)}\n")
             stream.flush()
             result = subprocess.run(
@@ -196,4 +210,35 @@ def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> 
         packages=dict(sorted(info["packages"].items())),
         build_seconds=float(info["build_seconds"]),
         reused=reused,
+    )
+
+
+def build_newest_environment(source: Path, sha: str, adapter: Adapter, into: Path) -> Environment:
+    """The environment for ``sha`` with the newest releases its requirements allow, built
+    afresh in ``into`` (never cached: its key is the hash of what it resolved to)."""
+    shutil.rmtree(into, ignore_errors=True)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    log = into.parent / f"{into.name}.log"
+    started = time.perf_counter()
+    try:
+        info = _build(into, source, adapter, log, newest=True)
+    except BuildError:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
+    shutil.move(log, into / "build.log")
+    packages = dict(sorted(info["packages"].items()))
+    resolved = hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()
+    return Environment(
+        key=f"newest-{resolved[:24]}",
+        path=into,
+        python=into / "bin" / "python",
+        sha=sha,
+        adapter=adapter.name,
+        deblender_version=info["version"],
+        numpy_version=info["numpy"],
+        python_version=info["python"],
+        lock_hash=adapter.lock_hash,
+        packages=packages,
+        build_seconds=round(time.perf_counter() - started, 1),
+        reused=False,
     )

@@ -65,15 +65,17 @@ def publish_run(
 ) -> dict:
     """Store a compared run for the bot: the residual images of the ``images`` most
     changed blends, the HTML report (linking to ``trends``, if given), the result and
-    ``published.json`` (the addresses of all of it) under the run's prefix."""
+    ``published.json`` (the addresses of all of it) under the run's prefix (a drift
+    run's own, see ``run_prefix``)."""
     keys = store_residual_images(result, run_dir, store, limit=images)
     images = {key: store.url(value) for key, value in keys.items()}
-    prefix = run_prefix(repository, pr, result.provenance.head.sha)
+    drift = result.provenance.drift is not None
+    prefix = run_prefix(repository, pr, result.provenance.head.sha, drift)
     links = Links(report=store.url(prefix + "report/report.html"), trends=trends, images=images)
     report = Path(run_dir) / "report"
     report.mkdir(exist_ok=True)
     (report / "report.html").write_text(html_report(result, links))
-    stored = store_run(store, run_dir, repository, pr, result.provenance.head.sha)
+    stored = store_run(store, run_dir, repository, pr, result.provenance.head.sha, drift)
     published = {
         "prefix": prefix,
         "result": stored["urls"]["result.json"],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from runner.result import BlendChange, BlendResult, Comparison, MetricComparison, RunResult
 
 MARKER = "<!-- scarlet-regression:report -->"
+DRIFT_MARKER = "<!-- scarlet-regression:drift -->"
 COMMENT_LIMIT = 65_536
 CHECK_LIMIT = 65_535
 TITLE_LIMIT = 250
@@ -96,9 +97,75 @@ def _provenance_line(result: RunResult) -> str:
     sets = ", ".join(f"{d.name} ({d.blends})" for d in p.datasets)
     version = p.head.deblender_version or p.head.build.status
     errored = sum(b.head.status == "errored" or b.base.status == "errored" for b in result.blends)
+    revisions = f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge}"
+    if p.drift is not None:
+        revisions = (
+            f"`{p.drift.rev}` at `{p.drift.sha[:10]}`: newest allowed releases (head)"
+            " vs the lock (base)"
+        )
+    return f"{revisions} · {p.adapter} {version} · {len(result.blends)} blends: {sets}" + (
+        f" · {errored} errored" if errored else ""
+    )
+
+
+def package_table(result: RunResult) -> str:
+    """The packages a drift run found newer (or otherwise different) than the lock, as a
+    Markdown table; empty for a run that is not a drift run."""
+    drift = result.provenance.drift
+    if drift is None:
+        return ""
+    if not drift.packages:
+        return "Every package is at its locked version."
+    rows = [f"| `{p.name}` | {p.locked or '–'} | {p.newest or '–'} |" for p in drift.packages]
+    return "| package | lock | newest |\n|---|---|---|\n" + "\n".join(rows)
+
+
+def drift_failed(result: RunResult) -> bool:
+    """Whether a drift run shows a break: a regression, or blends that errored."""
+    errored = any("errored" in (b.base.status, b.head.status) for b in result.blends)
+    return _comparison(result).verdict == "fail" or errored
+
+
+def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
+    """Title and body of the issue a failing drift run opens (or updates): marker, the
+    packages that moved, the metrics that changed and the errors."""
+    comparison = _comparison(result)
+    drift = result.provenance.drift
+    if drift is None:
+        raise ValueError("not the result of a drift run")
+    names = ", ".join(p.name for p in drift.packages) or "no package"
+    title = f"Newer releases of dependencies break the deblender ({names})"
+    if len(title) > TITLE_LIMIT:
+        title = title[: TITLE_LIMIT - 1] + "…"
+    changed = [m for m in metric_rows(comparison) if m.status != "unchanged"]
+    link_line = _links_line(links)
+    parts = [
+        f"{DRIFT_MARKER}\n## {VERDICT_ICONS['fail']} Dependency drift: {headline(result)}",
+        "No pull request changed this: the same revision deblends differently with the newest"
+        " releases its requirements allow than with the lock.\n\n"
+        + _provenance_line(result)
+        + (f"\n\n{link_line}" if link_line else ""),
+        "### Versions that differ from the lock\n\n" + package_table(result),
+        metric_table(changed) if changed else "No metric changed beyond its tolerance.",
+    ]
+    errors = _errors(result)
+    if errors:
+        parts.append(errors)
+    parts.append(
+        "To adopt the newer versions once the deblender works with them: "
+        "`python -m runner lock adopt result.json --out NEW_LOCK`, then review the lock."
+    )
+    tail = f"<sub>scarlet-regression {result.provenance.runner_version} · updated by every"
+    tail += " failing drift run; closed when drift is clean again</sub>"
+    return title, _fit(parts, COMMENT_LIMIT, tail)
+
+
+def drift_cleared(result: RunResult, links: Links) -> str:
+    """The comment that closes the drift issue once a drift run is clean again."""
+    report = f" ([report]({links.report}))" if links.report else ""
     return (
-        f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge} · {p.adapter} {version}"
-        f" · {len(result.blends)} blends: {sets}" + (f" · {errored} errored" if errored else "")
+        f"{VERDICT_ICONS['pass']} Drift is clean again{report}: {_provenance_line(result)}."
+        "\n\n" + package_table(result)
     )
 
 
@@ -215,6 +282,8 @@ def comment(result: RunResult, links: Links) -> str:
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
     parts = [title, intro + (f"\n\n{link_line}" if link_line else "")]
+    if result.provenance.drift is not None:
+        parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     parts.append(metric_table(changed) if changed else "No metric changed beyond its tolerance.")
     if unchanged:
         parts.append(
@@ -261,6 +330,8 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         title = title[: TITLE_LIMIT - 1] + "…"
     link_line = _links_line(links)
     summary_parts = [_provenance_line(result) + (f"\n\n{link_line}" if link_line else "")]
+    if result.provenance.drift is not None:
+        summary_parts.append(package_table(result))
     summary_parts.append(metric_table(metric_rows(comparison)))
     pointer = f"Full report: {links.report}" if links.report else "See the run result."
     summary = _fit(summary_parts, CHECK_LIMIT, pointer)
@@ -347,6 +418,20 @@ def html_report(result: RunResult, links: Links) -> str:
             ("adapter", p.adapter),
             ("numpy / Python", f"{p.head.numpy_version} / {p.head.python_version}"),
             ("lock", p.lock),
+            *(
+                [
+                    (
+                        "newer than the lock",
+                        ", ".join(
+                            f"{c.name} {c.locked or '–'} → {c.newest or '–'}"
+                            for c in p.drift.packages
+                        )
+                        or "nothing",
+                    )
+                ]
+                if p.drift is not None
+                else []
+            ),
             ("datasets", ", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets)),
             ("started / finished", f"{p.started} / {p.finished}"),
         )

@@ -120,8 +120,28 @@ class DatasetInfo:
 
 
 @dataclass
+class PackageChange:
+    """A third-party package whose version differs between the lock and the newest
+    environment (``None``: absent from that side)."""
+
+    name: str
+    locked: str | None
+    newest: str | None
+
+
+@dataclass
+class Drift:
+    """A drift run: base is the revision in the locked environment, head the same
+    revision with the newest releases its requirements allow."""
+
+    rev: str
+    sha: str
+    packages: list[PackageChange]
+
+
+@dataclass
 class Provenance:
-    """Where the numbers come from."""
+    """Where the numbers come from; ``drift`` is set on a drift run only."""
 
     repository: str
     adapter: str
@@ -135,6 +155,7 @@ class Provenance:
     platform: str
     started: str
     finished: str
+    drift: Drift | None = None
 
 
 Status = Literal["improved", "unchanged", "regressed", "inconclusive"]

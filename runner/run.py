@@ -174,10 +174,7 @@ class Run:
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
             compare_config = load_compare_config(repo, revs.head)
-            envs: dict[str, Environment | BuildError] = {}
-            for side, sha in (("base", revs.base), ("head", revs.head)):
-                self.progress(Progress(f"building {side} environment"))
-                envs[side] = _environment(repo, sha, adapter, config.cache)
+            envs = self._environments(repo, revs, adapter)
         except (revisions.RevisionError, ValueError) as error:
             raise RunError(str(error)) from None
         if all(isinstance(env, BuildError) for env in envs.values()):
@@ -217,6 +214,16 @@ class Run:
         result.write(config.out / "result.json")
         self.progress(Progress("done", self.total, self.total))
         return result
+
+    def _environments(
+        self, repo: Path, revs: revisions.Revisions, adapter: Adapter
+    ) -> dict[str, Environment | BuildError]:
+        """Base's and head's environments, each from the lock (cached)."""
+        envs: dict[str, Environment | BuildError] = {}
+        for side, sha in (("base", revs.base), ("head", revs.head)):
+            self.progress(Progress(f"building {side} environment"))
+            envs[side] = _environment(repo, sha, adapter, self.config.cache)
+        return envs
 
     def _deblend(
         self,

@@ -152,13 +152,16 @@ def guess_content_type(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
-def run_prefix(repository: str, pr: int | None, sha: str) -> str:
-    """The key prefix (ending in ``/``) of one run of ``repository`` at ``sha``."""
+def run_prefix(repository: str, pr: int | None, sha: str, drift: bool = False) -> str:
+    """The key prefix (ending in ``/``) of one run of ``repository`` at ``sha`` (of its
+    latest drift run at ``sha`` with ``drift``)."""
     owner, slash, name = repository.partition("/")
     if not slash or not all(_NAME.fullmatch(p) and p not in (".", "..") for p in (owner, name)):
         raise ValueError(f"repository must be 'owner/name', got {repository!r}")
     if not _SHA.fullmatch(sha):
         raise ValueError(f"sha must be a full lowercase hex commit id, got {sha!r}")
+    if drift:
+        return f"runs/drift/{owner}/{name}/{sha}/"
     if pr is None:
         return f"runs/commit/{owner}/{name}/{sha}/"
     if isinstance(pr, bool) or not isinstance(pr, int) or pr < 1:
@@ -167,14 +170,19 @@ def run_prefix(repository: str, pr: int | None, sha: str) -> str:
 
 
 def store_run(
-    store: ArtifactStore, run_dir: Path, repository: str, pr: int | None, sha: str
+    store: ArtifactStore,
+    run_dir: Path,
+    repository: str,
+    pr: int | None,
+    sha: str,
+    drift: bool = False,
 ) -> dict[str, Any]:
     """Upload a run directory's ``result.json`` and ``report/`` files under its run prefix.
 
     Report files go first and ``result.json`` last, so a stored result means a complete
     upload. Returns ``{"prefix": ..., "keys": {relpath: key}, "urls": {relpath: url}}``.
     """
-    prefix = run_prefix(repository, pr, sha)
+    prefix = run_prefix(repository, pr, sha, drift)
     run_dir = Path(run_dir)
     result = run_dir / "result.json"
     if not result.is_file():

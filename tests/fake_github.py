@@ -156,6 +156,8 @@ class Repo:
     collaborators: dict[str, str] = field(default_factory=dict)
     private: bool = False
     default_branch: str = "main"
+    branches: dict[str, str] = field(default_factory=dict)
+    clone_url: str | None = None
 
 
 @dataclass
@@ -433,12 +435,17 @@ class FakeGitHub:
         collaborators: Mapping[str, str] | None = None,
         private: bool = False,
         default_branch: str = "main",
+        branches: Mapping[str, str] | None = None,
+        clone_url: str | None = None,
     ) -> Repo:
-        """A repository (or the existing one, updated), optionally in an installation."""
+        """A repository (or the existing one, updated), optionally in an installation;
+        ``branches`` maps branch names to head SHAs, ``clone_url`` replaces GitHub's."""
         with self._lock:
             repo = self.repos.get(full_name) or Repo(full_name, self._next_id())
             self.repos[full_name] = repo
             repo.private, repo.default_branch = private, default_branch
+            repo.branches.update(branches or {})
+            repo.clone_url = clone_url or repo.clone_url
             for login, role in (collaborators or {}).items():
                 if role not in PERMISSIONS:
                     raise ValueError(f"unknown role {role!r}")
@@ -795,6 +802,8 @@ class FakeGitHub:
         token = self.tokens.get(credential)
         if token is None or token.expires_at <= datetime.now(UTC):
             raise _Reply(401, "Bad credentials")
+        if "owner" not in params:  # /installation/...: the token's own installation
+            return
         full_name = f"{params.get('owner')}/{params.get('repo')}"
         repo = self.repos.get(full_name)
         allowed = token.repos if token.repos is not None else None
@@ -859,6 +868,8 @@ class FakeGitHub:
         data |= {"owner": self._user(owner), "private": bool(repo and repo.private)}
         data["default_branch"] = repo.default_branch if repo else "main"
         data["fork"] = repo is None
+        if repo and repo.clone_url:
+            data["clone_url"] = repo.clone_url
         return data
 
     def _installation_json(self, inst: Installation) -> dict[str, Any]:
@@ -1113,6 +1124,38 @@ class FakeGitHub:
     ) -> tuple[int, Any, dict[str, str]]:
         items, headers = self._page(call, query, list(self.installations.values()))
         return 200, [self._installation_json(i) for i in items], headers
+
+    def _op_get_installation_repositories(
+        self, call: Call, params: dict[str, str], query: MultiDict[str], body: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        token = self.tokens[call.token or ""]
+        names = self.installations[token.installation_id].repos
+        names = [n for n in names if token.repos is None or n in token.repos]
+        items, headers = self._page(call, query, names)
+        data = {"total_count": len(names), "repositories": [self._repo_json(n) for n in items]}
+        return 200, data, headers
+
+    def _op_get_repos_owner_repo_branches_branch(
+        self, call: Call, params: dict[str, str], query: MultiDict[str], body: dict[str, Any]
+    ) -> tuple[int, Any, dict[str, str]]:
+        repo = self.repos[self._repo_of(params)]
+        sha = repo.branches.get(params["branch"])
+        if sha is None:
+            raise _Reply(404, "Branch not found")
+        api = self._api(f"/repos/{repo.full_name}")
+        commit = {"sha": sha, "url": f"{api}/commits/{sha}", "node_id": f"C_{sha[:12]}"}
+        data = {
+            "name": params["branch"],
+            "commit": commit,
+            "_links": {
+                "self": f"{api}/branches/{params['branch']}",
+                "html": f"{HTML}/{repo.full_name}/tree/{params['branch']}",
+            },
+            "protected": False,
+            "protection": {"enabled": False},
+            "protection_url": f"{api}/branches/{params['branch']}/protection",
+        }
+        return 200, data, {}
 
     def _op_get_repos_owner_repo_installation(
         self, call: Call, params: dict[str, str], query: MultiDict[str], body: dict[str, Any]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
 from runner.adapters import Adapter
+from runner.environments import uv_binary
 from runner.npzio import write_npz
 from runner.release import commit
 from runner.result import (
@@ -24,6 +26,7 @@ from runner.result import (
 ROOT = Path(__file__).resolve().parent.parent
 HSC = ROOT.parent / "shared" / "data" / "hsc"
 FAULTY_ADAPTER = Path(__file__).parent / "adapters" / "faulty.py"
+SCALED_ADAPTER = Path(__file__).parent / "adapters" / "scaled.py"
 
 
 def write_blend_with(path: Path, source: Path, **changes) -> Path:
@@ -64,6 +67,63 @@ def tiny_adapter(folder: Path, worker_file: Path = FAULTY_ADAPTER) -> Adapter:
     lock = folder / "tiny-lock.txt"
     lock.write_text(TINY_LOCK)
     return Adapter("tiny", "tinydeblender", lock, worker_file)
+
+
+# tinyscale, a dependency of the tiny drift deblender: 2.0 drops the keyword 1.0 took,
+# as autograd 1.9 broke scarlet v1 (every deblend raises a TypeError).
+TINYSCALE = {
+    "1.0": "def scale(values, factor=1.0):\n    return values * factor\n",
+    "2.0": "def scale(values, *, gain=1.0):\n    return values * gain\n",
+}
+TINYSCALE_PYPROJECT = """[build-system]
+requires = ["setuptools"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tinyscale"
+version = "{version}"
+"""
+TINY_DRIFT_PYPROJECT = TINY_PYPROJECT + 'dependencies = ["tinyscale>=1"]\n'
+TINY_DRIFT_MODULE = """import tinyscale
+
+__version__ = "1.0"
+
+
+def model(images):
+    return tinyscale.scale(images, factor=1.0)
+"""
+
+
+def tinyscale_wheels(folder: Path, versions=("1.0", "2.0")) -> Path:
+    """A wheel directory (for ``UV_FIND_LINKS``) holding the given releases of tinyscale,
+    each written here and built with ``uv build``."""
+    wheels = folder / "wheels"
+    for version in versions:
+        source = folder / f"tinyscale-{version}"
+        (source / "tinyscale").mkdir(parents=True)
+        (source / "pyproject.toml").write_text(TINYSCALE_PYPROJECT.format(version=version))
+        (source / "tinyscale" / "__init__.py").write_text(TINYSCALE[version])
+        subprocess.run(
+            [uv_binary(), "build", "--quiet", "--wheel", "--out-dir", str(wheels), str(source)],
+            check=True,
+        )
+    return wheels
+
+
+def tiny_drift_repository(repo: Path) -> tuple[Path, str]:
+    """A git repository holding ``tinydeblender`` 1.0, which requires ``tinyscale>=1``
+    and models through it."""
+    (repo / "tinydeblender").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text(TINY_DRIFT_PYPROJECT)
+    (repo / "tinydeblender" / "__init__.py").write_text(TINY_DRIFT_MODULE)
+    return repo, commit(repo, "1.0", init=True)
+
+
+def tiny_drift_adapter(folder: Path) -> Adapter:
+    """The tiny adapter for ``tiny_drift_repository``: the tiny lock plus tinyscale 1.0."""
+    lock = folder / "tiny-drift-lock.txt"
+    lock.write_text("# The tiny drift deblender's lock.\n" + TINY_LOCK + "tinyscale==1.0\n")
+    return Adapter("tiny", "tinydeblender", lock, SCALED_ADAPTER)
 
 
 BANDS = ["g", "r", "i", "z", "y"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -251,6 +252,20 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     }
     (concluded,) = await runs.check()
     assert concluded.conclusion == "success" and finished == [concluded]
+    await store.close()
+
+
+async def test_a_drift_run_is_one_task_and_concludes_without_a_merge(tmp_path, fake_api):
+    endpoint, requests = fake_api
+    store = JobStore(tmp_path / "jobs.sqlite")
+    runs = dispatcher(store, endpoint, task_count=4, merge_args=lambda job, out: ["merge"])
+    job = await runs.submit(dataclasses.replace(make_job("d" * 40), kind="drift", pr=None))
+    (_, body), *_ = requests
+    assert body["overrides"]["taskCount"] == 1
+    done = "2026-11-25T12:00:00Z"
+    EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 1, "taskCount": 1}
+    (concluded,) = await runs.check()
+    assert concluded.conclusion == "success" and len(requests) == 1, "no merge execution"
     await store.close()
 
 

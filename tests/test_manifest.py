@@ -148,6 +148,10 @@ def test_the_manifest_is_the_deployed_one() -> None:
     )
     rendered = m.manifest("https://BOT_PUBLIC_URL", redirect_url="http://127.0.0.1:8765/redirect")
     assert deployed == rendered
+    # issues: write for the PR comment and the drift issue it opens, updates and closes;
+    # contents: read for the default branch's head a drift run deblends.
+    assert deployed["default_permissions"]["issues"] == "write"
+    assert deployed["default_permissions"]["contents"] == "read"
     assert rendered["hook_attributes"]["url"] == "https://BOT_PUBLIC_URL/webhook"
     assert rendered["public"] is False
     assert m.manifest("https://x.org/", redirect_url="r")["url"] == "https://x.org"

@@ -36,6 +36,7 @@ WEBHOOKS_VERSION = "7.6.1"
 OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("GET", "/app/installations"),
+    ("GET", "/installation/repositories"),
     ("GET", "/repos/{owner}/{repo}/installation"),
     ("POST", "/repos/{owner}/{repo}/check-runs"),
     ("PATCH", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
@@ -51,6 +52,7 @@ OPERATIONS: list[tuple[str, str]] = [
     ("POST", "/repos/{owner}/{repo}/issues"),
     ("PATCH", "/repos/{owner}/{repo}/issues/{issue_number}"),
     ("GET", "/repos/{owner}/{repo}/issues"),
+    ("GET", "/repos/{owner}/{repo}/branches/{branch}"),
     ("POST", "/app-manifests/{code}/conversions"),
 ]
 

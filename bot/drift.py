@@ -1,0 +1,85 @@
+"""Scheduled drift runs: ``POST /schedule/drift`` starts one per installed repository
+and day; a failing one opens (or updates) one issue, a clean one closes it.
+
+The scheduler (Cloud Scheduler in production, ``curl`` locally) authenticates with a
+shared secret in the ``X-Scheduler-Token`` header, compared in constant time with
+``SCARLET_BOT_SCHEDULER_SECRET``; without that setting the endpoint refuses every call.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime
+
+from aiohttp import web
+from gidgethub import GitHubBroken
+from gidgethub.abc import GitHubAPI
+
+from bot import github
+from bot.auth import InstallationClients
+from bot.jobs import Job
+from runner.report import DRIFT_MARKER, Links, drift_cleared, drift_failed, drift_issue
+from runner.result import RunResult
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Scheduler-Token"
+
+
+def today() -> str:
+    """The UTC day a scheduled run counts for, e.g. ``2026-11-30``."""
+    return datetime.now(UTC).date().isoformat()
+
+
+def authorised(secret: str, request: web.Request) -> bool:
+    """Whether the request carries the scheduler secret (never, when none is set)."""
+    given = request.headers.get(TOKEN_HEADER, "")
+    return bool(secret) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+async def schedule(clients: InstallationClients, service, day: str) -> list[Job]:
+    """Submit a drift job at the default branch's head of every repository of every
+    installation, unless one was scheduled for that repository on ``day``."""
+    submitted = []
+    for installation in await github.installation_ids(clients.app_client()):
+        gh = await clients.client(installation)
+        for repo in await github.installation_repositories(gh):
+            name = repo["full_name"]
+            if repo.get("archived") or not await service.jobs.first_of_day(name, "drift", day):
+                continue
+            branch = repo["default_branch"]
+            job = Job(
+                repository=name,
+                installation_id=installation,
+                head_sha=await github.branch_head(gh, name, branch),
+                base=branch,
+                clone_url=repo["clone_url"],
+                kind="drift",
+            )
+            submitted.append(await service.dispatcher.submit(job))
+            log.info("drift run of %s at %s (%s) submitted", name, job.head_sha, branch)
+    return submitted
+
+
+async def report(gh: GitHubAPI, repository: str, result: RunResult, links: Links) -> None:
+    """Open or update the drift issue for a failing run; comment on and close it once a
+    run is clean. A clean run with no open issue says nothing."""
+    existing = await github.find_issue(gh, repository, DRIFT_MARKER)
+    if drift_failed(result):
+        title, body = drift_issue(result, links)
+        if existing is None:
+            try:
+                await github.open_issue(gh, repository, title, body)
+                return
+            except GitHubBroken:  # GitHub may have opened it after all: look again
+                existing = await github.find_issue(gh, repository, DRIFT_MARKER)
+                if existing is None:
+                    await github.open_issue(gh, repository, title, body)
+                    return
+        await github.edit_issue(gh, repository, existing["number"], title=title, body=body)
+    elif existing is not None:
+        await github.reply(gh, repository, existing["number"], drift_cleared(result, links))
+        await github.edit_issue(
+            gh, repository, existing["number"], state="closed", state_reason="completed"
+        )

@@ -1,0 +1,73 @@
+"""A drift run: one revision deblended in the locked environment (base) and with the
+newest releases its requirements allow (head), compared like base and head.
+
+A break that comes from a new release of a dependency, not from a pull request, shows
+up here: the comparison is the usual one, and ``provenance.drift`` names every package
+whose version differs between the two environments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from runner import revisions
+from runner.adapters import Adapter
+from runner.environments import BuildError, Environment, build_newest_environment
+from runner.lockfile import normalise
+from runner.result import Drift, PackageChange, RunResult
+from runner.run import Progress, Run, RunConfig, _environment
+
+
+def package_changes(locked: dict[str, str], newest: dict[str, str]) -> list[PackageChange]:
+    """The packages whose versions differ between two environments, by name."""
+    old = {normalise(name): version for name, version in locked.items()}
+    new = {normalise(name): version for name, version in newest.items()}
+    return [
+        PackageChange(name, old.get(name), new.get(name))
+        for name in sorted(old.keys() | new.keys())
+        if old.get(name) != new.get(name)
+    ]
+
+
+class DriftRun(Run):
+    """A run whose base is ``config.head`` in the locked environment and whose head is
+    the same revision in the newest environment (built in the cache, removed after)."""
+
+    def __init__(self, config: RunConfig, progress: Callable[[Progress], None]):
+        super().__init__(config, progress)
+        self.newest_dir = self.config.cache / "newest" / uuid.uuid4().hex
+
+    def execute(self) -> RunResult:
+        """Do the drift run, record the packages that moved, rewrite ``result.json``."""
+        try:
+            result = super().execute()
+        finally:
+            shutil.rmtree(self.newest_dir, ignore_errors=True)
+        base, head = result.provenance.base, result.provenance.head
+        both = base.packages and head.packages  # empty where an environment did not build
+        changes = package_changes(base.packages, head.packages) if both else []
+        result.provenance.drift = Drift(self.config.head, head.sha, changes)
+        result.write(self.config.out / "result.json")
+        return result
+
+    def _environments(
+        self, repo: Path, revs: revisions.Revisions, adapter: Adapter
+    ) -> dict[str, Environment | BuildError]:
+        self.progress(Progress("building the locked environment"))
+        locked = _environment(repo, revs.head, adapter, self.config.cache)
+        self.progress(Progress("building the newest environment"))
+        source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
+        try:
+            newest = build_newest_environment(source, revs.head, adapter, self.newest_dir)
+        except BuildError as error:
+            newest = error
+        return {"base": locked, "head": newest}
+
+
+def drift(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
+    """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun)."""
+    return DriftRun(dataclasses.replace(config, base=config.head), progress).execute()

@@ -1,0 +1,33 @@
+"""A worker adapter for drift tests: deblends with ``tinydeblender`` as written by
+``support.tiny_drift_repository``, whose model goes through its dependency
+``tinyscale``. The "model" is the image scaled by tinyscale; each source's flux is the
+sum of a 5x5 box of the model around its centre.
+"""
+
+import time
+
+import numpy as np
+import tinydeblender
+
+
+def deblend(blend, options):
+    """Deblend with tinydeblender (and so with whichever tinyscale is installed)."""
+    started = time.perf_counter()
+    model = tinydeblender.model(blend["images"].astype(float))
+    flux = np.array(
+        [
+            model[:, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].sum(axis=(1, 2))
+            for y, x in blend["centers"]
+        ]
+    )
+    return {
+        "flux": flux,
+        "centroid": blend["centers"].astype(float),
+        "model": model.astype(np.float32),
+        "iterations": 1,
+        "logL": 0.0,
+        "init_logL": -1.0,
+        "init_time": 0.0,
+        "fit_time": time.perf_counter() - started,
+        "version": tinydeblender.__version__,
+    }
