@@ -43,6 +43,11 @@ PASSED_VARIABLES = (
     *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
 )
 PASSED_PREFIXES = ("LC_", "UV_", "PIP_", "SCARLET_REGRESSION_")
+# What the runner's exit codes mean (README, "The runner"): the headline of a job's error.
+RUNNER_FAILURES = {
+    2: "the runner could not run",
+    3: "the artifact store failed",
+}
 STDERR_TAIL = 8192
 
 
@@ -280,9 +285,10 @@ class EmbeddedDispatcher:
     ) -> Job | None:
         if code != 0:
             lines = tail.decode(errors="replace").strip().splitlines()
-            reason = lines[-1] if lines else f"the runner exited with {code}"
+            headline = RUNNER_FAILURES.get(code, f"the runner exited with {code}")
             if code < 0:
-                reason = f"the runner was killed by signal {-code}: {reason}"
+                headline = f"the runner was killed by signal {-code}"
+            reason = f"{headline}: {lines[-1].removeprefix('error: ')}" if lines else headline
             return await self.store.finish(job.id, "error", error=reason)
         result = Path(finished.get("result") or out / "result.json")
         try:
