@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot.jobs import Conclusion, Job, JobStore
+from runner.sandbox import HIDE_VARIABLE, secret_paths
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,17 @@ class Dispatcher(Protocol):
 
 
 def runner_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The bot's environment less everything but the basics, plus ``extra``."""
+    """The bot's environment less everything but the basics, plus the names of the bot's
+    secret files (its App key file, ...), which the runner hides from the code it runs,
+    plus ``extra``."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key in PASSED_VARIABLES or key.startswith(PASSED_PREFIXES)
     }
+    secrets = [str(path) for path in secret_paths(os.environ)]
+    if secrets:
+        env[HIDE_VARIABLE] = os.pathsep.join(secrets)
     return {**env, **(extra or {})}
 
 

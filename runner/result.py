@@ -135,6 +135,7 @@ class Provenance:
     platform: str
     started: str
     finished: str
+    isolation: dict[str, str] = field(default_factory=dict)
 
 
 Status = Literal["improved", "unchanged", "regressed", "inconclusive"]
