@@ -23,7 +23,7 @@ from bot.pages import add_routes
 from bot.routers import router
 from bot.service import SERVICE, RegressionService
 from bot.settings import Settings
-from runner.store import KeyNotFound, LocalStore, open_store
+from runner.store import KeyNotFound, ObjectInfo, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def artifact(request: web.Request) -> web.Response:
-    """A file of the local store (reports, results, images), with its cache policy."""
+    """A file of the store (reports, results, images), with its cache policy: 404 when
+    absent, 503 when the store cannot be reached."""
     store = request.app[SERVICE].store
     key = request.match_info["key"]
-    if not isinstance(store, LocalStore):
-        raise web.HTTPNotFound()
+
+    def read() -> tuple[ObjectInfo, bytes]:
+        return store.stat(key), store.get(key)
+
     try:
-        info, data = store.stat(key), store.get(key)
+        info, data = await asyncio.to_thread(read)
     except (KeyNotFound, ValueError):
         raise web.HTTPNotFound() from None
+    except StoreError as error:
+        log.warning("serving %s: %s", key, error)
+        raise web.HTTPServiceUnavailable(text="the artifact store is unavailable") from None
     content_type = info.content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
     headers = {"Cache-Control": info.cache_control} if info.cache_control else {}
     return web.Response(body=data, content_type=content_type.split(";")[0], headers=headers)
@@ -185,7 +191,9 @@ async def _lifecycle(app: web.Application):
     jobs = JobStore(settings.data_dir / "jobs.sqlite")
     app[DELIVERIES] = DeliveryLog(settings.data_dir / "jobs.sqlite")
     app[CLIENTS] = InstallationClients(session, settings)
-    store = open_store(settings.store_spec, base_url=settings.store_url)
+    store = open_store(
+        settings.store_spec, base_url=settings.store_url, deadline=settings.store_deadline
+    )
     service = RegressionService(settings, jobs, store, app[CLIENTS].client)
     service.dispatcher = _dispatcher(settings, jobs, service)
     app[SERVICE] = service

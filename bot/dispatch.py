@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot.jobs import Conclusion, Job, JobStore
+from runner.sandbox import HIDE_VARIABLE, secret_paths
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ PASSED_VARIABLES = (
     *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
 )
 PASSED_PREFIXES = ("LC_", "UV_", "PIP_", "SCARLET_REGRESSION_")
+# What the runner's exit codes mean (README, "The runner"): the headline of a job's error.
+RUNNER_FAILURES = {
+    2: "the runner could not run",
+    3: "the artifact store failed",
+}
 STDERR_TAIL = 8192
 
 
@@ -63,12 +69,17 @@ class Dispatcher(Protocol):
 
 
 def runner_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The bot's environment less everything but the basics, plus ``extra``."""
+    """The bot's environment less everything but the basics, plus the names of the bot's
+    secret files (its App key file, ...), which the runner hides from the code it runs,
+    plus ``extra``."""
     env = {
         key: value
         for key, value in os.environ.items()
         if key in PASSED_VARIABLES or key.startswith(PASSED_PREFIXES)
     }
+    secrets = [str(path) for path in secret_paths(os.environ)]
+    if secrets:
+        env[HIDE_VARIABLE] = os.pathsep.join(secrets)
     return {**env, **(extra or {})}
 
 
@@ -280,9 +291,10 @@ class EmbeddedDispatcher:
     ) -> Job | None:
         if code != 0:
             lines = tail.decode(errors="replace").strip().splitlines()
-            reason = lines[-1] if lines else f"the runner exited with {code}"
+            headline = RUNNER_FAILURES.get(code, f"the runner exited with {code}")
             if code < 0:
-                reason = f"the runner was killed by signal {-code}: {reason}"
+                headline = f"the runner was killed by signal {-code}"
+            reason = f"{headline}: {lines[-1].removeprefix('error: ')}" if lines else headline
             return await self.store.finish(job.id, "error", error=reason)
         result = Path(finished.get("result") or out / "result.json")
         try:

@@ -13,6 +13,8 @@ def _publishing(settings: Settings, job: Job) -> list[str]:
     argv = ["--store", settings.store_spec, "--repository", job.repository, "--progress-json"]
     if settings.store_url:
         argv += ["--store-url", settings.store_url]
+    if settings.store_deadline is not None:
+        argv += ["--store-deadline", f"{settings.store_deadline:g}"]
     if job.pr is not None:
         argv += ["--pr", str(job.pr)]
     if job.branch:

@@ -18,7 +18,7 @@ from aiohttp import web
 from gidgethub.abc import GitHubAPI
 
 from bot import drift, github
-from bot.dispatch import VERDICT_CONCLUSIONS
+from bot.dispatch import RUNNER_FAILURES, VERDICT_CONCLUSIONS
 from bot.jobs import Job, JobStore
 from bot.settings import Settings
 from runner.report import CheckRunOutput, Links, check_run_output, comment
@@ -28,6 +28,14 @@ from runner.store import ArtifactStore, StoreError, run_prefix
 log = logging.getLogger(__name__)
 
 FAILED = {"timed_out": "timed_out", "cancelled": "cancelled", "error": "failure"}
+# What a maintainer should know about a run that ended without a report, by its headline.
+EXPLANATIONS = {
+    RUNNER_FAILURES[2]: "The runner could not start: a revision, a blend set or the "
+    "configuration at head is wrong.",
+    RUNNER_FAILURES[3]: "The run finished, but its result, report and images could not be "
+    "stored, so no report was posted and the PR's report comment was left as it was.",
+}
+RERUN = "Comment `/rerun-regression` on the pull request to run it again."
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,18 @@ class RunRequest:
 
 def _waiting(text: str) -> CheckRunOutput:
     return CheckRunOutput("scarlet regression", text, "")
+
+
+def failure_output(job: Job) -> CheckRunOutput:
+    """The check run's output for a job that ended without a result: the error's headline
+    (the part before ``": "``), what it means, the error itself and how to run again."""
+    error = job.error or job.conclusion or "unknown"
+    headline = error.partition(": ")[0][:200]
+    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), f"```\n{error}\n```"]
+    if job.pr is not None:
+        parts.append(RERUN)
+    summary = "\n\n".join(parts)
+    return CheckRunOutput(headline, summary[:60000], "")
 
 
 class RegressionService:
@@ -167,15 +187,13 @@ class RegressionService:
             return
         gh = await self.client(job.installation_id)
         if job.conclusion not in VERDICT_CONCLUSIONS.values():
-            reason = job.error or job.conclusion or "unknown"
-            output = CheckRunOutput(f"the run ended: {job.conclusion}", reason[:60000], "")
             conclusion = FAILED.get(job.conclusion or "", "failure")
             await github.complete_check_run(
-                gh, job.repository, job.check_run_id, conclusion, output
+                gh, job.repository, job.check_run_id, conclusion, failure_output(job)
             )
             return
         try:
-            result, links = self.load(job)
+            result, links = await asyncio.to_thread(self.load, job)
         except (StoreError, ValueError, KeyError) as error:
             output = CheckRunOutput("the run result could not be read", str(error)[:60000], "")
             await github.complete_check_run(gh, job.repository, job.check_run_id, "failure", output)

@@ -28,6 +28,8 @@ class Settings:
     api_url: str = "https://api.github.com"
     public_url: str = "http://127.0.0.1:8080"
     store: str = ""
+    store_public_url: str = ""
+    store_deadline: float | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     concurrency: int = 1
     run_timeout: float = 3 * 3600
@@ -47,7 +49,10 @@ class Settings:
 
     @property
     def store_url(self) -> str | None:
-        """Public address of a local store (served by the bot under /artifacts/)."""
+        """Public address of the store: the configured one, else the bot's /artifacts/
+        for a local store and the bucket's own (None) for GCS."""
+        if self.store_public_url:
+            return self.store_public_url
         return None if self.store.startswith("gs://") else f"{self.public_url}/artifacts/"
 
     @classmethod
@@ -78,6 +83,10 @@ class Settings:
             api_url=env.get("GITHUB_API_URL", "https://api.github.com"),
             public_url=env.get("SCARLET_BOT_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             store=env.get("SCARLET_BOT_STORE", ""),
+            store_public_url=env.get("SCARLET_BOT_STORE_URL", ""),
+            store_deadline=float(env["SCARLET_BOT_STORE_DEADLINE"])
+            if env.get("SCARLET_BOT_STORE_DEADLINE")
+            else None,
             run_drafts=env.get("SCARLET_BOT_RUN_DRAFTS", "") == "1",
             run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
             cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),

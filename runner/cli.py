@@ -224,7 +224,7 @@ def _finish(result, args: argparse.Namespace) -> int:
         from runner.summarise import summarise
 
         try:
-            store = open_store(args.store, base_url=args.store_url)
+            store = open_store(args.store, base_url=args.store_url, deadline=args.store_deadline)
             if result.shard is not None:
                 store_shard(store, args.out, result, args.repository, args.pr)
             else:
@@ -265,7 +265,7 @@ def _merge(args: argparse.Namespace) -> int:
             parts = [(RunResult.read(folder / "result.json"), folder) for folder in args.parts]
             result = merge_results(parts, args.out)
         elif args.store and args.sha and args.shards:
-            store = open_store(args.store, base_url=args.store_url)
+            store = open_store(args.store, base_url=args.store_url, deadline=args.store_deadline)
             result = merge_from_store(
                 store, args.repository, args.pr, args.sha, args.shards, args.out
             )
@@ -295,6 +295,9 @@ def _publishing(command: argparse.ArgumentParser) -> None:
     command.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
     command.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
     command.add_argument("--store-url", help="public address of the store (default: its own)")
+    command.add_argument(
+        "--store-deadline", type=float, help="seconds to keep retrying a store call (GCS: 120)"
+    )
     command.add_argument("--repository", help="owner/name the run is stored under")
     command.add_argument("--pr", type=int, help="pull request number the run is stored under")
     command.add_argument("--branch", help="for the history: the branch whose head this is")

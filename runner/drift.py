@@ -57,12 +57,15 @@ class DriftRun(Run):
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError]:
+        sandbox = self.isolation["build"].prefix
         self.progress(Progress("building the locked environment"))
-        locked = _environment(repo, revs.head, adapter, self.config.cache)
+        locked = _environment(repo, revs.head, adapter, self.config.cache, sandbox)
         self.progress(Progress("building the newest environment"))
         source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
         try:
-            newest = build_newest_environment(source, revs.head, adapter, self.newest_dir)
+            newest = build_newest_environment(
+                source, revs.head, adapter, self.newest_dir, sandbox
+            )
         except BuildError as error:
             newest = error
         return {"base": locked, "head": newest}

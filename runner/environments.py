@@ -64,6 +64,15 @@ class Environment:
     reused: bool
 
 
+def build_files(environ: dict[str, str] | os._Environ) -> list[Path]:
+    """Files the build reads by name from the variables it gets (uv's or pip's settings)."""
+    return [
+        Path(value)
+        for key, value in environ.items()
+        if key.startswith(("UV_", "PIP_")) and key.endswith("_FILE") and value
+    ]
+
+
 def uv_binary() -> str | None:
     """The uv executable from the ``uv`` package or PATH, if there is one."""
     try:
@@ -118,7 +127,7 @@ def _steps(
     ]
 
 
-def _probe(env: Path, adapter: Adapter) -> dict:
+def _probe(env: Path, adapter: Adapter, sandbox: tuple[str, ...]) -> dict:
     """Import the deblender with the environment's interpreter and check where it lives."""
     code = (
         "import importlib, importlib.metadata as md, json, platform, numpy\n"
@@ -129,7 +138,7 @@ def _probe(env: Path, adapter: Adapter) -> dict:
         " 'python': platform.python_version()}))\n"
     )
     result = subprocess.run(
-        [str(env / "bin" / "python"), "-I", "-c", code],
+        [*sandbox, str(env / "bin" / "python"), "-I", "-c", code],
         capture_output=True,
         text=True,
         cwd=env,
@@ -148,7 +157,14 @@ def _tail(log: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
-def _build(env: Path, source: Path, adapter: Adapter, log: Path, newest: bool = False) -> dict:
+def _build(
+    env: Path,
+    source: Path,
+    adapter: Adapter,
+    log: Path,
+    sandbox: tuple[str, ...],
+    newest: bool = False,
+) -> dict:
     uv = uv_binary()
     # The revision's build runs its own code (setup.py): it sees none of our variables.
     build_env = {
@@ -162,21 +178,28 @@ def _build(env: Path, source: Path, adapter: Adapter, log: Path, newest: bool = 
             stream.write(f"$ {' '.join(step)}\n")
             stream.flush()
             result = subprocess.run(
-                step, stdout=stream, stderr=subprocess.STDOUT, env=build_env, check=False
+                [*sandbox, *step],
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                env=build_env,
+                check=False,
             )
             if result.returncode != 0:
                 name = Path(step[0]).name + " " + " ".join(step[1:3])
                 raise BuildError(f"'{name}' exited {result.returncode}", _tail(log), log)
         try:
-            return _probe(env, adapter)
+            return _probe(env, adapter, sandbox)
         except RuntimeError as error:
             stream.write(f"{error}\n")
             stream.flush()
             raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
 
 
-def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> Environment:
-    """The environment for ``sha`` built from the work tree ``source``, reused if cached."""
+def build_environment(
+    source: Path, sha: str, adapter: Adapter, cache: Path, sandbox: tuple[str, ...] = ()
+) -> Environment:
+    """The environment for ``sha`` built from the work tree ``source``, reused if cached;
+    the revision's own code (its build, the import check) runs behind ``sandbox``."""
     key = environment_key(sha, adapter)
     env = cache / "envs" / key
     env.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +212,7 @@ def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> 
             log = env.parent / f"{key}.log"
             started = time.perf_counter()
             try:
-                info = _build(env, source, adapter, log)
+                info = _build(env, source, adapter, log, sandbox)
             except BuildError:
                 shutil.rmtree(env, ignore_errors=True)
                 raise
@@ -213,15 +236,18 @@ def build_environment(source: Path, sha: str, adapter: Adapter, cache: Path) -> 
     )
 
 
-def build_newest_environment(source: Path, sha: str, adapter: Adapter, into: Path) -> Environment:
+def build_newest_environment(
+    source: Path, sha: str, adapter: Adapter, into: Path, sandbox: tuple[str, ...] = ()
+) -> Environment:
     """The environment for ``sha`` with the newest releases its requirements allow, built
-    afresh in ``into`` (never cached: its key is the hash of what it resolved to)."""
+    afresh in ``into`` behind ``sandbox`` (never cached: its key is the hash of what it
+    resolved to)."""
     shutil.rmtree(into, ignore_errors=True)
     into.parent.mkdir(parents=True, exist_ok=True)
     log = into.parent / f"{into.name}.log"
     started = time.perf_counter()
     try:
-        info = _build(into, source, adapter, log, newest=True)
+        info = _build(into, source, adapter, log, sandbox, newest=True)
     except BuildError:
         shutil.rmtree(into, ignore_errors=True)
         raise

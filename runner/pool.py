@@ -5,18 +5,17 @@ a persistent worker per revision with that revision's own interpreter. Tasks com
 the order given, so base and head of a blend interleave and machine drift cancels in
 timing comparisons; with two or more slots, each slot keeps to one revision where it
 can, so base and head of a blend run side by side. Workers see a scrubbed environment
-and, where the machine allows it, no network. A crash, a hang past the timeout
+and run behind their side's sandbox prefix (``runner.sandbox``: no network, no secret
+files, where the machine allows it). A crash, a hang past the timeout
 or a deblender exception errors that task only: the worker is replaced and the other
 tasks go on.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
@@ -52,18 +51,6 @@ def resident_memory(pid: int) -> int | None:
     return None
 
 
-@functools.cache
-def no_network() -> tuple[str, ...]:
-    """The command prefix that runs a worker without network (a new, empty network
-    namespace), where the machine allows it; empty where it does not (Cloud Run: there
-    the job's egress settings close the network)."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return ()
-    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, check=False)
-    return (unshare, "--net") if probe.returncode == 0 else ()
-
-
 class WorkerError(RuntimeError):
     """A worker that crashed or hung."""
 
@@ -81,6 +68,7 @@ class Side:
     adapter_file: Path
     environment: dict[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes of resident memory a worker may use
+    sandbox: tuple[str, ...] = ()  # command prefix isolating a worker (runner.sandbox)
 
 
 @dataclass(frozen=True)
@@ -137,7 +125,7 @@ class Worker:
         with open(self.log, "ab") as stderr:
             command = [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)]
             self.process = subprocess.Popen(
-                [*no_network(), *command],
+                [*self.side.sandbox, *command],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,

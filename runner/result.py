@@ -156,6 +156,7 @@ class Provenance:
     started: str
     finished: str
     drift: Drift | None = None
+    isolation: dict[str, str] = field(default_factory=dict)
 
 
 Status = Literal["improved", "unchanged", "regressed", "inconclusive"]

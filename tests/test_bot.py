@@ -6,12 +6,14 @@ blends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -74,13 +76,31 @@ class Bot:
             await asyncio.sleep(0.1)
         raise AssertionError(f"no completed check run on {sha} after {timeout} s")
 
+    async def started(self, sha: str, timeout: float = 60) -> None:
+        """Wait until the check run on ``sha`` shows the run's first progress."""
+        for _ in range(int(timeout * 10)):
+            if any(r.status == "in_progress" for r in self.fake.check_runs(REPO, sha)):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no check run in progress on {sha} after {timeout} s")
+
+    async def assert_images_resolve(self, urls: list[str]) -> None:
+        """Each address answers with an immutable PNG."""
+        for url in urls:
+            async with self.session.get(url) as response:
+                assert response.status == 200 and response.content_type == "image/png", url
+                assert "immutable" in response.headers["Cache-Control"]
+
     def report_comments(self, number: int) -> list:
         return [c for c in self.fake.comments(REPO, number) if c.body.startswith(MARKER)]
 
 
-@pytest_asyncio.fixture
-async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
-    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
+) -> AsyncIterator[Bot]:
+    """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
+    ``feature``) and two synthetic blends; ``settings`` override its defaults."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
     git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "NOTES").write_text("a change that does not touch the deblender\n")
@@ -95,26 +115,58 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
         installation_id=installation.id,
         collaborators={"maintainer": "maintain", "reader": "read"},
     )
-    port = free_port()
-    settings = Settings(
-        app_id=str(fake_github.app_id),
-        private_key=fake_github.private_key_pem,
-        webhook_secret=fake_github.webhook_secret,
-        data_dir=tmp_path / "bot",
-        datasets=(dataset,),
-        api_url=fake_github.url,
-        public_url=f"http://127.0.0.1:{port}",
-        workers=1,
-        progress_interval=0.0,
-        github_backoff=0.01,
-        runner=(sys.executable, str(TINY_RUNNER)),
-    )
-    runner = web.AppRunner(create_app(settings))
+    defaults = {
+        "app_id": str(fake_github.app_id),
+        "private_key": fake_github.private_key_pem,
+        "webhook_secret": fake_github.webhook_secret,
+        "data_dir": tmp_path / "bot",
+        "datasets": (dataset,),
+        "api_url": fake_github.url,
+        "public_url": f"http://127.0.0.1:{port}",
+        "workers": 1,
+        "progress_interval": 0.0,
+        "github_backoff": 0.01,
+        "runner": (sys.executable, str(TINY_RUNNER)),
+    }
+    bot_settings = Settings(**{**defaults, **settings})
+    runner = web.AppRunner(create_app(bot_settings))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    async with aiohttp.ClientSession() as session:
-        yield Bot(settings, fake_github, repo, session, installation.id)
-    await runner.cleanup()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Bot(bot_settings, fake_github, repo, session, installation.id)
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
+    """The bot with its local store, served under its own /artifacts/."""
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    async with running_bot(fake_github, tmp_path, synthetic_set, free_port()) as bot:
+        yield bot
+
+
+@pytest_asyncio.fixture
+async def gcs_bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch,
+                  gcs_outage_emulator):  # fmt: skip
+    """The bot storing runs in a bucket of the test's own GCS emulator (bot and runner
+    both reach it through ``STORAGE_EMULATOR_HOST``), its images served under the bot's
+    /artifacts/, and a GCS call given up after 2 s."""
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_outage_emulator.endpoint)
+    bucket = gcs_outage_emulator.client().create_bucket("scarlet-artifacts")
+    port = free_port()
+    async with running_bot(
+        fake_github,
+        tmp_path,
+        synthetic_set,
+        port,
+        store=f"gs://{bucket.name}/regression",
+        store_public_url=f"http://127.0.0.1:{port}/artifacts/",
+        store_deadline=2.0,
+    ) as bot:
+        yield bot
 
 
 def head(bot: Bot) -> str:
@@ -132,10 +184,7 @@ async def test_a_pr_gets_a_check_run_and_one_comment_whose_images_resolve(bot):
     assert "## ✅ scarlet regression: pass" in report.body
     images = IMAGE.findall(report.body)
     assert len(images) == 2
-    for url in images:
-        async with bot.session.get(url) as response:
-            assert response.status == 200 and response.content_type == "image/png"
-            assert "immutable" in response.headers["Cache-Control"]
+    await bot.assert_images_resolve(images)
     async with bot.session.get(check_run.details_url) as response:
         assert response.status == 200 and "scarlet regression: pass" in await response.text()
 
@@ -340,3 +389,47 @@ async def test_a_merged_pr_lands_in_the_trends_under_its_branch(bot):
     assert data["boxes"]["chi2_dof"][0]["all"]["n"] == 2  # two blends deblended
     async with bot.session.get(f"{bot.url}/{REPO}/branch/feature") as response:
         assert response.status == 200 and merged[:10] in await response.text()
+
+
+async def test_gcs_failing_mid_run_fails_the_check_run_and_a_rerun_then_succeeds(
+    gcs_bot, gcs_outage_emulator
+):
+    bot, gcs = gcs_bot, gcs_outage_emulator
+    pull = bot.fake.add_pull(REPO, 16, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (first,) = await bot.completed(pull.head_sha)
+    assert first.conclusion == "success", first.output
+    (report,) = bot.report_comments(16)
+    images = IMAGE.findall(report.body)
+    assert len(images) == 2 and all(url.startswith(f"{bot.url}/artifacts/") for url in images)
+    await bot.assert_images_resolve(images)
+
+    # A push; GCS goes down as soon as its run reports progress, and stays down.
+    (bot.repo / "NOTES").write_text("pushed while GCS goes down\n")
+    pull.head_sha = commit(bot.repo, "second push")
+    assert await bot.send("pull_request", "synchronize", pull=pull) == 202
+    await bot.started(pull.head_sha)
+    gcs.stop()
+    (failed,) = await bot.completed(pull.head_sha, timeout=120)
+    assert failed.conclusion == "failure"
+    assert failed.output["title"] == "the artifact store failed"
+    summary = failed.output["summary"]
+    assert "could not be stored, so no report was posted" in summary
+    assert "gs://scarlet-artifacts/regression/" in summary, "names the store"
+    assert "/rerun-regression" in summary
+    (kept,) = bot.report_comments(16)
+    assert kept.id == report.id and kept.body == report.body, "the last good report stays"
+    async with bot.session.get(images[0]) as response:
+        assert response.status == 503, "an image is unavailable, not broken"
+
+    # GCS is back on the same address: the old images resolve, and a maintainer's rerun
+    # succeeds in a new check run and edits the one comment.
+    assert gcs.start()
+    await bot.assert_images_resolve(images)
+    assert await bot.comment(pull, COMMAND, "maintainer") == 202
+    runs = await bot.completed(pull.head_sha, count=2)
+    (rerun,) = [run for run in runs if run.id != failed.id]
+    assert rerun.conclusion == "success", rerun.output
+    (final,) = bot.report_comments(16)
+    assert final.id == report.id and pull.head_sha[:10] in final.body
+    await bot.assert_images_resolve(IMAGE.findall(final.body))

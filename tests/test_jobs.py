@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.dispatch import EmbeddedDispatcher
+from bot.dispatch import EmbeddedDispatcher, runner_environment
 from bot.jobs import DeliveryLog, Job, JobStore
+from runner.sandbox import HIDE_VARIABLE
 
 # argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
 # once (hang the first time, then ok), slow (record start and end, then ok).
@@ -34,7 +35,8 @@ FAKE_RUNNER = textwrap.dedent(
 
     if mode == "fail":
         print("building base environment", file=sys.stderr)
-        sys.exit("error: unknown revision deadbeef")
+        print("error: unknown revision deadbeef", file=sys.stderr)
+        sys.exit(2)
     if mode == "hang" or (mode == "once" and not (scratch / "ran").exists()):
         (scratch / "ran").touch()
         hang()
@@ -176,11 +178,22 @@ async def test_verdict_fail_concludes_failure(tmp_path):
         await harness.close()
 
 
-async def test_failure_reports_the_last_stderr_line(harness):
+async def test_failure_reports_what_the_exit_code_means_and_the_last_stderr_line(harness):
     done = await harness.outcome(await harness.dispatcher.submit(make_job("fail")))
     assert (done.state, done.conclusion) == ("completed", "error")
-    assert done.error == "error: unknown revision deadbeef"
+    assert done.error == "the runner could not run: unknown revision deadbeef"
     assert done.result_path is None
+
+
+def test_the_runner_gets_no_secret_but_the_names_of_secret_files_to_hide(tmp_path, monkeypatch):
+    key = tmp_path / "keys" / "app.pem"
+    key.parent.mkdir()
+    key.write_text("-----BEGIN PRIVATE KEY-----")
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY_FILE", str(key))
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "webhook secret")
+    env = runner_environment()
+    assert not [name for name in env if name.startswith("GITHUB_")]
+    assert str(key) in env[HIDE_VARIABLE].split(os.pathsep)
 
 
 async def test_timeout_kills_the_process_group(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import time
@@ -10,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from runner.pool import Side, Task, no_network, run_tasks
+from runner.pool import Side, Task, run_tasks
+from runner.sandbox import HIDE_VARIABLE, isolation
 from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
@@ -128,39 +130,71 @@ def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set,
     assert started == ["worker-0-base.log", "worker-1-head.log"]
 
 
-def test_a_malicious_deblender_finds_no_secret_and_no_network(synthetic_set, tmp_path, monkeypatch):
-    if not no_network():
-        pytest.skip("this machine cannot give workers a network namespace of their own")
+MALICIOUS = """
+import json, os, pathlib, socket, subprocess
+exec(open({faulty!r}).read())
+_deblend = deblend
+
+def read(path):
+    try:
+        return pathlib.Path(path).read_text()
+    except OSError:
+        return ''
+
+def deblend(blend, options):
+    found = {{k: v for k, v in os.environ.items() if 'KEY' in k or 'CRED' in k}}
+    for path in {secrets!r}:
+        parent = os.path.dirname(path)
+        found[path] = read(path) + read('/proc/%d/root%s' % (os.getppid(), path))
+        subprocess.run(['umount', parent], capture_output=True)  # look under the cover
+        found[path] += read(path) + ' '.join(os.listdir(parent))
+    for environ in pathlib.Path('/proc').glob('[0-9]*/environ'):
+        if 'PRIVATE KEY' in read(environ):
+            found[str(environ)] = 'a private key'
+    for host, port in (('127.0.0.1', {port}), ('pypi.org', 443)):
+        try:
+            socket.create_connection((host, port), 2)
+            found[host] = 'connected'
+        except OSError:
+            pass
+    result = _deblend(blend, options)
+    result['version'] = json.dumps({{k: v for k, v in found.items() if v}})
+    return result
+"""
+
+
+def test_a_malicious_deblender_finds_no_secret_no_secret_file_and_no_network(
+    synthetic_set, tmp_path, monkeypatch
+):
+    # The bot's App key and the store's credentials, where a deblender could guess them.
+    key = tmp_path / "app" / "private-key.pem"
+    credentials = tmp_path / "gcloud" / "credentials.json"
+    for path, text in ((key, "-----BEGIN PRIVATE KEY-----"), (credentials, '{"private_key"}')):
+        path.parent.mkdir()
+        path.write_text(text)
     monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----")
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/secrets/gcs.json")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    monkeypatch.setenv(HIDE_VARIABLE, str(key))  # as the bot names its key file
+    blend = sorted(synthetic_set.glob("*.npz"))[0]
+    spy = tmp_path / "malicious_adapter.py"
+    way = isolation(os.environ, [synthetic_set, tmp_path, spy], network=False)
+    if way.namespaces != ("user", "mount", "network"):
+        pytest.skip(f"this machine cannot isolate workers fully: {way.describe()}")
+    assert {str(key.parent), str(credentials.parent)} <= set(way.hidden)
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        port = server.getsockname()[1]
-        spy = tmp_path / "malicious_adapter.py"
-        spy.write_text(
-            "import json, os, socket\n"
-            f"exec(open({str(FAULTY_ADAPTER)!r}).read())\n"
-            "_deblend = deblend\n"
-            "def deblend(blend, options):\n"
-            "    found = {k: v for k, v in os.environ.items() if 'KEY' in k or 'CRED' in k}\n"
-            "    for host in ('127.0.0.1', 'pypi.org'):\n"
-            "        try:\n"
-            f"            socket.create_connection((host, {port} if host[0] == '1' else 443), 2)\n"
-            "            found[host] = 'connected'\n"
-            "        except OSError:\n"
-            "            pass\n"
-            "    result = _deblend(blend, options)\n"
-            "    result['version'] = json.dumps(found)\n"
-            "    return result\n"
-        )
-        blend = sorted(synthetic_set.glob("*.npz"))[0]
+        secrets = [str(key), str(credentials)]
+        text = MALICIOUS.format(faulty=str(FAULTY_ADAPTER), secrets=secrets,
+                                port=server.getsockname()[1])  # fmt: skip
+        spy.write_text(text)
         outcomes = []
-        side = Side("head", sys.executable, spy)
+        side = Side("head", sys.executable, spy, sandbox=way.prefix)
         run_tasks([Task("head", blend, tmp_path / "o.npz", {})], {"head": side}, tmp_path, 1,
                   20.0, outcomes.append)  # fmt: skip
     assert outcomes[0].error is None
     assert json.loads(outcomes[0].reply["version"]) == {}
+    assert key.read_text().startswith("-----BEGIN"), "the file is still there, outside"
 
 
 def test_a_deblender_that_allocates_without_bound_is_stopped_at_the_limit(synthetic_set, tmp_path):

@@ -66,6 +66,11 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
     assert result.provenance.head.sha == head and result.provenance.base.sha == base
     assert result.provenance.head.deblender_version == "1.1"
     assert result.provenance.base.deblender_version == "1.0"
+    isolation = result.provenance.isolation  # what this machine permits, said plainly
+    assert isolation["build"].startswith(("namespaces: user, mount (network reachable)", "none"))
+    assert isolation["workers"].startswith(
+        ("namespaces: user, mount, network", "namespaces: network", "none")
+    )
     blends = {b.id: b for b in result.blends}
     assert len(blends) == 6
     for blend in blends.values():
