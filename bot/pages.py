@@ -24,7 +24,14 @@ from aiohttp import web
 
 from bot.service import SERVICE, RegressionService
 from bot.trend_page import trend_page
-from bot.trends import DEFAULT_LAST, MAX_LAST, latest_of_branch, latest_of_pr, trend_data
+from bot.trends import (
+    DEFAULT_LAST,
+    MAX_LAST,
+    default_band,
+    latest_of_branch,
+    latest_of_pr,
+    trend_data,
+)
 from runner.history import ALL_SETS, HistoryRecord, read_history
 from runner.store import StoreError
 
@@ -94,8 +101,7 @@ async def trends(request: web.Request) -> web.Response:
     selected_set = chosen if chosen in data["sets"] else ALL_SETS
     band = request.query.get("band", "")
     if band not in data["bands"]:
-        bands = data["bands"]
-        band = "r" if "r" in bands else (bands[0] if bands else "")
+        band = default_band(data["bands"])
     page = trend_page(data, list(scripts()), selected_set, band)
     return web.Response(text=page, content_type="text/html")
 

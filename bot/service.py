@@ -211,7 +211,11 @@ class RegressionService:
         if job.conclusion not in VERDICT_CONCLUSIONS.values():
             log.error("drift run of %s ended %s: %s", job.repository, job.conclusion, job.error)
             return
-        result, links = self.load(job)
+        try:
+            result, links = await asyncio.to_thread(self.load, job)
+        except (StoreError, ValueError, KeyError) as error:
+            log.error("the drift run of %s cannot be read: %s", job.repository, error)
+            return
         gh = await self.client(job.installation_id)
         await drift.report(gh, job.repository, result, links)
 
@@ -224,10 +228,11 @@ class RegressionService:
             raise ValueError("the stored result has no comparison")
         published = self.published(job.repository, job.pr, job.head_sha, is_drift)
         images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
+        latest = None if is_drift else self.details_url(job.repository, job.pr, job.head_sha)
         links = Links(
             report=published["report"],
             trends=self.trends_url(job.repository, job.pr),
-            latest=self.details_url(job.repository, job.pr, job.head_sha),
+            latest=latest,
             images=images,
         )
         return result, links

@@ -79,6 +79,11 @@ def _summaries(record: HistoryRecord, metric: str) -> dict[str, dict | None]:
     return {name: asdict(summary) for name, summary in sets.items()}
 
 
+def default_band(bands: list[str]) -> str:
+    """The band a page opens with: r where there is one, else the first."""
+    return "r" if "r" in bands else (bands[0] if bands else "")
+
+
 def _median(record: HistoryRecord, metric: str, name: str) -> float | None:
     summary = record.summaries.get(metric, {}).get(name)
     return None if summary is None else summary.median
@@ -119,4 +124,3 @@ def trend_data(
             },
         },
     }
-

@@ -63,9 +63,7 @@ class DriftRun(Run):
         self.progress(Progress("building the newest environment"))
         source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
         try:
-            newest = build_newest_environment(
-                source, revs.head, adapter, self.newest_dir, sandbox
-            )
+            newest = build_newest_environment(source, revs.head, adapter, self.newest_dir, sandbox)
         except BuildError as error:
             newest = error
         return {"base": locked, "head": newest}

@@ -175,7 +175,7 @@ def _links_line(links: Links) -> str:
         for name, url in (
             ("Full report", links.report),
             ("Trends", links.trends),
-            ("Latest report of this PR", links.latest),
+            ("Latest report", links.latest),
         )
         if url
     ]

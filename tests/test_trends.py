@@ -17,6 +17,8 @@ from aiohttp import web
 
 from bot.app import create_app
 from bot.settings import Settings
+from bot.site import main as site_main
+from bot.site import publish_site
 from runner.compare import compare
 from runner.config import CompareConfig
 from runner.history import append_record
@@ -161,7 +163,7 @@ def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-async def test_chromium_loads_the_trend_page_and_the_pr_page(
+async def test_chromium_loads_the_trend_page_the_pr_page_and_the_static_site(
     site, tmp_path, synthetic_set, monkeypatch
 ):
     playwright = pytest.importorskip("playwright.async_api")
@@ -228,6 +230,27 @@ async def test_chromium_loads_the_trend_page_and_the_pr_page(
         trends_link = await page.get_attribute("a:text('Trends')", "href")
         assert trends_link == f"{settings.public_url}/{REPO}/trends?pr=7"
         await page.screenshot(path=str(tmp_path / "pr.png"), full_page=True)
+
+        # The same page as a static site in the store, served from there.
+        await page.goto(publish_site(site.store, REPO), wait_until="networkidle")
+        await page.wait_for_selector("body[data-drawn=true]")
+        static = await page.evaluate(
+            "document.querySelector('#metric-mag_error_r .js-plotly-plot').data[0].median"
+        )
+        assert static == merged["median"]
+        await page.screenshot(path=str(tmp_path / "site.png"), full_page=True)
         await browser.close()
     assert problems == []
     assert (tmp_path / "trends.png").stat().st_size > 10_000
+
+
+def test_the_static_site_is_one_command(tmp_path, capsys):
+    store = LocalStore(tmp_path / "store")
+    append_record(store, merged_record(0))
+    assert site_main(["--store", str(store.root), "--repository", REPO]) == 0
+    index = tmp_path / "store" / "site" / REPO / "index.html"
+    assert capsys.readouterr().out.strip() == index.as_uri()
+    assert "branch-00" in index.read_text()
+    assert len(list((tmp_path / "store" / "site" / "static").iterdir())) == 2
+    assert site_main(["--store", str(store.root), "--repository", "no-slash"]) == 2
+    assert "owner/name" in capsys.readouterr().err
