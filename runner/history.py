@@ -10,11 +10,11 @@ the history stays small (a few kB a run) and the bot can read it without numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from runner.result import _build
 from runner.store import ArtifactStore, KeyNotFound
 
 HISTORY_SCHEMA = "scarlet-regression/history-record"
@@ -26,7 +26,8 @@ ALL_SETS = "all"
 @dataclass
 class Summary:
     """A distribution as a box plot draws it: quartiles, Tukey whiskers (the most extreme
-    values within 1.5 IQR of the box) and the mean, over ``n`` values."""
+    values within 1.5 IQR of the box) and the mean, over ``n`` values (to six significant
+    digits)."""
 
     n: int
     low: float
@@ -88,12 +89,13 @@ class HistoryRecord:
         """A record from its JSON object; ValueError for another schema or version."""
         if data.get("schema") != HISTORY_SCHEMA or data.get("schema_version") != HISTORY_VERSION:
             raise ValueError("not a history record of this version")
-        record = _build(cls, data)
-        record.summaries = {
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
+        fields["metrics"] = [MetricInfo(**info) for info in data.get("metrics", [])]
+        fields["summaries"] = {
             metric: {name: Summary(**summary) for name, summary in sets.items()}
             for metric, sets in data.get("summaries", {}).items()
         }
-        return record
+        return cls(**fields)
 
     @property
     def order(self) -> str:

@@ -31,13 +31,18 @@ def summary(values: np.ndarray) -> Summary | None:
     stats = cbook.boxplot_stats(values, whis=1.5)[0]
     return Summary(
         n=len(values),
-        low=float(stats["whislo"]),
-        q1=float(stats["q1"]),
-        median=float(stats["med"]),
-        q3=float(stats["q3"]),
-        high=float(stats["whishi"]),
-        mean=float(stats["mean"]),
+        low=_digits(stats["whislo"]),
+        q1=_digits(stats["q1"]),
+        median=_digits(stats["med"]),
+        q3=_digits(stats["q3"]),
+        high=_digits(stats["whishi"]),
+        mean=_digits(stats["mean"]),
     )
+
+
+def _digits(value: float) -> float:
+    """Six significant digits: more than any trend can show, and half the bytes."""
+    return float(f"{value:.6g}")
 
 
 def _band(metric: Metric, bands: list[str]) -> str | None:
