@@ -27,6 +27,7 @@ from runner.store import ArtifactStore, StoreError, run_prefix
 
 log = logging.getLogger(__name__)
 
+CANCELLED = "The PR was closed or superseded before the run started."
 FAILED = {"timed_out": "timed_out", "cancelled": "cancelled", "error": "failure"}
 # What a maintainer should know about a run that ended without a report, by its headline.
 EXPLANATIONS = {
@@ -144,6 +145,11 @@ class RegressionService:
                 gh, request.repository, request.head_sha, details, _waiting(text)
             )
         job = await self.jobs.set_check_run(job.id, check_run_id) or job
+        if job.finished:  # the PR closed, or a newer push came, while the check run was made
+            await github.complete_check_run(
+                gh, request.repository, check_run_id, "cancelled", _waiting(CANCELLED)
+            )
+            return None
         if hold:
             await self.jobs.finish(job.id, "cancelled", error="waiting for a maintainer")
             return None

@@ -291,17 +291,28 @@ async def test_closing_a_pr_cancels_its_run(bot):
     write_blend_with(bot.dataset / "hangs.npz", source, images=images)
     pull = bot.fake.add_pull(REPO, 13, head_sha=head(bot), base_ref="main")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
-    for _ in range(600):
-        runs = bot.fake.check_runs(REPO, pull.head_sha)
-        if runs and runs[0].status == "in_progress":
-            break
-        await asyncio.sleep(0.1)
+    await bot.started(pull.head_sha)
     assert await bot.send("pull_request", "closed", pull=pull) == 202
-    (run,) = await bot.completed(pull.head_sha, timeout=30)
+    (run,) = await bot.completed(pull.head_sha, timeout=60)
     assert run.conclusion == "cancelled"
     assert run.output["summary"] == "The PR was closed."
     await asyncio.sleep(1.0)
     assert not bot.report_comments(13)
+
+
+async def test_a_pr_closed_while_its_check_run_is_created_concludes_it(bot):
+    # GitHub holds the check run's creation for a second (a secondary rate limit): the
+    # PR is closed meanwhile, and its check run must not stay queued.
+    bot.fake.fail_next("POST", "/repos/*/check-runs", 403, {"retry-after": "1"})
+    pull = bot.fake.add_pull(REPO, 15, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    await asyncio.sleep(0.3)
+    assert await bot.send("pull_request", "closed", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha, timeout=30)
+    assert run.conclusion == "cancelled"
+    await asyncio.sleep(0.5)
+    assert not bot.report_comments(15)
+    assert not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")), "nothing ran"
 
 
 async def test_github_failures_are_retried_to_one_comment_and_one_concluded_check_run(bot):
