@@ -89,6 +89,15 @@ CREATE INDEX IF NOT EXISTS deliveries_seen ON deliveries (seen);
 """
 
 
+def _add_new_fields(db: sqlite3.Connection) -> None:
+    """Give a database made by an older bot the columns of fields added to ``Job`` since
+    (each nullable or defaulted, so the old rows read as before)."""
+    existing = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+    for name in FIELDS:
+        if name not in existing:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name}")
+
+
 def _key_text(job: Job) -> str:
     return "\x1f".join(job.key)
 
@@ -112,6 +121,7 @@ class _Database:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_new_fields(db)
             self._db = db
         return self._db
 

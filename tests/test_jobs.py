@@ -346,3 +346,30 @@ async def test_delivery_log_dedupes_across_a_reopen(tmp_path):
         assert not await log.seen("guid-2")
     finally:
         await log.close()
+
+
+async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_jobs(tmp_path):
+    import sqlite3
+
+    from bot.jobs import FIELDS
+
+    old = [name for name in FIELDS if name not in ("branch", "merged_at")]
+    db = sqlite3.connect(tmp_path / "jobs.sqlite")
+    db.execute(f"CREATE TABLE jobs ({', '.join(old)}, key TEXT NOT NULL, PRIMARY KEY (id))")
+    row = {"repository": "o/r", "installation_id": 1, "head_sha": "a" * 40, "base": "main"}
+    row |= {"clone_url": "https://x/o/r.git", "kind": "pr", "pr": 3, "id": "old-job"}
+    row |= {"state": "queued", "created": 1.0, "updated": 1.0, "attempts": 0}
+    columns = ", ".join([*row, "key"])
+    db.execute(
+        f"INSERT INTO jobs ({columns}) VALUES ({', '.join('?' * (len(row) + 1))})",
+        [*row.values(), "o/r\x1f3\x1f" + "a" * 40 + "\x1fpr"],
+    )
+    db.commit()
+    db.close()
+
+    store = JobStore(tmp_path / "jobs.sqlite")
+    (kept,) = await store.unfinished()
+    assert (kept.id, kept.branch, kept.merged_at) == ("old-job", None, None)
+    new = await store.add(Job("o/r", 1, "b" * 40, "main", "https://x/o/r.git", branch="feature"))
+    assert (await store.get(new.id)).branch == "feature"
+    await store.close()
