@@ -11,9 +11,10 @@ from __future__ import annotations
 import hmac
 import logging
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from gidgethub import GitHubBroken
+from gidgethub import GitHubBroken, GitHubException
 from gidgethub.abc import GitHubAPI
 
 from bot import github
@@ -21,6 +22,10 @@ from bot.auth import InstallationClients
 from bot.jobs import Job
 from runner.report import DRIFT_MARKER, Links, drift_cleared, drift_failed, drift_issue
 from runner.result import RunResult
+from runner.store import StoreError
+
+if TYPE_CHECKING:
+    from bot.service import RegressionService
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +43,11 @@ def authorised(secret: str, request: web.Request) -> bool:
     return bool(secret) and hmac.compare_digest(given.encode(), secret.encode())
 
 
-async def schedule(clients: InstallationClients, service, day: str) -> list[Job]:
+async def schedule(clients: InstallationClients, service: RegressionService, day: str) -> list[Job]:
     """Submit a drift job at the default branch's head of every repository of every
-    installation, unless one was scheduled for that repository on ``day``."""
+    installation, unless one was scheduled for that repository on ``day``. A repository
+    that cannot be started (an empty one, GitHub failing) is logged and left for a later
+    call; the others go on."""
     submitted = []
     for installation in await github.installation_ids(clients.app_client()):
         gh = await clients.client(installation)
@@ -48,18 +55,27 @@ async def schedule(clients: InstallationClients, service, day: str) -> list[Job]
             name = repo["full_name"]
             if repo.get("archived") or not await service.jobs.first_of_day(name, "drift", day):
                 continue
-            branch = repo["default_branch"]
-            job = Job(
-                repository=name,
-                installation_id=installation,
-                head_sha=await github.branch_head(gh, name, branch),
-                base=branch,
-                clone_url=repo["clone_url"],
-                kind="drift",
-            )
-            submitted.append(await service.dispatcher.submit(job))
-            log.info("drift run of %s at %s (%s) submitted", name, job.head_sha, branch)
+            try:
+                submitted.append(await _submit(gh, service, installation, repo))
+            except (GitHubException, StoreError, OSError) as error:
+                await service.jobs.forget_day(name, "drift", day)
+                log.error("no drift run of %s today: %s", name, error)
     return submitted
+
+
+async def _submit(gh: GitHubAPI, service: RegressionService, installation: int, repo: dict) -> Job:
+    branch = repo["default_branch"]
+    job = Job(
+        repository=repo["full_name"],
+        installation_id=installation,
+        head_sha=await github.branch_head(gh, repo["full_name"], branch),
+        base=branch,
+        clone_url=repo["clone_url"],
+        kind="drift",
+    )
+    job = await service.dispatcher.submit(job)
+    log.info("drift run of %s at %s (%s) submitted", job.repository, job.head_sha, branch)
+    return job
 
 
 async def report(gh: GitHubAPI, repository: str, result: RunResult, links: Links) -> None:

@@ -316,6 +316,15 @@ class JobStore(_Database):
 
         return await self._transaction(first)
 
+    async def forget_day(self, repository: str, kind: Kind, day: str) -> None:
+        """Undo ``first_of_day`` for a run that could not be started, so a later call may."""
+        await self._transaction(
+            lambda db: db.execute(
+                "DELETE FROM schedules WHERE repository = ? AND kind = ? AND day = ?",
+                (repository, kind, day),
+            )
+        )
+
     async def set_check_run(self, job_id: str, check_run_id: int) -> Job | None:
         """Record the job's check run."""
         return await self._transaction(

@@ -145,3 +145,20 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     assert cleared.body.startswith("✅ Drift is clean again")
     assert len(fake.calls("POST", f"/repos/{REPO}/issues")) == 1
     assert [c for _, c in drift_jobs(bot)] == ["success", "failure", "failure", "success"]
+
+
+async def test_a_repository_that_cannot_be_started_is_left_for_a_later_call(bot, monkeypatch):
+    monkeypatch.setattr(drift, "today", lambda: "2026-12-10")
+    bot.fake.fail_next("GET", f"/repos/{REPO}/branches/*", 404)  # e.g. an empty repository
+    assert await bot.schedule() == 202
+    for _ in range(100):
+        if bot.fake.calls("GET", f"/repos/{REPO}/branches/main"):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert not drift_jobs(bot), "nothing started"
+
+    # The scheduler calls again the same day: this time the run starts.
+    assert await bot.schedule() == 202
+    await reported(bot, 1)
+    assert drift_jobs(bot) == [("completed", "success")]
