@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from gidgethub import GitHubBroken
+from gidgethub import GitHubBroken, GitHubException
 from gidgethub.abc import GitHubAPI
 
 from bot.settings import CHECK_NAME
 from runner.report import MARKER, CheckRunOutput
+
+log = logging.getLogger(__name__)
 
 WRITERS = ("admin", "write")
 
@@ -146,6 +149,20 @@ async def merged_pull_request(gh: GitHubAPI, repository: str, sha: str) -> dict 
         if pull.get("merged_at") and pull.get("merge_commit_sha") == sha:
             return pull
     return None
+
+
+async def landing(gh: GitHubAPI, repository: dict, sha: str) -> tuple[str, str | None]:
+    """What labels commit ``sha`` of the default branch in the trends: the head branch of
+    the PR that landed as it and when, else the default branch (time unknown). A failed
+    lookup only costs the label, never the run."""
+    try:
+        merged = await merged_pull_request(gh, repository["full_name"], sha)
+    except GitHubException as error:
+        log.warning("no PR lookup for %s@%s: %s", repository["full_name"], sha, error)
+        merged = None
+    if merged is None:
+        return repository["default_branch"], None
+    return merged["head"]["ref"], merged["merged_at"]
 
 
 async def pull_request_for_sha(gh: GitHubAPI, repository: str, sha: str) -> dict | None:

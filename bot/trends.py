@@ -7,6 +7,7 @@ drawn in the browser from this data by plotly.js (see ``bot/pages.py``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,8 +39,18 @@ class Point:
 
 
 def latest_per_head(records: list[HistoryRecord]) -> list[HistoryRecord]:
-    """One record per (kind, PR, head SHA), the last appended (a rerun replaces its run)."""
-    latest = {(r.kind, r.pr, r.head_sha): r for r in records}
+    """One record per (kind, PR, head SHA), the last appended (a rerun replaces its run),
+    keeping the branch and merge time of earlier ones where a rerun did not know them."""
+    latest: dict[tuple, HistoryRecord] = {}
+    for record in records:
+        key = (record.kind, record.pr, record.head_sha)
+        if (earlier := latest.get(key)) is not None:
+            record = dataclasses.replace(
+                record,
+                branch=record.branch or earlier.branch,
+                merged_at=record.merged_at or earlier.merged_at,
+            )
+        latest[key] = record
     return list(latest.values())
 
 

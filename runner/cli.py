@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -66,6 +67,17 @@ def _write_report(result, run_dir: Path, out: Path) -> None:
     files = write_report(result, run_dir, out)
     images = sum(path.suffix == ".png" for path in files)
     print(f"wrote the report to {out}: comment, check run, HTML page, {images} residual image(s)")
+
+
+def utc_time(text: str) -> str:
+    """An ISO 8601 time (``Z`` or any offset) as UTC, so that times sort as text."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give the time's offset (e.g. Z): {text!r}")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def positive(text: str) -> int:
@@ -232,19 +244,23 @@ def _finish(result, args: argparse.Namespace) -> int:
                     result, args.out, store, args.repository, args.pr, trends=args.trends_url
                 )
                 published = str((args.out / "published.json").resolve())
-                if result.provenance.drift is None:  # drift runs are no point of the trends
-                    record = summarise(
-                        result,
-                        args.repository,
-                        pr=args.pr,
-                        branch=args.branch,
-                        merged_at=args.merged_at,
-                        report=addresses["report"],
-                    )
-                    append_record(store, record)
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3
+        if published and result.provenance.drift is None:  # drift runs are no trend point
+            record = summarise(
+                result,
+                args.repository,
+                pr=args.pr,
+                branch=args.branch,
+                merged_at=args.merged_at,
+                report=addresses["report"],
+            )
+            try:
+                append_record(store, record)
+            except StoreError as error:  # the report stands; only its trend point is missing
+                message = f"warning: the run is published, its history record is not: {error}"
+                print(message.splitlines()[0], file=sys.stderr)
     if args.progress_json:
         result_path = str((args.out / "result.json").resolve())
         finished = {"phase": "finished", "result": result_path, "published": published}
@@ -302,7 +318,9 @@ def _publishing(command: argparse.ArgumentParser) -> None:
     command.add_argument("--pr", type=int, help="pull request number the run is stored under")
     command.add_argument("--branch", help="for the history: the branch whose head this is")
     command.add_argument(
-        "--merged-at", help="for the history: when a default-branch head landed (ISO 8601)"
+        "--merged-at",
+        type=utc_time,
+        help="for the history: when a default-branch head landed (ISO 8601)",
     )
     command.add_argument("--trends-url", help="the trend page the report links to")
     command.add_argument(

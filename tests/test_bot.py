@@ -444,3 +444,20 @@ async def test_gcs_failing_mid_run_fails_the_check_run_and_a_rerun_then_succeeds
     (final,) = bot.report_comments(16)
     assert final.id == report.id and pull.head_sha[:10] in final.body
     await bot.assert_images_resolve(IMAGE.findall(final.body))
+
+
+async def test_a_direct_push_runs_even_when_its_pr_lookup_fails(bot):
+    before = git(bot.repo, "rev-parse", "main")
+    git(bot.repo, "checkout", "--quiet", "main")
+    (bot.repo / "NOTES").write_text("pushed straight to main\n")
+    pushed = commit(bot.repo, "a direct push")
+    bot.fake.fail_next("GET", f"/repos/{REPO}/commits/*/pulls", 404)
+    merge = {"repository": {"clone_url": str(bot.repo), "pushed_at": 1_790_000_000}}
+    overrides = {"before": before, "ref": "refs/heads/main", "repo": REPO, "merge": merge}
+    assert await bot.send("push", head_sha=pushed, installation_id=bot.installation, **overrides)
+    # The lookup failed: the run still happens, labelled by the branch and the push's time.
+    (run,) = await bot.completed(pushed)
+    assert run.conclusion == "success", run.output
+    async with bot.session.get(f"{bot.url}/{REPO}/trends.json") as response:
+        (point,) = (await response.json())["merges"]
+    assert (point["label"], point["when"]) == ("main", "2026-09-21T14:13:20+00:00")

@@ -3,12 +3,14 @@ finish at the same moment."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 
 import numpy as np
 import pytest
 
+from runner.cli import utc_time
 from runner.compare import compare, metrics
 from runner.config import CompareConfig
 from runner.history import ALL_SETS, HistoryRecord, append_record, history_key, read_history
@@ -90,3 +92,15 @@ def test_runs_finishing_at_the_same_moment_all_land(gcs_emulator, gcs_bucket):
     landed = sorted(r.branch for r in read_history(store, REPO))
     assert landed == sorted(f"branch-{i}" for i in range(writers))
     assert store.stat(history_key(REPO)).content_type == "application/x-ndjson"
+
+
+def test_merge_times_are_recorded_in_utc_so_that_they_sort():
+    assert utc_time("2026-11-26T01:00:00-05:00") == "2026-11-26T06:00:00+00:00"
+    assert utc_time("2026-11-26T05:30:00Z") == "2026-11-26T05:30:00+00:00"
+    assert sorted(map(utc_time, ["2026-11-26T01:00:00-05:00", "2026-11-26T05:30:00Z"])) == [
+        "2026-11-26T05:30:00+00:00",
+        "2026-11-26T06:00:00+00:00",
+    ]
+    for bad in ("yesterday", "2026-11-26T01:00:00"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            utc_time(bad)

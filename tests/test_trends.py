@@ -19,6 +19,7 @@ from bot.app import create_app
 from bot.settings import Settings
 from bot.site import main as site_main
 from bot.site import publish_site
+from bot.trends import trend_data
 from runner.compare import compare
 from runner.config import CompareConfig
 from runner.history import append_record
@@ -147,8 +148,9 @@ async def test_the_page_names_its_scripts_by_version_and_filters(site):
         assert len(await response.read()) < 200_000  # summaries, not per-source values
 
 
-def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> None:
-    """Run the real runner (tiny deblender) for PR 7 and publish it as the bot would."""
+def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> str:
+    """Run the real runner (tiny deblender) for PR 7 and publish it as the bot would;
+    what it said on stderr."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
     git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "NOTES").write_text("a change that does not touch the deblender\n")
@@ -160,6 +162,34 @@ def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> None:
     argv += ["--trends-url", f"{settings.public_url}/{REPO}/trends?pr=7"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def two_blends(synthetic_set: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
+        shutil.copy(path, folder)
+    return folder
+
+
+def test_a_history_that_cannot_be_appended_costs_the_trend_point_not_the_report(
+    tmp_path, synthetic_set, monkeypatch
+):
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    settings = Settings("1", "key", "secret", tmp_path / "bot", datasets=())
+    (Path(settings.store_spec) / "history").mkdir(parents=True)
+    (Path(settings.store_spec) / "history" / "octo").write_text("a file where a folder goes")
+    stderr = publish_pr_run(settings, tmp_path, two_blends(synthetic_set, tmp_path / "blends"))
+    assert "warning: the run is published, its history record is not" in stderr
+    assert list(Path(settings.store_spec).glob("runs/pr/octo/scarlet/7/*/report/report.html"))
+
+
+def test_a_rerun_of_a_merge_keeps_its_label_and_place():
+    records = [merged_record(i) for i in range(3)]
+    rerun = merged_record(1)
+    rerun.branch = rerun.merged_at = None  # re-run from its check run: nothing known
+    data = trend_data([*records, rerun], REPO)
+    assert [p["label"] for p in data["merges"]] == BRANCHES[:3]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
@@ -169,11 +199,7 @@ async def test_chromium_loads_the_trend_page_the_pr_page_and_the_static_site(
     playwright = pytest.importorskip("playwright.async_api")
     settings = site.settings
     monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
-    dataset = tmp_path / "blends"
-    dataset.mkdir()
-    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
-        shutil.copy(path, dataset)
-    publish_pr_run(settings, tmp_path, dataset)
+    publish_pr_run(settings, tmp_path, two_blends(synthetic_set, tmp_path / "blends"))
 
     problems: list[str] = []
     async with playwright.async_playwright() as driver:

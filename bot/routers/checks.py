@@ -22,6 +22,10 @@ async def rerun(event: Event, gh, service: RegressionService, head_sha: str, pul
         pull = await github.pull_request(gh, repository, pulls[0]["number"])
     else:
         pull = await github.pull_request_for_sha(gh, repository, head_sha)
+    branch = pull["head"]["ref"] if pull else None
+    merged_at = None
+    if pull is None:  # a commit of the default branch: labelled as its push was
+        branch, merged_at = await github.landing(gh, data["repository"], head_sha)
     request = RunRequest(
         repository=repository,
         installation_id=data["installation"]["id"],
@@ -31,7 +35,8 @@ async def rerun(event: Event, gh, service: RegressionService, head_sha: str, pul
         pr=pull["number"] if pull else None,
         kind="pr" if pull else "baseline",
         approved=True,
-        branch=pull["head"]["ref"] if pull else None,
+        branch=branch,
+        merged_at=merged_at,
     )
     await service.request_run(gh, request)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from gidgethub import routing
 from gidgethub.sansio import Event
 
@@ -15,15 +17,17 @@ NO_COMMIT = "0" * 40
 @router.register("push")
 async def default_branch_pushed(event: Event, gh, service: RegressionService) -> None:
     """Run the new head of the default branch against the one before it, labelled for the
-    trends by the branch it merged (the default branch itself for a direct push)."""
+    trends by the branch it merged and when (the default branch itself, and the time of
+    the push, for a direct push)."""
     data = event.data
     repository = data["repository"]
     default = repository["default_branch"]
     if data.get("deleted") or data["ref"] != f"refs/heads/{default}":
         return
     before = data["before"] if data["before"] != NO_COMMIT else data["after"]
-    merged = await github.merged_pull_request(gh, repository["full_name"], data["after"])
-    landed = (data.get("head_commit") or {}).get("timestamp")
+    branch, merged_at = await github.landing(gh, repository, data["after"])
+    if merged_at is None and isinstance(repository.get("pushed_at"), int):
+        merged_at = datetime.fromtimestamp(repository["pushed_at"], UTC).isoformat()
     await service.request_run(
         gh,
         RunRequest(
@@ -34,7 +38,7 @@ async def default_branch_pushed(event: Event, gh, service: RegressionService) ->
             clone_url=repository["clone_url"],
             kind="baseline",
             approved=True,
-            branch=merged["head"]["ref"] if merged else default,
-            merged_at=merged["merged_at"] if merged else landed,
+            branch=branch,
+            merged_at=merged_at,
         ),
     )
