@@ -192,10 +192,12 @@ async def branch_head(gh: GitHubAPI, repository: str, branch: str) -> str:
 
 
 async def find_issue(gh: GitHubAPI, repository: str, marker: str) -> dict[str, Any] | None:
-    """The open issue (not a pull request) whose body starts with ``marker``, if any."""
+    """The open issue (not a pull request) an app opened whose body starts with
+    ``marker``, if any (an issue a person wrote with the marker is not the bot's)."""
     url = f"/repos/{repository}/issues?state=open&per_page=100"
     async for issue in gh.getiter(url):
-        if "pull_request" not in issue and (issue.get("body") or "").startswith(marker):
+        by_app = (issue.get("user") or {}).get("type") == "Bot"
+        if by_app and "pull_request" not in issue and (issue.get("body") or "").startswith(marker):
             return issue
     return None
 

@@ -26,16 +26,14 @@ from bot.service import SERVICE, RegressionService
 from bot.trend_page import trend_page
 from bot.trends import (
     DEFAULT_LAST,
-    MAX_LAST,
     default_band,
     latest_of_branch,
     latest_of_pr,
     trend_data,
 )
 from runner.history import ALL_SETS, HistoryRecord, read_history
-from runner.store import StoreError
+from runner.store import IMMUTABLE, StoreError
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 TRENDS_SCRIPT = Path(__file__).parent / "static" / "trends.js"
 
 
@@ -90,7 +88,7 @@ def _integer(request: web.Request, name: str, default: int | None) -> int | None
 async def _trend_data(request: web.Request, service: RegressionService) -> dict:
     repository = _repository(request)
     pr = _integer(request, "pr", None)
-    last = min(max(_integer(request, "last", DEFAULT_LAST) or 0, 0), MAX_LAST)
+    last = _integer(request, "last", DEFAULT_LAST)
     return trend_data(await _history(service, repository), repository, pr, last)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bot.jobs import Job
 from bot.settings import Settings
+from bot.trends import trends_url
 
 
 def _publishing(settings: Settings, job: Job) -> list[str]:
@@ -21,8 +22,7 @@ def _publishing(settings: Settings, job: Job) -> list[str]:
         argv += ["--branch", job.branch]
     if job.merged_at:
         argv += ["--merged-at", job.merged_at]
-    query = f"?pr={job.pr}" if job.pr is not None else ""
-    return [*argv, "--trends-url", f"{settings.public_url}/{job.repository}/trends{query}"]
+    return [*argv, "--trends-url", trends_url(settings.public_url, job.repository, job.pr)]
 
 
 def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:

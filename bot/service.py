@@ -21,6 +21,7 @@ from bot import drift, github
 from bot.dispatch import RUNNER_FAILURES, VERDICT_CONCLUSIONS
 from bot.jobs import Job, JobStore
 from bot.settings import Settings
+from bot.trends import trends_url
 from runner.report import CheckRunOutput, Links, check_run_output, comment
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
@@ -89,11 +90,6 @@ class RegressionService:
         self.dispatcher = None
         self._pr_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._progress_sent: dict[str, float] = {}
-
-    def trends_url(self, repository: str, pr: int | None) -> str:
-        """The repository's trend page, with the PR highlighted."""
-        query = f"?pr={pr}" if pr is not None else ""
-        return f"{self.settings.public_url}/{repository}/trends{query}"
 
     def details_url(self, repository: str, pr: int | None, sha: str) -> str:
         """The stable address of the report a check run links to (served by the bot)."""
@@ -237,7 +233,7 @@ class RegressionService:
         latest = None if is_drift else self.details_url(job.repository, job.pr, job.head_sha)
         links = Links(
             report=published["report"],
-            trends=self.trends_url(job.repository, job.pr),
+            trends=trends_url(self.settings.public_url, job.repository, job.pr),
             latest=latest,
             images=images,
         )

@@ -17,6 +17,17 @@ DEFAULT_LAST = 20
 MAX_LAST = 200
 
 
+def trends_url(public_url: str, repository: str, pr: int | None = None) -> str:
+    """The address of ``repository``'s trend page on the bot, with PR ``pr`` highlighted."""
+    query = f"?pr={pr}" if pr is not None else ""
+    return f"{public_url}/{repository}/trends{query}"
+
+
+def clamp_last(last: int) -> int:
+    """How many merges a page shows as boxes: 0 to ``MAX_LAST``."""
+    return min(max(last, 0), MAX_LAST)
+
+
 @dataclass(frozen=True)
 class Point:
     """One box on the x-axis: a merged branch or a pull request, and its record."""
@@ -85,7 +96,7 @@ def _unique(items: list[list[str]]) -> list[str]:
     return list(dict.fromkeys(item for group in items for item in group))
 
 
-def _summaries(record: HistoryRecord, metric: str) -> dict[str, dict | None]:
+def _summaries(record: HistoryRecord, metric: str) -> dict[str, dict]:
     sets = record.summaries.get(metric, {})
     return {name: asdict(summary) for name, summary in sets.items()}
 
@@ -109,6 +120,7 @@ def trend_data(
     """The page's data: the last ``last`` merges as boxes per metric and set, PR ``pr``'s
     newest run beside them, and every merge's median (the line across all history)."""
     history = merges(records)
+    last = clamp_last(last)
     shown = history[-last:] if last else []
     current = latest_of_pr(records, pr) if pr is not None else None
     considered = [*history, *([current] if current else [])]

@@ -203,10 +203,9 @@ def _adopt(args: argparse.Namespace) -> int:
         if drift is None:
             raise ValueError(f"{args.source} is not the result of a drift run")
         lock = args.lock or get_adapter(result.provenance.adapter).lock
-        text = lock.read_text()
-        if hashlib.sha256(text.encode()).hexdigest() != result.provenance.lock:
+        if hashlib.sha256(lock.read_bytes()).hexdigest() != result.provenance.lock:
             raise ValueError(f"{lock} is not the lock the drift run used")
-        new = adopt(text, drift.packages, result.provenance.adapter, args.source.name)
+        new = adopt(lock.read_text(), drift.packages, args.source.name)
         args.out.write_text(new)
     except (OSError, ValueError) as error:
         print(f"error: {error}".splitlines()[0], file=sys.stderr)

@@ -2,10 +2,11 @@
 
 Each repository's history is one JSON-lines object in the artifact store,
 ``history/<owner>/<name>.jsonl``, one :class:`HistoryRecord` a line, appended with
-:meth:`ArtifactStore.append` (which never loses a record when two runs finish at the
-same moment). A record keeps, per metric and blend set, a five-number summary of the
-head revision's distribution (the box of a box plot), never the per-source values, so
-the history stays small (a few kB a run) and the bot can read it without numpy.
+:meth:`ArtifactStore.append`: two runs finishing at the same moment both land (on GCS a
+writer that keeps losing the race gives up with a ``StoreError`` after 30 tries). A
+record keeps, per metric and blend set, a five-number summary of the head revision's
+distribution (the box of a box plot), never the per-source values, so the history stays
+small (about 5 kB a run) and the bot can read it without numpy.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Summary:
 
 @dataclass
 class MetricInfo:
-    """What a summarised metric is: its label, family, band (if per band) and direction."""
+    """What a summarised metric is: its label, family, band (if per band), direction and
+    kind (science, timing)."""
 
     name: str
     label: str
@@ -127,6 +129,6 @@ def read_history(store: ArtifactStore, repository: str) -> list[HistoryRecord]:
     for line in text.splitlines():
         try:
             records.append(HistoryRecord.from_dict(json.loads(line)))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):  # AttributeError: no object
             continue
     return records

@@ -19,10 +19,11 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def adopt(lock: str, changes: list[PackageChange], deblender: str, source: str) -> str:
-    """``lock`` with ``changes`` applied (the deblender itself is never pinned);
-    ``source`` names the drift run in the comment over appended packages."""
-    wanted = {c.name: c.newest for c in changes if normalise(c.name) != normalise(deblender)}
+def adopt(lock: str, changes: list[PackageChange], source: str) -> str:
+    """``lock`` with ``changes`` applied; ``source`` names the drift run in the comment
+    over appended packages. (The deblender never moves: both environments of a drift run
+    install the same revision.)"""
+    wanted = {c.name: c.newest for c in changes}
     lines, seen = [], set()
     for line in lock.splitlines():
         match = PIN.match(line)
