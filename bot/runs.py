@@ -22,6 +22,8 @@ def _publishing(settings: Settings, job: Job) -> list[str]:
         argv += ["--branch", job.branch]
     if job.merged_at:
         argv += ["--merged-at", job.merged_at]
+    if job.kind == "drift":  # drift runs are no point of the trends
+        return argv
     return [*argv, "--trends-url", trends_url(settings.public_url, job.repository, job.pr)]
 
 

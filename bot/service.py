@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 from gidgethub.abc import GitHubAPI
@@ -230,13 +230,13 @@ class RegressionService:
             raise ValueError("the stored result has no comparison")
         published = self.published(job.repository, job.pr, job.head_sha, is_drift)
         images = {tuple(key.split("/", 1)): url for key, url in published["images"].items()}
-        latest = None if is_drift else self.details_url(job.repository, job.pr, job.head_sha)
-        links = Links(
-            report=published["report"],
-            trends=trends_url(self.settings.public_url, job.repository, job.pr),
-            latest=latest,
-            images=images,
-        )
+        links = Links(report=published["report"], images=images)
+        if not is_drift:  # drift runs are no point of the trends, nor of a PR or commit
+            links = replace(
+                links,
+                trends=trends_url(self.settings.public_url, job.repository, job.pr),
+                latest=self.details_url(job.repository, job.pr, job.head_sha),
+            )
         return result, links
 
     def _pr_lock(self, repository: str, pr: int) -> asyncio.Lock:
