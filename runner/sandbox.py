@@ -11,7 +11,7 @@ nothing is hidden; where not even that is, nothing is isolated. :class:`Isolatio
 which, for the run result's provenance.
 
 Secret files are those named by ``GOOGLE_APPLICATION_CREDENTIALS``, by any ``*_FILE``
-variable but certificates' (``SSL_CERT_FILE``, ...) and by ``SCARLET_REGRESSION_HIDE``
+variable but certificate authorities' (``SSL_CERT_FILE``, ...) and by ``SCARLET_REGRESSION_HIDE``
 (``os.pathsep``-separated, for a caller to name its own) in the runner's environment, and
 the folder ``~/.config/gcloud``.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HIDE_VARIABLE = "SCARLET_REGRESSION_HIDE"
-PUBLIC = "CERT"  # *_FILE variables naming certificates (SSL_CERT_FILE, ...) name no secret
+
 # Mounted over a folder of secrets: empty, read-only, no room to write.
 EMPTY_TMPFS = ("mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "tmpfs")
 # Run next in a user and mount namespace of its own: the mounts above are locked there.
@@ -57,10 +57,16 @@ class Isolation:
         return text + "; hidden: " + (", ".join(self.hidden) or "nothing (no secret files)")
 
 
+def _public(variable: str) -> bool:
+    """Whether a ``*_FILE`` variable names certificates builds need (``SSL_CERT_FILE``,
+    ``NIX_SSL_CERT_FILE``, ...), not a secret (a ``*_CERT_KEY_FILE`` is one)."""
+    return "CERT" in variable and "KEY" not in variable
+
+
 def secret_paths(environ: Mapping[str, str]) -> list[Path]:
     """The existing files and folders holding secrets, named by ``environ``."""
     named = [environ.get("GOOGLE_APPLICATION_CREDENTIALS", "")]
-    named += [v for k, v in environ.items() if k.endswith("_FILE") and PUBLIC not in k]
+    named += [v for k, v in environ.items() if k.endswith("_FILE") and not _public(k)]
     named += environ.get(HIDE_VARIABLE, "").split(os.pathsep)
     home = environ.get("HOME")
     if home:
@@ -111,8 +117,9 @@ def _script(unshare: str, targets: list[tuple[Path, bool]]) -> str:
 
 
 def _namespaces(network: bool) -> tuple[str, ...]:
+    """unshare's flags: a user and mount namespace, and a network one unless ``network``."""
     flags = ("--user", "--map-root-user", "--mount")
-    return (*flags, "--net") if network else flags
+    return flags if network else (*flags, "--net")
 
 
 @functools.cache
@@ -135,7 +142,7 @@ def isolation(environ: Mapping[str, str], needed: Iterable[Path], *, network: bo
     """The strongest isolation this machine permits for an untrusted command: secrets in
     ``environ`` hidden from it (keeping ``needed`` reachable), and no network unless
     ``network``."""
-    flags = _namespaces(not network)
+    flags = _namespaces(network)
     unshare = shutil.which("unshare") or "unshare"
     if _permitted(flags, script=True):
         targets = hiding(secret_paths(environ), needed_paths(needed))
