@@ -49,6 +49,19 @@ class Bot:
         self.url, self.fake, self.repo, self.session = settings.public_url, fake, repo, session
         self.installation, self.settings = installation, settings
         self.dataset = settings.datasets[0]
+        self.server: web.AppRunner | None = None
+
+    async def serve(self) -> None:
+        """Start the bot (again) on its address, with its settings and data folder."""
+        self.server = web.AppRunner(create_app(self.settings))
+        await self.server.setup()
+        port = int(self.url.rsplit(":", 1)[1])
+        await web.TCPSite(self.server, "127.0.0.1", port).start()
+
+    async def restart(self) -> None:
+        """Stop the bot as App Engine does on a deploy (SIGTERM: cleanup), then start it."""
+        await self.server.cleanup()
+        await self.serve()
 
     async def deliver(self, headers, body) -> int:
         async with self.session.post(f"{self.url}/webhook", data=body, headers=headers) as resp:
@@ -129,14 +142,13 @@ async def running_bot(
         "runner": (sys.executable, str(TINY_RUNNER)),
     }
     bot_settings = Settings(**{**defaults, **settings})
-    runner = web.AppRunner(create_app(bot_settings))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Bot(bot_settings, fake_github, repo, session, installation.id)
-    finally:
-        await runner.cleanup()
+    async with aiohttp.ClientSession() as session:
+        bot = Bot(bot_settings, fake_github, repo, session, installation.id)
+        await bot.serve()
+        try:
+            yield bot
+        finally:
+            await bot.server.cleanup()
 
 
 @pytest_asyncio.fixture
@@ -461,3 +473,15 @@ async def test_a_direct_push_runs_even_when_its_pr_lookup_fails(bot):
     async with bot.session.get(f"{bot.url}/{REPO}/trends.json") as response:
         (point,) = (await response.json())["merges"]
     assert (point["label"], point["when"]) == ("main", "2026-09-21T14:13:20+00:00")
+
+
+async def test_a_bot_restarted_mid_run_runs_the_job_again_to_one_comment(bot):
+    pull = bot.fake.add_pull(REPO, 17, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    await bot.started(pull.head_sha)
+    await bot.restart()  # the running job goes back to the durable queue
+    assert not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")), "runner stopped"
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success", run.output
+    assert len(bot.report_comments(17)) == 1
+    assert len(bot.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
