@@ -220,10 +220,17 @@ def build_environment(
             shutil.move(log, env / "build.log")
             marker.write_text(json.dumps(info, indent=2))
         info = json.loads(marker.read_text())
+    return _environment(key, env, sha, adapter, info, reused)
+
+
+def _environment(
+    key: str, path: Path, sha: str, adapter: Adapter, info: dict, reused: bool
+) -> Environment:
+    """The environment built at ``path``, as its import check described it (``info``)."""
     return Environment(
         key=key,
-        path=env,
-        python=env / "bin" / "python",
+        path=path,
+        python=path / "bin" / "python",
         sha=sha,
         adapter=adapter.name,
         deblender_version=info["version"],
@@ -252,19 +259,7 @@ def build_newest_environment(
         shutil.rmtree(into, ignore_errors=True)
         raise
     shutil.move(log, into / "build.log")
-    packages = dict(sorted(info["packages"].items()))
-    resolved = hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()
-    return Environment(
-        key=f"newest-{resolved[:24]}",
-        path=into,
-        python=into / "bin" / "python",
-        sha=sha,
-        adapter=adapter.name,
-        deblender_version=info["version"],
-        numpy_version=info["numpy"],
-        python_version=info["python"],
-        lock_hash=adapter.lock_hash,
-        packages=packages,
-        build_seconds=round(time.perf_counter() - started, 1),
-        reused=False,
-    )
+    info["build_seconds"] = round(time.perf_counter() - started, 1)
+    resolved = json.dumps(info["packages"], sort_keys=True).encode()
+    key = "newest-" + hashlib.sha256(resolved).hexdigest()[:24]
+    return _environment(key, into, sha, adapter, info, reused=False)
