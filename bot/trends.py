@@ -125,6 +125,7 @@ def trend_data(
     current = latest_of_pr(records, pr) if pr is not None else None
     considered = [*history, *([current] if current else [])]
     metrics = _metrics(considered)
+    history_sets = [ALL_SETS, *_unique([r.datasets for r in history])]
     return {
         "repository": repository,
         "sets": [ALL_SETS, *_unique([r.datasets for r in considered])],
@@ -141,7 +142,7 @@ def trend_data(
             "medians": {
                 m.name: {
                     name: [_median(r, m.name, name) for r in history]
-                    for name in [ALL_SETS, *_unique([r.datasets for r in history])]
+                    for name in history_sets
                 }
                 for m in metrics
             },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -43,14 +44,23 @@ def write_blend_with(path: Path, source: Path, **changes) -> Path:
 
 
 TINY_LOCK = "setuptools==84.2.1\nwheel==0.48.0\npackaging==26.4\nnumpy==2.4.6\n"
-TINY_PYPROJECT = """[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools"]
 build-backend = "setuptools.build_meta"
 
 [project]
-name = "tinydeblender"
-version = "1.0"
+name = "{name}"
+version = "{version}"
 """
+TINY_PYPROJECT = PYPROJECT.format(name="tinydeblender", version="1.0")
+
+
+def two_blends(synthetic_set: Path, folder: Path) -> Path:
+    """A blend set of the first two synthetic blends, in ``folder``."""
+    folder.mkdir()
+    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
+        shutil.copy(path, folder)
+    return folder
 
 
 def tiny_repository(repo: Path) -> tuple[Path, str]:
@@ -75,14 +85,6 @@ TINYSCALE = {
     "1.0": "def scale(values, factor=1.0):\n    return values * factor\n",
     "2.0": "def scale(values, *, gain=1.0):\n    return values * gain\n",
 }
-TINYSCALE_PYPROJECT = """[build-system]
-requires = ["setuptools"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "tinyscale"
-version = "{version}"
-"""
 TINY_DRIFT_PYPROJECT = TINY_PYPROJECT + 'dependencies = ["tinyscale>=1"]\n'
 TINY_DRIFT_MODULE = """import tinyscale
 
@@ -101,7 +103,7 @@ def tinyscale_wheels(folder: Path, versions=("1.0", "2.0")) -> Path:
     for version in versions:
         source = folder / f"tinyscale-{version}"
         (source / "tinyscale").mkdir(parents=True)
-        (source / "pyproject.toml").write_text(TINYSCALE_PYPROJECT.format(version=version))
+        (source / "pyproject.toml").write_text(PYPROJECT.format(name="tinyscale", version=version))
         (source / "tinyscale" / "__init__.py").write_text(TINYSCALE[version])
         subprocess.run(
             [uv_binary(), "build", "--quiet", "--wheel", "--out-dir", str(wheels), str(source)],

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -29,7 +28,7 @@ from fake_github import FakeGitHub, sign
 from runner.release import commit
 from runner.report import MARKER
 from runner.revisions import git
-from support import tiny_repository, write_blend_with
+from support import tiny_repository, two_blends, write_blend_with
 
 REPO = "octo/scarlet"
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
@@ -118,10 +117,7 @@ async def running_bot(
     git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "NOTES").write_text("a change that does not touch the deblender\n")
     commit(repo, "head of the PR")
-    dataset = tmp_path / "blends"
-    dataset.mkdir()
-    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
-        shutil.copy(path, dataset)
+    dataset = two_blends(synthetic_set, tmp_path / "blends")
     installation = fake_github.add_installation("octo", [REPO])
     fake_github.add_repo(
         REPO,

@@ -5,7 +5,6 @@ keyword the deblender calls it with."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import jsonschema
 import pytest
@@ -14,7 +13,7 @@ from runner import adapters
 from runner.cli import main
 from runner.report import Links, check_run_output, comment, drift_failed, drift_issue
 from runner.result import SCHEMA_FILE, RunResult
-from support import tiny_drift_adapter, tiny_drift_repository, tinyscale_wheels
+from support import tiny_drift_adapter, tiny_drift_repository, tinyscale_wheels, two_blends
 
 
 @pytest.fixture
@@ -24,10 +23,7 @@ def drift_setup(tmp_path, synthetic_set, monkeypatch):
     monkeypatch.setenv("UV_FIND_LINKS", str(wheels))
     monkeypatch.setitem(adapters.ADAPTERS, "tiny", tiny_drift_adapter(tmp_path))
     repo, sha = tiny_drift_repository(tmp_path / "scarlet")
-    dataset = tmp_path / "blends"
-    dataset.mkdir()
-    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
-        shutil.copy(path, dataset)
+    dataset = two_blends(synthetic_set, tmp_path / "blends")
     return repo, sha, dataset, wheels
 
 

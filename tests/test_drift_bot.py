@@ -22,7 +22,7 @@ from bot.app import create_app
 from bot.settings import Settings
 from fake_github import FakeGitHub
 from runner.report import DRIFT_MARKER
-from support import tiny_drift_repository, tinyscale_wheels
+from support import tiny_drift_repository, tinyscale_wheels, two_blends
 
 REPO = "octo/scarlet"
 SECRET = "the-scheduler-secret"
@@ -39,10 +39,7 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
     monkeypatch.setenv("UV_FIND_LINKS", str(index))
     monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
     repo, sha = tiny_drift_repository(tmp_path / "scarlet")
-    dataset = tmp_path / "blends"
-    dataset.mkdir()
-    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
-        shutil.copy(path, dataset)
+    dataset = two_blends(synthetic_set, tmp_path / "blends")
     installation = fake_github.add_installation("octo", [REPO])
     fake_github.add_repo(
         REPO, installation_id=installation.id, branches={"main": sha}, clone_url=str(repo)

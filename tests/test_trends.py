@@ -27,7 +27,7 @@ from runner.release import commit
 from runner.revisions import git
 from runner.store import LocalStore
 from runner.summarise import summarise
-from support import shift_head, synthetic_result, tiny_repository
+from support import shift_head, synthetic_result, tiny_repository, two_blends
 
 REPO = "octo/scarlet"
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
@@ -163,13 +163,6 @@ def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stderr
-
-
-def two_blends(synthetic_set: Path, folder: Path) -> Path:
-    folder.mkdir()
-    for path in sorted(synthetic_set.glob("*.npz"))[:2]:
-        shutil.copy(path, folder)
-    return folder
 
 
 def test_a_history_that_cannot_be_appended_costs_the_trend_point_not_the_report(
