@@ -89,6 +89,9 @@ class RegressionService:
         self.client = client
         self.dispatcher = None
         self._pr_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        # One lock per unfinished job's check run: progress and conclusion are written in
+        # turn, and no progress follows a conclusion (it would reopen the check run).
+        self._check_run_locks: dict[str, asyncio.Lock] = {}
         self._progress_sent: dict[str, float] = {}
 
     def details_url(self, repository: str, pr: int | None, sha: str) -> str:
@@ -160,12 +163,15 @@ class RegressionService:
             await self.dispatcher.cancel(job)
             if job.check_run_id is not None:
                 reason = "Superseded by a newer push." if except_sha else "The PR was closed."
-                await github.complete_check_run(
-                    gh, repository, job.check_run_id, "cancelled", _waiting(reason)
-                )
+                async with self._check_run_lock(job.id):
+                    await github.complete_check_run(
+                        gh, repository, job.check_run_id, "cancelled", _waiting(reason)
+                    )
+            self._forget(job.id)
 
     async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
-        """Show progress on the check run, at most every ``progress_interval`` seconds."""
+        """Show progress on the check run, at most every ``progress_interval`` seconds and
+        never once the job has ended (a closed PR's run still reports its last phases)."""
         last = self._progress_sent.get(job.id)
         if job.check_run_id is None or (
             last is not None and time.monotonic() - last < self.settings.progress_interval
@@ -174,14 +180,19 @@ class RegressionService:
         self._progress_sent[job.id] = time.monotonic()
         title = f"{phase}: {done} of {total}" if total else phase
         gh = await self.client(job.installation_id)
-        await github.start_check_run(
-            gh, job.repository, job.check_run_id, CheckRunOutput(title, title, "")
-        )
+        async with self._check_run_lock(job.id):
+            current = await self.jobs.get(job.id)
+            if current is None or current.finished:
+                self._forget(job.id)
+                return
+            await github.start_check_run(
+                gh, job.repository, job.check_run_id, CheckRunOutput(title, title, "")
+            )
 
     async def on_finished(self, job: Job) -> None:
         """Write the PR's one report comment, then conclude the check run (a drift run:
         open, update or close the drift issue)."""
-        self._progress_sent.pop(job.id, None)
+        self._forget(job.id)
         if job.kind == "drift":
             await self._drift_finished(job)
             return
@@ -241,6 +252,14 @@ class RegressionService:
 
     def _pr_lock(self, repository: str, pr: int) -> asyncio.Lock:
         return self._pr_locks.setdefault((repository, pr), asyncio.Lock())
+
+    def _check_run_lock(self, job_id: str) -> asyncio.Lock:
+        return self._check_run_locks.setdefault(job_id, asyncio.Lock())
+
+    def _forget(self, job_id: str) -> None:
+        """Drop what was kept for an unfinished job (its progress time and lock)."""
+        self._progress_sent.pop(job_id, None)
+        self._check_run_locks.pop(job_id, None)
 
 
 SERVICE = web.AppKey("service", RegressionService)

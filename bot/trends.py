@@ -140,10 +140,7 @@ def trend_data(
         "history": {
             "points": [asdict(Point.of(r)) for r in history],
             "medians": {
-                m.name: {
-                    name: [_median(r, m.name, name) for r in history]
-                    for name in history_sets
-                }
+                m.name: {name: [_median(r, m.name, name) for r in history] for name in history_sets}
                 for m in metrics
             },
         },

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from bot.app import create_app
 from bot.routers.comments import COMMAND
+from bot.service import SERVICE
 from bot.settings import CHECK_NAME, Settings
 from fake_github import FakeGitHub, sign
 from runner.release import commit
@@ -304,7 +305,13 @@ async def test_closing_a_pr_cancels_its_run(bot):
     (run,) = await bot.completed(pull.head_sha, timeout=60)
     assert run.conclusion == "cancelled"
     assert run.output["summary"] == "The PR was closed."
+    # The progress the runner printed before it was stopped is still read afterwards: it
+    # must not reopen the concluded check run.
+    service = bot.server.app[SERVICE]
+    await service.on_progress(await service.jobs.latest(REPO, 13), "deblending", 1, 3)
     await asyncio.sleep(1.0)
+    (run,) = bot.fake.check_runs(REPO, pull.head_sha)
+    assert (run.status, run.conclusion) == ("completed", "cancelled")
     assert not bot.report_comments(13)
 
 
