@@ -17,8 +17,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from runner.compare import compare
-from runner.config import CompareConfig
+from runner.judge.compare import compare
+from runner.judge.policy import CompareConfig
 from runner.publish import publish_run
 from runner.result import RunResult
 from runner.store import LocalStore

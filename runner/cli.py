@@ -37,23 +37,26 @@ def _release_repo(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from runner.compare import compare, metric_names
-    from runner.config import CompareConfig, ConfigError, config_from_dict, parse_config
-    from runner.result import RunResult
+    from runner.judge.compare import compare
+    from runner.judge.metrics import metric_names
+    from runner.judge.policy import CompareConfig, ConfigError, config_from_dict, parse_config
+    from runner.result import Policy, RunResult
 
     try:
         result = RunResult.read(args.result)
         known = metric_names(result.bands)
         if args.config:
             config = parse_config(args.config.read_text(), known)
+            policy = Policy("file", note=str(args.config))
         elif result.comparison is not None:
             config = config_from_dict(result.comparison.config, known)
+            policy = result.comparison.policy
         else:
-            config = CompareConfig()
+            config, policy = CompareConfig(), Policy("defaults")
     except (OSError, ValueError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result.comparison = compare(result, config)
+    result.comparison = compare(result, config, policy)
     result.write(args.out or args.result)
     print(summary_line(result))
     if args.report:
@@ -138,6 +141,7 @@ def _run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> R
         options=options,
         shard=shard,
         memory_limit=args.memory_limit * 2**20,
+        config_from=args.config_from,
         **({"cache": args.cache} if args.cache else {}),
     )
 
@@ -341,6 +345,13 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         help="MiB of resident memory a worker may use",
     )
     command.add_argument("--max-iter", type=positive, help="deblender iterations (adapter default)")
+    command.add_argument(
+        "--config-from",
+        choices=("base", "head"),
+        default="base",
+        help="whose .github/scarlet-regression.toml to judge by (default: base, so that a"
+        " pull request cannot loosen its own gate)",
+    )
     command.add_argument(
         "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
     )

@@ -89,6 +89,7 @@ def measure(blend: Blend, arrays: dict[str, np.ndarray], reply: dict, arrays_pat
         logL=finite(reply["logL"]),
         init_logL=finite(reply["init_logL"]),
         chi2_dof=finite(chi2_per_dof(blend, model)),
+        converged=bool(reply["converged"]) if "converged" in reply else None,
         model_hash=model_hash(model),
         arrays=arrays_path,
         sources=[

@@ -13,9 +13,10 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from runner.compare import compare, metric_names
-from runner.config import CompareConfig, config_from_dict
-from runner.result import RunResult
+from runner.judge.compare import compare
+from runner.judge.metrics import metric_names
+from runner.judge.policy import CompareConfig, config_from_dict
+from runner.result import Policy, RunResult
 from runner.store import ArtifactStore, KeyNotFound, run_prefix
 
 
@@ -67,7 +68,8 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
     settings = provenance.config.get("comparison")
     known = metric_names(merged.bands)
     config = config_from_dict(settings, known) if settings else CompareConfig()
-    merged.comparison = compare(merged, config)
+    policy = provenance.config.get("policy")
+    merged.comparison = compare(merged, config, Policy(**policy) if policy else None)
     out.mkdir(parents=True, exist_ok=True)
     merged.write(out / "result.json")
     return merged

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -65,6 +65,7 @@ class BlendRun:
     logL: float | None = None
     init_logL: float | None = None
     chi2_dof: float | None = None
+    converged: bool | None = None
     model_hash: str | None = None
     arrays: str | None = None
     sources: list[SourceModel] = field(default_factory=list)
@@ -73,7 +74,8 @@ class BlendRun:
 
 @dataclass
 class BlendResult:
-    """A blend and both revisions' outcomes on it."""
+    """A blend and both revisions' outcomes on it; ``pixels``: the pixels inside its
+    footprint, summed over bands (the degrees of freedom of its χ²)."""
 
     dataset: str
     id: str
@@ -82,6 +84,7 @@ class BlendResult:
     shape: list[int]
     base: BlendRun
     head: BlendRun
+    pixels: int = 0
 
 
 @dataclass
@@ -159,25 +162,33 @@ class Provenance:
     isolation: dict[str, str] = field(default_factory=dict)
 
 
-Status = Literal["improved", "unchanged", "regressed", "inconclusive"]
+Status = Literal["improved", "unchanged", "regressed", "changed", "inconclusive"]
 Verdict = Literal["pass", "fail", "neutral"]
 
 
 @dataclass
 class MetricComparison:
-    """Head against base on one metric.
+    """Head against base on one metric, paired blend by blend or source by source.
 
-    ``delta`` is the median paired difference head - base (for timing and iteration
-    metrics: the median head/base ratio) with its bootstrap confidence interval ``ci``;
-    ``p`` is the Wilcoxon signed-rank p-value and ``p_adjusted`` the same after the
-    correction across metrics. ``change`` is how much worse head is than base in the
-    metric's own direction (negative: better), the number held against ``tolerance``.
+    ``statistic`` is what is compared: the paired "median" (the median of the paired
+    differences head - base; for timings and iterations the median head/base ratio), or
+    a tail quantile such as "p90" (head's quantile minus base's, on the same pairs).
+    ``delta`` is that change with its bootstrap confidence interval ``ci``; ``p`` its
+    paired test (signed-rank, exact for small n; bootstrap for quantiles) and
+    ``p_adjusted`` after the correction across metrics. ``change`` is how much worse head
+    is in the metric's own direction (negative: better); for a metric whose goal is zero
+    it is ``|b + delta| - |b|`` at base's median b, whose interval ``base_ci`` decides the
+    direction. ``mde``: the smallest change the run could have detected (at ``alpha`` with
+    the configured power); None where no change could be. ``unit``: "mag", "px",
+    "per pixel", "s", "s per source", "ratio" (×) or "relative" (%), "count".
     """
 
     name: str
     label: str
+    unit: str
     kind: Literal["science", "timing", "errors"]
-    direction: Literal["lower", "higher", "zero"]
+    direction: Literal["lower", "zero"]
+    statistic: str
     n: int
     base: float | None
     head: float | None
@@ -187,30 +198,77 @@ class MetricComparison:
     p_adjusted: float | None
     change: float | None
     tolerance: float
+    mde: float | None
     status: Status
+    base_ci: list[float | None] = field(default_factory=lambda: [None, None])
 
 
 @dataclass
 class BlendChange:
-    """How much one blend changed between base and head (for ranking residual plots)."""
+    """How one blend changed between base and head, judged against the per-blend
+    tolerances: ``worse`` and ``better`` list the reasons (empty: within tolerance);
+    ``chi2_dof`` is base's and head's χ² per pixel, ``mag_error_delta`` the largest growth
+    of an injected source's |mag error| in any band (negative: every one shrank)."""
 
     dataset: str
     id: str
     identical: bool
-    chi2_dof_delta: float | None
+    chi2_dof: list[float | None]
     mag_error_delta: float | None
+    worse: list[str]
+    better: list[str]
     score: float
 
 
 @dataclass
+class BlendTally:
+    """Blend by blend: how many of the ``blends`` both deblended changed at all, and how
+    many got worse or better beyond the per-blend tolerances. ``allowed`` worse blends
+    pass; ``p`` is the exact binomial test of worse against better."""
+
+    blends: int
+    changed: int
+    worse: int
+    better: int
+    allowed: int
+    p: float | None
+    status: Status
+
+
+@dataclass
+class Policy:
+    """Where the settings the run was judged by come from: the "base" or "head" revision's
+    ``.github/scarlet-regression.toml`` (or the defaults where it has none), a "file"
+    given on the command line, or the "result" being compared again. ``differences``:
+    what the other revision's file would change, one "key: judged → other" line each;
+    ``note``: why the other revision's file could not be read, if so."""
+
+    source: str
+    sha: str | None = None
+    differences: list[str] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass
 class Comparison:
-    """The verdict on head against base, metric by metric, and why."""
+    """The verdict on head against base, metric by metric and blend by blend, and why.
+
+    ``identical_models`` holds when base and head agree bit for bit on everything measured
+    (models, fluxes, centroids, iterations, logL; timings aside) on every blend.
+    ``excluded``: blends that errored on both sides and injected sources neither side
+    measured ("set/id" or "set/id source k"), left out of the statistics.
+    ``unconverged``: per side, the fits that stopped at their iteration cap.
+    """
 
     verdict: Verdict
     reasons: list[str]
     identical_models: bool
     metrics: list[MetricComparison]
     blends: list[BlendChange]
+    tally: BlendTally
+    excluded: list[str]
+    unconverged: dict[str, int]
+    policy: Policy
     config: dict[str, Any]
 
 

@@ -17,14 +17,6 @@ import numpy as np
 
 from runner import revisions
 from runner.adapters import Adapter, detect_adapter, get_adapter
-from runner.compare import compare, metric_names
-from runner.config import (
-    CONFIG_PATH,
-    CompareConfig,
-    ConfigError,
-    parse_config,
-    read_repository_config,
-)
 from runner.datasets import (
     BANDS,
     Blend,
@@ -35,6 +27,16 @@ from runner.datasets import (
     open_datasets,
 )
 from runner.environments import BuildError, Environment, build_environment, build_files
+from runner.judge.compare import compare
+from runner.judge.metrics import metric_names
+from runner.judge.policy import (
+    CONFIG_PATH,
+    CompareConfig,
+    ConfigError,
+    differences,
+    parse_config,
+    read_repository_config,
+)
 from runner.measure import MeasurementError, measure
 from runner.pool import Outcome, Side, Task, run_tasks
 from runner.result import (
@@ -42,6 +44,7 @@ from runner.result import (
     BlendRun,
     Build,
     DatasetInfo,
+    Policy,
     Provenance,
     RevisionInfo,
     RunResult,
@@ -83,6 +86,7 @@ class RunConfig:
     cache: Path = field(default_factory=lambda: default_cache())
     shard: Shard | None = None
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
+    config_from: str = "base"
 
 
 def default_cache() -> Path:
@@ -100,6 +104,20 @@ def load_compare_config(repo: Path, sha: str) -> CompareConfig:
         return parse_config(text, metric_names(list(BANDS)))
     except ConfigError as error:
         raise ConfigError(f"{CONFIG_PATH} at {sha[:12]}: {error}") from None
+
+
+def load_policy(repo: Path, revs: revisions.Revisions, side: str) -> tuple[CompareConfig, Policy]:
+    """The settings to judge by, from the ``side`` ("base" or "head") revision's config
+    (an invalid one is a ConfigError), and what the other revision's would change."""
+    judged, other = (revs.base, revs.head) if side == "base" else (revs.head, revs.base)
+    config = load_compare_config(repo, judged)
+    policy = Policy(side, judged)
+    if other != judged:
+        try:
+            policy.differences = differences(config, load_compare_config(repo, other))
+        except ConfigError as error:
+            policy.note = str(error)
+    return config, policy
 
 
 def now() -> str:
@@ -187,7 +205,7 @@ class Run:
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
-            compare_config = load_compare_config(repo, revs.head)
+            compare_config, policy = load_policy(repo, revs, config.config_from)
             self.isolate(adapter)
             envs = self._environments(repo, revs, adapter)
         except (revisions.RevisionError, ValueError) as error:
@@ -213,7 +231,11 @@ class Run:
                     DatasetInfo(d.name, str(d.path), d.content_hash, len(d.blends))
                     for d in datasets
                 ],
-                config={**settings, "comparison": compare_config.as_dict()},
+                config={
+                    **settings,
+                    "comparison": compare_config.as_dict(),
+                    "policy": dataclasses.asdict(policy),
+                },
                 runner_version=version("scarlet-regression"),
                 isolation={name: way.describe() for name, way in self.isolation.items()},
                 platform=platform.platform(),
@@ -226,7 +248,7 @@ class Run:
         )
         if config.shard is None:  # a shard's result is compared once the shards are merged
             self.progress(Progress("comparing"))
-            result.comparison = compare(result, compare_config)
+            result.comparison = compare(result, compare_config, policy)
         result.write(config.out / "result.json")
         self.progress(Progress("done", self.total, self.total))
         return result
@@ -330,8 +352,10 @@ class Run:
                 runs[side] = BlendRun("errored", f"{side} revision did not build: {envs[side]}")
             else:
                 runs[side] = self.outcomes[(blend_file.dataset, blend_file.id, side)]
-        n_sources = 0 if isinstance(blend, BlendError) else len(blend.centers)
-        shape = [] if isinstance(blend, BlendError) else list(blend.images.shape[1:])
+        bad = isinstance(blend, BlendError)
+        n_sources = 0 if bad else len(blend.centers)
+        shape = [] if bad else list(blend.images.shape[1:])
+        pixels = 0 if bad else int(np.broadcast_to(blend.inside, blend.images.shape).sum())
         return BlendResult(
             blend_file.dataset,
             blend_file.id,
@@ -340,6 +364,7 @@ class Run:
             shape,
             runs["base"],
             runs["head"],
+            pixels,
         )
 
 

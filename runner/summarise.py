@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import cbook
 
-from runner.compare import Metric, metrics
 from runner.history import ALL_SETS, HistoryRecord, MetricInfo, Summary
+from runner.judge.metrics import Metric, metrics
 from runner.result import BlendResult, RunResult
 
 
@@ -67,7 +67,8 @@ def summarise(
         name: [b for b in result.blends if b.dataset == name] for name in sets
     }
     infos, summaries = [], {}
-    for metric in metrics(result.bands):
+    # A box plot already shows the tails: the tail metrics would repeat the median's.
+    for metric in (m for m in metrics(result.bands) if m.statistic == "median"):
         by_set = {name: summary(head_values(blends, metric)) for name, blends in groups.items()}
         by_set = {name: s for name, s in by_set.items() if s is not None}
         if not by_set:

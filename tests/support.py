@@ -131,8 +131,11 @@ def tiny_drift_adapter(folder: Path) -> Adapter:
 BANDS = ["g", "r", "i", "z", "y"]
 
 
-def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResult:
-    """Base and head with identical science and timing that differs by machine noise only."""
+def synthetic_result(
+    blends=40, sources=3, seed=1, timing_noise=0.05, error=(0.03, 0.08)
+) -> RunResult:
+    """Base and head with identical science and timing that differs by machine noise only;
+    magnitude errors drawn from a normal distribution of ``error`` (mean, sigma)."""
     rng = np.random.default_rng(seed)
     results = []
     for index in range(blends):
@@ -143,7 +146,7 @@ def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResu
                 x=10.0,
                 mag_true=[22.0] * 5,
                 mag=[22.0] * 5,
-                mag_error=list(rng.normal(0.03, 0.08, 5)),
+                mag_error=list(rng.normal(*error, 5)),
                 centroid_offset=float(abs(rng.normal(0.5, 0.2))),
             )
             for k in range(sources)
@@ -163,7 +166,9 @@ def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResu
         head = copy.deepcopy(base)
         noise = float(np.exp(rng.normal(0, timing_noise)))
         head.fit_time, head.init_time = base.fit_time * noise, base.init_time * noise
-        results.append(BlendResult("set", f"b{index}", "0" * 64, sources, [40, 40], base, head))
+        results.append(
+            BlendResult("set", f"b{index}", "0" * 64, sources, [40, 40], base, head, 5 * 1600)
+        )
     revision = RevisionInfo("main", "a" * 40, Build("ok"))
     datasets = [DatasetInfo("set", "/data/set", "c" * 64, blends)]
     provenance = Provenance(
@@ -183,12 +188,15 @@ def synthetic_result(blends=40, sources=3, seed=1, timing_noise=0.05) -> RunResu
     return RunResult(provenance, BANDS, results)
 
 
-def shift_head(result: RunResult, band: int, shift: float) -> RunResult:
-    """Head's magnitude errors in ``band`` moved by ``shift``; its models therefore differ."""
+def shift_head(result: RunResult, band: int, shift: float, model=True) -> RunResult:
+    """Head's magnitude errors in ``band`` moved by ``shift`` (its magnitudes by -shift);
+    its models differ too unless ``model`` is False (a change in the measurement only)."""
     for blend in result.blends:
-        blend.head.model_hash = "f" * 64
+        if model:
+            blend.head.model_hash = "f" * 64
         for source in blend.head.injected:
             source.mag_error[band] += shift
+            source.mag[band] -= shift
     return result
 
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from runner.cli import utc_time
-from runner.compare import compare, metrics
-from runner.config import CompareConfig
 from runner.history import ALL_SETS, HistoryRecord, append_record, history_key, read_history
+from runner.judge.compare import compare
+from runner.judge.metrics import metrics
+from runner.judge.policy import CompareConfig
 from runner.store import GCSStore, LocalStore
 from runner.summarise import head_values, summarise
 from support import fast_retry, shift_head, synthetic_result

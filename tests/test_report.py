@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import html.parser
 
-from runner.compare import compare
-from runner.config import CompareConfig
+from runner.judge.compare import compare
+from runner.judge.policy import CompareConfig
 from runner.report import (
     CHECK_LIMIT,
     COMMENT_LIMIT,

@@ -20,9 +20,9 @@ from bot.settings import Settings
 from bot.site import main as site_main
 from bot.site import publish_site
 from bot.trends import trend_data
-from runner.compare import compare
-from runner.config import CompareConfig
 from runner.history import append_record
+from runner.judge.compare import compare
+from runner.judge.policy import CompareConfig
 from runner.release import commit
 from runner.revisions import git
 from runner.store import LocalStore
