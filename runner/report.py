@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from runner.result import BlendChange, BlendResult, Comparison, MetricComparison, RunResult
 
+CONFIG_FILE = ".github/scarlet-regression.toml"
+
 MARKER = "<!-- scarlet-regression:report -->"
 DRIFT_MARKER = "<!-- scarlet-regression:drift -->"
 COMMENT_LIMIT = 65_536
@@ -21,8 +23,23 @@ TITLE_LIMIT = 250
 INLINE_IMAGES = 3
 DETAIL_IMAGES = 12
 VERDICT_ICONS = {"pass": "✅", "fail": "❌", "neutral": "⚠️"}
-STATUS_ICONS = {"improved": "🟢", "unchanged": "⚪", "regressed": "🔴", "inconclusive": "🟡"}
-STATUS_ORDER = {"regressed": 0, "improved": 1, "inconclusive": 2, "unchanged": 3}
+STATUS_ICONS = {
+    "improved": "🟢",
+    "unchanged": "⚪",
+    "regressed": "🔴",
+    "changed": "🟠",
+    "inconclusive": "🟡",
+}
+STATUS_ORDER = {"regressed": 0, "changed": 1, "inconclusive": 2, "improved": 3, "unchanged": 4}
+WORSE_LISTED = 10
+# Units written after a value; χ² and -2 logL per pixel say so in their labels.
+SUFFIXES = {"mag": " mag", "px": " px", "s": " s"}
+DELTA_NOTE = (
+    "Δ: the median paired difference head − base over the blends (or injected sources)"
+    " both measured; × rows: the median head/base ratio, timed in the same job; tail rows:"
+    " head's percentile minus base's. mag error = truth − model magnitude. Detectable: the"
+    " smallest change this run could have detected (95 % level, 80 % power)."
+)
 
 
 @dataclass(frozen=True)
@@ -36,15 +53,16 @@ class Links:
 
 
 def _number(value: float | None, sign: bool = False) -> str:
-    """Four significant digits (signed differences: four decimals); thousands grouped."""
+    """Four significant digits (signed differences: four decimals, so that round-off
+    reads as ±0.0000); thousands grouped."""
     if value is None:
         return "–"
     plus = "+" if sign else ""
     if abs(value) >= 1000:
         return f"{value:{plus},.0f}"
-    if sign and (value == 0 or abs(value) >= 1e-4):
+    if sign:
         return f"{value:+.4f}"
-    return f"{value:{plus}.4g}"
+    return f"{value:.4g}"
 
 
 def _p(value: float | None) -> str:
@@ -53,29 +71,65 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def format_delta(metric: MetricComparison) -> str:
-    """The change of a metric as people read it: ×ratio, relative %, or a signed difference."""
-    if metric.delta is None:
+def _suffix(metric: MetricComparison) -> str:
+    return SUFFIXES.get(metric.unit, "")
+
+
+def format_value(metric: MetricComparison, value: float | None) -> str:
+    """A base or head value of ``metric`` with its unit."""
+    if value is None:
         return "–"
-    if metric.name in ("init_time", "runtime_per_source", "iterations"):
-        return f"×{metric.delta:.3f}"
-    if metric.name in ("logL", "init_logL"):
-        return f"{metric.delta * 100:+.3f}%"
-    if metric.name == "errored_blends":
-        return f"{metric.delta:+.0f}"
-    return _number(metric.delta, sign=True)
+    if metric.unit == "count":
+        return f"{value:.0f}"
+    return _number(value) + _suffix(metric)
+
+
+def _change(metric: MetricComparison, value: float | None) -> str:
+    """A change (Δ, an interval's end, a detectable effect) in the form of Δ."""
+    if value is None:
+        return "–"
+    if metric.statistic == "count":
+        return f"{value:+.0f}"
+    if metric.name in RATIO_METRICS:
+        return f"×{value:.3f}"
+    return _number(value, sign=True) + _suffix(metric)
+
+
+RATIO_METRICS = ("init_time", "runtime_per_source", "iterations")
+
+
+def format_delta(metric: MetricComparison) -> str:
+    """The change of a metric as people read it: ×ratio, a signed difference with its
+    unit, or a count."""
+    return _change(metric, metric.delta)
 
 
 def format_ci(metric: MetricComparison) -> str:
-    """The confidence interval in the units of ``format_delta``."""
+    """The confidence interval in the form of ``format_delta``."""
     low, high = metric.ci
     if low is None or high is None:
         return "–"
-    if metric.name in ("init_time", "runtime_per_source", "iterations"):
-        return f"[×{low:.3f}, ×{high:.3f}]"
-    if metric.name in ("logL", "init_logL"):
-        return f"[{low * 100:+.3f}%, {high * 100:+.3f}%]"
-    return f"[{_number(low, sign=True)}, {_number(high, sign=True)}]"
+    return f"[{_change(metric, low)}, {_change(metric, high)}]"
+
+
+def format_tolerance(metric: MetricComparison) -> str:
+    """The tolerance in the form of Δ: ±difference with its unit, a factor, or a count."""
+    if metric.statistic == "count":
+        return f"{metric.tolerance:.0f}"
+    if metric.name in RATIO_METRICS:
+        return f"×{1 + metric.tolerance:.3g}"
+    return f"±{metric.tolerance:.4g}{_suffix(metric)}"
+
+
+def format_mde(metric: MetricComparison) -> str:
+    """The smallest change the run could have detected, unsigned, in the form of Δ."""
+    if metric.statistic == "count":
+        return "any"
+    if metric.mde is None:
+        return "none" if metric.delta is not None and metric.p is not None else "–"
+    if metric.name in RATIO_METRICS:
+        return f"×{metric.mde:.3f}"
+    return f"{metric.mde:.2g}{_suffix(metric)}"
 
 
 def headline(result: RunResult) -> str:
@@ -83,6 +137,61 @@ def headline(result: RunResult) -> str:
     comparison = _comparison(result)
     reasons = "; ".join(comparison.reasons)
     return f"{comparison.verdict}" + (f": {reasons}" if reasons else "")
+
+
+def what_changed(result: RunResult) -> str:
+    """What changed, blend by blend: "N of M blends changed; K worse beyond tolerance;
+    worst: set/id (why)", or that everything measured is identical."""
+    comparison = _comparison(result)
+    tally = comparison.tally
+    if comparison.identical_models:
+        return (
+            f"All {tally.blends} blends are bit-identical to base's in everything measured"
+            " (models, fluxes, centroids, iterations, logL): the science is unchanged."
+        )
+    parts = [
+        f"{tally.changed} of {tally.blends} blends changed",
+        f"{tally.worse} worse beyond tolerance",
+    ]
+    if tally.better:
+        parts.append(f"{tally.better} better")
+    changed = [c for c in comparison.blends if not c.identical]
+    if changed:
+        top = changed[0]
+        why = top.worse or top.better or blend_deltas(top)
+        word = "worst" if top.worse else "most changed"
+        parts.append(f"{word}: {top.dataset}/{top.id} ({'; '.join(why[:3])})")
+    return "; ".join(parts) + "."
+
+
+def notes(result: RunResult) -> list[str]:
+    """What a reader should know beside the metrics: the policy and what the head's config
+    would change, what was excluded, fits that stopped at their iteration cap."""
+    comparison = _comparison(result)
+    policy = comparison.policy
+    lines = []
+    if policy.source in ("base", "head"):
+        sha = f" at `{policy.sha[:10]}`" if policy.sha else ""
+        lines.append(f"Judged by the {policy.source}'s `{CONFIG_FILE}`{sha} (or its defaults).")
+        other = "head" if policy.source == "base" else "base"
+        if policy.differences:
+            changes = "; ".join(f"`{d}`" for d in policy.differences)
+            lines.append(f"The {other}'s config differs and was not used: {changes}.")
+        if policy.note:
+            lines.append(f"The {other}'s config could not be read: {policy.note}")
+    elif policy.source == "file":
+        lines.append(f"Judged by the config file {policy.note or ''} given to `compare`.")
+    if comparison.excluded:
+        shown = ", ".join(f"`{e}`" for e in comparison.excluded[:20])
+        more = f" and {len(comparison.excluded) - 20} more" if len(comparison.excluded) > 20 else ""
+        lines.append(
+            f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
+        )
+    capped = {side: n for side, n in comparison.unconverged.items() if n}
+    if capped:
+        counts = ", ".join(f"{n} {side}" for side, n in capped.items())
+        lines.append(f"Fits that stopped at their iteration cap (not converged): {counts}.")
+    return lines
 
 
 def _comparison(result: RunResult) -> Comparison:
@@ -190,15 +299,23 @@ def metric_rows(comparison: Comparison) -> list[MetricComparison]:
 def _metric_row(metric: MetricComparison) -> str:
     icon = STATUS_ICONS[metric.status]
     label = metric.label.replace("|", "\\|")
-    return (
-        f"| {label} | {_number(metric.base)} | {_number(metric.head)} | "
-        f"{format_delta(metric)} | {format_ci(metric)} | {_p(metric.p_adjusted)} | "
-        f"{icon} {metric.status} |"
-    )
+    cells = [
+        label,
+        format_value(metric, metric.base),
+        format_value(metric, metric.head),
+        format_delta(metric),
+        format_ci(metric),
+        format_tolerance(metric),
+        format_mde(metric),
+        _p(metric.p_adjusted),
+        f"{icon} {metric.status}",
+    ]
+    return "| " + " | ".join(cells) + " |"
 
 
 TABLE_HEAD = (
-    "| metric | base | head | Δ | 95% CI | p (adj.) | status |\n|---|---:|---:|---:|---|---:|---|"
+    "| metric | base | head | Δ | 95% CI | tolerance | detectable | p (adj.) | status |\n"
+    "|---|---:|---:|---:|---|---:|---:|---:|---|"
 )
 
 
@@ -208,7 +325,7 @@ def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
     for index, metric in enumerate(metrics):
         row = _metric_row(metric)
         if size + len(row) + 1 > budget:
-            lines.append(f"| … {len(metrics) - index} more in the full report | | | | | | |")
+            lines.append(f"| … {len(metrics) - index} more in the full report |" + " |" * 8)
             break
         lines.append(row)
         size += len(row) + 1
@@ -216,12 +333,15 @@ def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
 
 
 def blend_deltas(change: BlendChange) -> list[str]:
-    """How a blend changed, in words: identical, Δχ²/dof, largest |Δmag|."""
-    parts = ["identical models"] if change.identical else []
-    if change.chi2_dof_delta is not None:
-        parts.append(f"Δχ²/dof {change.chi2_dof_delta:+.3f}")
+    """How a blend changed, in words: identical, χ² per pixel, largest Δ|mag error|."""
+    if change.identical:
+        return ["identical"]
+    parts = []
+    base, head = change.chi2_dof
+    if base is not None and head is not None:
+        parts.append(f"χ²/pixel {base:.3g} → {head:.3g}")
     if change.mag_error_delta is not None:
-        parts.append(f"max |Δmag| {change.mag_error_delta:.3f}")
+        parts.append(f"largest Δ|mag error| {change.mag_error_delta:+.3f} mag")
     return parts
 
 
@@ -258,33 +378,69 @@ def _errors(result: RunResult, limit: int = 50) -> str:
     return summary + "\n\n" + "\n".join(shown) + "\n\n</details>"
 
 
-def _fit(parts: list[str], limit: int, tail: str) -> str:
-    """Join ``parts`` (most important first) and ``tail``; drop parts from the end to fit."""
+def utf8_size(text: str) -> int:
+    """The size GitHub's check-run limits count: UTF-8 bytes."""
+    return len(text.encode())
+
+
+def _fit(parts: list[str], limit: int, tail: str, size=len) -> str:
+    """Join ``parts`` (most important first) and ``tail``; drop parts from the end until
+    the ``size`` of the whole is within ``limit``."""
     kept = list(parts)
     while kept:
         text = "\n\n".join([*kept, tail])
-        if len(text) <= limit:
+        if size(text) <= limit:
             return text
         kept.pop()
     return tail[:limit]
 
 
+def _reasons(comparison: Comparison) -> str:
+    return "\n".join(f"- {reason}" for reason in comparison.reasons)
+
+
+def worse_list(comparison: Comparison, limit: int = WORSE_LISTED) -> str:
+    """The blends clearly worse beyond tolerance, each with why; empty when none."""
+    worse = [c for c in comparison.blends if c.worse]
+    if not worse:
+        return ""
+    rows = [f"- `{c.dataset}/{c.id}`: {'; '.join(c.worse[:4])}" for c in worse[:limit]]
+    if len(worse) > limit:
+        rows.append(f"- … and {len(worse) - limit} more (see the full report)")
+    return f"### {len(worse)} blend(s) clearly worse\n\n" + "\n".join(rows)
+
+
+def _identical_line(comparison: Comparison) -> str:
+    same = sum(c.identical for c in comparison.blends)
+    if not same or comparison.identical_models:
+        return ""
+    return f"{same} blend(s) identical to base's in everything measured: no figure."
+
+
 def comment(result: RunResult, links: Links) -> str:
-    """The PR comment: marker, headline, metric table, residual images, links."""
+    """The PR comment: marker and verdict, what changed, the verdict's reasons, the metric
+    table, the worse blends, residual images, notes."""
     comparison = _comparison(result)
     icon = VERDICT_ICONS[comparison.verdict]
-    title = f"{MARKER}\n## {icon} scarlet regression: {headline(result)}"
-    intro = _provenance_line(result)
+    title = f"{MARKER}\n## {icon} scarlet regression: {comparison.verdict}"
+    opening = f"**{what_changed(result)}**"
+    if comparison.reasons:
+        opening += "\n\n" + _reasons(comparison)
     link_line = _links_line(links)
-    if comparison.identical_models:
-        intro += "\n\nEvery model is bit-identical to base's: the science is unchanged."
+    intro = _provenance_line(result) + (f"\n\n{link_line}" if link_line else "")
     rows = metric_rows(comparison)
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
-    parts = [title, intro + (f"\n\n{link_line}" if link_line else "")]
+    parts = [title, opening, intro]
     if result.provenance.drift is not None:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
-    parts.append(metric_table(changed) if changed else "No metric changed beyond its tolerance.")
+    if changed:
+        parts.append(metric_table(changed) + f"\n\n<sub>{DELTA_NOTE}</sub>")
+    else:
+        parts.append("No metric changed beyond its tolerance.")
+    worse = worse_list(comparison)
+    if worse:
+        parts.append(worse)
     if unchanged:
         parts.append(
             f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
@@ -305,11 +461,16 @@ def comment(result: RunResult, links: Links) -> str:
             + "\n\n".join(more)
             + "\n\n</details>"
         )
+    identical = _identical_line(comparison)
+    if identical:
+        parts.append(identical)
+    extra = notes(result)
+    if extra:
+        parts.append("\n".join(f"- {line}" for line in extra))
     errors = _errors(result)
     if errors:
         parts.append(errors)
-    full = f" · [full report]({links.report})" if links.report else ""
-    tail = f"<sub>scarlet-regression {result.provenance.runner_version}{full}</sub>"
+    tail = f"<sub>scarlet-regression {result.provenance.runner_version}</sub>"
     return _fit(parts, COMMENT_LIMIT, tail)
 
 
@@ -323,21 +484,31 @@ class CheckRunOutput:
 
 
 def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
-    """Title, summary and text of the check run, each within GitHub's limits."""
+    """Title, summary and text of the check run, each within GitHub's limits (which
+    count UTF-8 bytes)."""
     comparison = _comparison(result)
     title = headline(result)
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1] + "…"
     link_line = _links_line(links)
-    summary_parts = [_provenance_line(result) + (f"\n\n{link_line}" if link_line else "")]
+    summary_parts = [what_changed(result), _provenance_line(result)]
+    if link_line:
+        summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:
         summary_parts.append(package_table(result))
-    summary_parts.append(metric_table(metric_rows(comparison)))
+    summary_parts.append(metric_table(metric_rows(comparison)) + f"\n\n{DELTA_NOTE}")
+    worse = worse_list(comparison)
+    if worse:
+        summary_parts.append(worse)
+    extra = notes(result)
+    if extra:
+        summary_parts.append("\n".join(f"- {line}" for line in extra))
     pointer = f"Full report: {links.report}" if links.report else "See the run result."
-    summary = _fit(summary_parts, CHECK_LIMIT, pointer)
+    summary = _fit(summary_parts, CHECK_LIMIT, pointer, utf8_size)
     blend_lines = [
         f"| {c.dataset} | {c.id} | {'yes' if c.identical else 'no'} | "
-        f"{_number(c.chi2_dof_delta, sign=True)} | {_number(c.mag_error_delta)} |"
+        f"{' → '.join(_number(v) for v in c.chi2_dof)} | {_number(c.mag_error_delta, sign=True)} | "
+        f"{'worse' if c.worse else 'better' if c.better else '–'} |"
         for c in comparison.blends
     ]
     text_parts = []
@@ -346,10 +517,10 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         text_parts.append(errors)
     if blend_lines:
         text_parts.append(
-            "| set | blend | identical | Δχ²/dof | max abs Δmag |\n|---|---|---|---:|---:|\n"
-            + "\n".join(blend_lines)
+            "| set | blend | identical | χ²/pixel base → head | largest Δ\\|mag error\\| |"
+            " beyond tolerance |\n|---|---|---|---:|---:|---|\n" + "\n".join(blend_lines)
         )
-    text = _fit(text_parts, CHECK_LIMIT, pointer)
+    text = _fit(text_parts, CHECK_LIMIT, pointer, utf8_size)
     return CheckRunOutput(title, summary, text)
 
 
@@ -360,7 +531,8 @@ def _cell(value: object) -> str:
 def _blend_row(blend: BlendResult, change) -> str:
     cells = [blend.dataset, blend.id, blend.n_sources, blend.base.status, blend.head.status]
     cells += [_number(blend.base.chi2_dof), _number(blend.head.chi2_dof)]
-    cells += [_number(change.mag_error_delta) if change else "–"]
+    cells += [_number(change.mag_error_delta, sign=True) if change else "–"]
+    cells += ["; ".join(change.worse or change.better) if change else ""]
     error = blend.head.error or blend.base.error or ""
     return "<tr>" + "".join(_cell(c) for c in [*cells, error[:300]]) + "</tr>"
 
@@ -373,6 +545,7 @@ td:first-child, th:first-child { text-align: left; }
 figure { margin: 1.5em 0; } img { max-width: 100%; }
 .pass { color: #1a7f37; } .fail { color: #cf222e; } .neutral { color: #9a6700; }
 code { background: #f6f8fa; padding: 1px 4px; }
+.note { color: #59636e; font-size: 12px; }
 """
 
 
@@ -386,13 +559,14 @@ def html_report(result: RunResult, links: Links) -> str:
             _cell(v)
             for v in (
                 m.label,
-                _number(m.base),
-                _number(m.head),
+                format_value(m, m.base),
+                format_value(m, m.head),
                 format_delta(m),
                 format_ci(m),
+                format_tolerance(m),
+                format_mde(m),
                 _p(m.p),
                 _p(m.p_adjusted),
-                m.tolerance,
                 f"{STATUS_ICONS[m.status]} {m.status}",
             )
         )
@@ -436,27 +610,53 @@ def html_report(result: RunResult, links: Links) -> str:
             ("started / finished", f"{p.started} / {p.finished}"),
         )
     )
-    title = f"scarlet regression: {headline(result)}"
+    title = f"scarlet regression: {comparison.verdict}"
     links_html = " · ".join(
         f'<a href="{esc(url)}">{name}</a>'
         for name, url in (("Trends", links.trends), ("Latest report", links.latest))
         if url
     )
+    paragraphs = [
+        f"<p><strong>{esc(what_changed(result))}</strong></p>",
+        "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in comparison.reasons) + "</ul>"
+        if comparison.reasons
+        else "",
+        f"<p>{esc(_provenance_line(result).replace('`', ''))}</p>",
+        f"<p>{links_html}</p>" if links_html else "",
+    ]
+    worse = [c for c in comparison.blends if c.worse]
+    worse_html = (
+        f"<h2>{len(worse)} blend(s) clearly worse</h2><ul>"
+        + "".join(
+            f"<li><code>{esc(c.dataset)}/{esc(c.id)}</code>: {esc('; '.join(c.worse))}</li>"
+            for c in worse
+        )
+        + "</ul>"
+        if worse
+        else ""
+    )
+    notes_html = "".join(f"<p>{esc(line.replace('`', ''))}</p>" for line in notes(result))
+    identical = _identical_line(comparison)
+    if identical:
+        figures += f"<p>{esc(identical)}</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <title>{esc(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
-<p>{esc(_provenance_line(result).replace("`", ""))}</p><p>{links_html}</p>
+{"".join(paragraphs)}
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>base</th><th>head</th><th>Δ</th><th>95% CI</th><th>p</th>
-<th>p (adj.)</th><th>tolerance</th><th>status</th></tr>{rows}</table>
+<table><tr><th>metric</th><th>base</th><th>head</th><th>Δ</th><th>95% CI</th><th>tolerance</th>
+<th>detectable</th><th>p</th><th>p (adj.)</th><th>status</th></tr>{rows}</table>
+<p class="note">{esc(DELTA_NOTE)}</p>
+{worse_html}{notes_html}
 <h2>Residuals, most changed first</h2>
 <p>observed · base model · head model · base residual · head residual · head − base</p>
 {figures or "<p>No residual comparisons.</p>"}
 <h2>Blends</h2>
 <table><tr><th>set</th><th>blend</th><th>sources</th><th>base</th><th>head</th>
-<th>χ²/dof base</th><th>χ²/dof head</th><th>max |Δmag|</th><th>error</th></tr>{blends}</table>
+<th>χ²/pixel base</th><th>χ²/pixel head</th><th>largest Δ|mag error|</th><th>beyond tolerance</th>
+<th>error</th></tr>{blends}</table>
 <h2>Provenance</h2><table>{provenance}</table>
 </body></html>
 """

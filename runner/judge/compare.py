@@ -216,21 +216,22 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
     """Compare head with base on every metric and blend by blend, and reach a verdict."""
     identical = identical_measurements(result)
     paired = both_ok(result.blends)
-    every = metrics(result.bands, config.tail_quantile)
+    measured_metrics = [
+        (metric, _measure_metric(metric, paired, config, identical))
+        for metric in metrics(result.bands, config.tail_quantile)
+    ]
     # A metric neither side measured on any blend (e.g. an adapter without logL) has
     # nothing to compare; what one side lost is counted by the error metrics.
-    measured_metrics, every = zip(
-        *[(c, m) for m in every if (c := _measure_metric(m, paired, config, identical)).n]
-    ) or ((), ())
-    tested = [c for c in measured_metrics if c.p is not None]
+    measured_metrics = [(m, c) for m, c in measured_metrics if c.n]
+    tested = [c for _, c in measured_metrics if c.p is not None]
     if tested:
         adjusted = stats.false_discovery_control([c.p for c in tested], method="bh")
         for comparison, p in zip(tested, adjusted, strict=True):
             comparison.p_adjusted = float(p)
-    for metric, comparison in zip(every, measured_metrics, strict=True):
-        if comparison.delta is not None and not (identical and metric.kind == "science"):
+    for metric, comparison in measured_metrics:
+        if not (identical and metric.kind == "science"):
             comparison.status = _status(comparison, metric.transform, config)
-    comparisons = [*measured_metrics, *_error_metrics(result)]
+    comparisons = [c for _, c in measured_metrics] + _error_metrics(result)
     changes = blend_changes(result.blends, config.blends, result.bands)
     blend_tally = tally(changes, config.blends, config.alpha)
     verdict, reasons = _verdict(result, comparisons, blend_tally)
