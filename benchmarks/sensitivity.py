@@ -166,9 +166,7 @@ def starting_point(args, work: Path) -> RunResult:
         )
         result = run(config)
         print(f"real A/A run of {args.rev} on HSC {args.set}: {result.comparison.verdict}")
-    result.blends = [
-        b for b in result.blends if b.dataset == args.set and b.base.status == "ok"
-    ]
+    result.blends = [b for b in result.blends if b.dataset == args.set and b.base.status == "ok"]
     return result
 
 

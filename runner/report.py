@@ -32,13 +32,14 @@ STATUS_ICONS = {
 }
 STATUS_ORDER = {"regressed": 0, "changed": 1, "inconclusive": 2, "improved": 3, "unchanged": 4}
 WORSE_LISTED = 10
-# Units written after a value; χ² and -2 logL per pixel say so in their labels.
-SUFFIXES = {"mag": " mag", "px": " px", "s": " s"}
+# Units named after a metric's label; χ² and -2 logL per pixel say so in their labels.
+UNITS = ("mag", "px", "s")
 DELTA_NOTE = (
     "Δ: the median paired difference head − base over the blends (or injected sources)"
-    " both measured; × rows: the median head/base ratio, timed in the same job; tail rows:"
-    " head's percentile minus base's. mag error = truth − model magnitude. Detectable: the"
-    " smallest change this run could have detected (95 % level, 80 % power)."
+    " both measured, in the unit the metric names; × rows: the median head/base ratio,"
+    " timed in the same job; tail rows: head's percentile minus base's. mag error = truth"
+    " − model magnitude. Detectable: the smallest change this run could have detected"
+    " (95 % level, 80 % power)."
 )
 
 
@@ -71,17 +72,18 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _suffix(metric: MetricComparison) -> str:
-    return SUFFIXES.get(metric.unit, "")
+def label(metric: MetricComparison) -> str:
+    """The metric's label with the unit of its values, e.g. "mag error r [mag]"."""
+    return f"{metric.label} [{metric.unit}]" if metric.unit in UNITS else metric.label
 
 
 def format_value(metric: MetricComparison, value: float | None) -> str:
-    """A base or head value of ``metric`` with its unit."""
+    """A base or head value of ``metric`` (in the unit its label names)."""
     if value is None:
         return "–"
     if metric.unit == "count":
         return f"{value:.0f}"
-    return _number(value) + _suffix(metric)
+    return _number(value)
 
 
 def _change(metric: MetricComparison, value: float | None) -> str:
@@ -92,7 +94,7 @@ def _change(metric: MetricComparison, value: float | None) -> str:
         return f"{value:+.0f}"
     if metric.name in RATIO_METRICS:
         return f"×{value:.3f}"
-    return _number(value, sign=True) + _suffix(metric)
+    return _number(value, sign=True)
 
 
 RATIO_METRICS = ("init_time", "runtime_per_source", "iterations")
@@ -118,7 +120,7 @@ def format_tolerance(metric: MetricComparison) -> str:
         return f"{metric.tolerance:.0f}"
     if metric.name in RATIO_METRICS:
         return f"×{1 + metric.tolerance:.3g}"
-    return f"±{metric.tolerance:.4g}{_suffix(metric)}"
+    return f"±{metric.tolerance:.4g}"
 
 
 def format_mde(metric: MetricComparison) -> str:
@@ -129,7 +131,7 @@ def format_mde(metric: MetricComparison) -> str:
         return "none" if metric.delta is not None and metric.p is not None else "–"
     if metric.name in RATIO_METRICS:
         return f"×{metric.mde:.3f}"
-    return f"{metric.mde:.2g}{_suffix(metric)}"
+    return f"{metric.mde:.2g}"
 
 
 def headline(result: RunResult) -> str:
@@ -298,9 +300,8 @@ def metric_rows(comparison: Comparison) -> list[MetricComparison]:
 
 def _metric_row(metric: MetricComparison) -> str:
     icon = STATUS_ICONS[metric.status]
-    label = metric.label.replace("|", "\\|")
     cells = [
-        label,
+        label(metric).replace("|", "\\|"),
         format_value(metric, metric.base),
         format_value(metric, metric.head),
         format_delta(metric),
@@ -558,7 +559,7 @@ def html_report(result: RunResult, links: Links) -> str:
         + "".join(
             _cell(v)
             for v in (
-                m.label,
+                label(m),
                 format_value(m, m.base),
                 format_value(m, m.head),
                 format_delta(m),

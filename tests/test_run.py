@@ -132,14 +132,58 @@ def test_relative_paths_work_from_any_directory(setup, monkeypatch):
     assert sum(b.head.status == "ok" for b in result.blends) == 3
 
 
-def test_an_invalid_config_in_the_head_stops_the_run_naming_the_key(setup, capsys):
+CONFIG = ".github/scarlet-regression.toml"
+
+
+def test_an_invalid_config_in_the_policy_revision_stops_the_run_naming_the_key(setup, capsys):
     repo, base, _, dataset, out = setup
     (repo / ".github").mkdir()
-    (repo / ".github" / "scarlet-regression.toml").write_text("[metrics.chi2]\ntolerance = 1\n")
+    (repo / CONFIG).write_text("[metrics.chi2]\ntolerance = 1\n")
     head = commit(repo, "a config with a typo")
-    assert run_cli(repo, head, base, dataset, out) == 2
+    # Judged by the base's (none): the head's typo is only noted.
+    assert run_cli(repo, head, base, dataset, out) == 0
+    policy = RunResult.read(out / "result.json").comparison.policy
+    assert (policy.source, policy.sha) == ("base", git(repo, "rev-parse", base))
+    assert "unknown metric metrics.chi2" in policy.note
+    assert run_cli(repo, head, base, dataset, out, "--config-from", "head") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: .github/scarlet-regression.toml at {head[:12]}: unknown metric")
+    assert err.startswith(f"error: {CONFIG} at {head[:12]}: unknown metric")
+
+
+LOOSE = """[blends]
+mag_tolerance = 100
+chi2_tolerance = 1e6
+[metrics.mag_error]
+tolerance = 100
+[metrics.abs_mag_error]
+tolerance = 100
+[metrics.abs_mag_error_tail]
+tolerance = 100
+[metrics.chi2_dof]
+tolerance = 1e6
+[metrics.chi2_dof_tail]
+tolerance = 1e6
+"""
+
+
+def test_a_head_that_loosens_the_config_is_still_judged_by_the_base(setup):
+    repo, base, _, dataset, out = setup
+    # The head makes every model and flux 10 % fainter and loosens every tolerance that
+    # would catch it.
+    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.2'\nGAIN = 0.9\n")
+    (repo / ".github").mkdir()
+    (repo / CONFIG).write_text(LOOSE)
+    head = commit(repo, "fainter, and a looser gate")
+    assert run_cli(repo, head, base, dataset, out) == 0
+    comparison = RunResult.read(out / "result.json").comparison
+    assert comparison.verdict == "fail"
+    assert comparison.policy.source == "base"
+    assert "blends.mag_tolerance: 0.1 → 100.0" in comparison.policy.differences
+    assert "metrics.mag_error.tolerance: default → 100.0" in comparison.policy.differences
+    # A maintainer may judge by the head's on purpose.
+    assert run_cli(repo, head, base, dataset, out, "--config-from", "head") == 0
+    comparison = RunResult.read(out / "result.json").comparison
+    assert comparison.policy.source == "head" and comparison.verdict == "pass"
 
 
 def test_report_writes_comment_check_run_and_page_with_residual_images(setup, capsys):

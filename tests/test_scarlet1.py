@@ -2,20 +2,25 @@
 
 Needs a clone of the real repository: ``$SCARLET1_REPO``, or the mirror the team's
 machines keep at /work/.mirror/pmelchior+scarlet/repo. Skips where there is none.
-Nothing of scarlet's code lives in this repository.
+Pull requests are played by commits made at test time on a local clone of it, on top of
+45187fd. Nothing of scarlet's code lives in this repository.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runner.cli import main
+from runner.release import commit
+from runner.report import what_changed
 from runner.result import RunResult
+from runner.revisions import git
 from support import HSC
 
 pytestmark = pytest.mark.scarlet1
@@ -42,9 +47,9 @@ def scarlet1(tmp_path_factory):
     return root, blends
 
 
-def run(root, blends, head, base, name):
+def run(root, blends, head, base, name, repo=MIRROR):
     out = root / name
-    argv = ["run", "--repo", str(MIRROR), "--head", head, "--base", base]
+    argv = ["run", "--repo", str(repo), "--head", head, "--base", base]
     argv += ["--dataset", str(blends), "--out", str(out), "--cache", str(root / "cache")]
     assert main(argv) == 0
     return RunResult.read(out / "result.json")
@@ -64,6 +69,11 @@ def test_a_commit_that_changes_the_fit_changes_every_model(scarlet1):
     errors = [e for b in result.blends for s in b.head.injected for e in s.mag_error]
     assert abs(np.median(errors)) < 0.2
     assert np.percentile(np.abs(errors), 90) < 0.5
+    comparison = result.comparison
+    assert comparison.tally.changed == 4
+    top = comparison.blends[0]
+    assert what_changed(result).startswith("4 of 4 blends changed;")
+    assert f"{top.dataset}/{top.id}" in what_changed(result)
 
 
 def test_commits_that_do_not_touch_the_fit_give_identical_models(scarlet1):
@@ -73,3 +83,74 @@ def test_commits_that_do_not_touch_the_fit_give_identical_models(scarlet1):
     for blend in result.blends:
         assert blend.base.model_hash == blend.head.model_hash
         assert blend.base.injected == blend.head.injected
+    assert result.comparison.identical_models and result.comparison.verdict == "pass"
+
+
+@pytest.fixture(scope="module")
+def pull_request(scarlet1):
+    """Make a commit on 45187fd in a local clone of scarlet that replaces ``old`` (found
+    once) in ``path`` by ``new``; returns (clone, SHA)."""
+    root, _ = scarlet1
+    clone = root / "scarlet"
+    subprocess.run(["git", "clone", "--quiet", str(MIRROR), str(clone)], check=True)
+
+    def make(message: str, path: str, old: str, new: str) -> tuple[Path, str]:
+        git(clone, "checkout", "--quiet", "-B", message.split()[0].lower(), BEFORE_284)
+        file = clone / path
+        source = file.read_text()
+        assert source.count(old) == 1, f"scarlet's {path} no longer reads as this test expects"
+        file.write_text(source.replace(old, new))
+        return clone, commit(clone, message)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def set1(scarlet1):
+    """All of HSC set1: 100 blends, 7 of them at least 60 px wide."""
+    return HSC / "set1"
+
+
+RENDER = "        return self.renderer(model, *parameters)\n"
+
+
+def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet1, pull_request, set1):
+    # Only frames at least 60 px wide render 50 % too bright: 7 of 100 blends wrecked, the
+    # other 93 bit-identical, so no median over blends or sources moves.
+    root, _ = scarlet1
+    clone, head = pull_request(
+        "Wide: render wide frames 50% brighter", "scarlet/observation.py", RENDER,
+        "        scale = 1.5 if model.shape[-1] >= 60 else 1.0\n"
+        "        return scale * self.renderer(model, *parameters)\n",
+    )  # fmt: skip
+    result = run(root, set1, head, BEFORE_284, "wide", clone)
+    comparison = result.comparison
+    wide = {b.id for b in result.blends if b.shape[1] >= 60}
+    assert len(wide) == 7
+    assert {c.id for c in comparison.blends if not c.identical} == wide
+    assert comparison.tally.worse >= 5
+    assert comparison.verdict == "fail"
+    assert all(m.status != "regressed" for m in comparison.metrics if m.statistic == "median")
+
+
+MEASURE = "    return model.sum(axis=(1, 2))\n"
+
+
+def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request, set1):
+    # Every r-band flux 2 % low: magnitudes 0.022 fainter, errors (truth - model) more
+    # negative, away from base's own median r error; every model bit-identical.
+    root, _ = scarlet1
+    clone, head = pull_request(
+        "Measure: r fluxes 2% low", "scarlet/measure.py", MEASURE,
+        "    return model.sum(axis=(1, 2)) * np.array([1, 0.98, 1, 1, 1])[: len(model)]\n",
+    )  # fmt: skip
+    result = run(root, set1, head, BEFORE_284, "measure", clone)
+    base_r = [s.mag_error[1] for b in result.blends for s in b.base.injected]
+    assert np.median(base_r) < 0, "base's r errors lean negative on set1"
+    for blend in result.blends:
+        assert blend.base.model_hash == blend.head.model_hash
+    comparison = result.comparison
+    assert not comparison.identical_models
+    r = {m.name: m for m in comparison.metrics}["mag_error_r"]
+    assert r.status == "regressed" and r.delta == pytest.approx(2.5 * np.log10(0.98), abs=1e-4)
+    assert comparison.verdict == "fail"

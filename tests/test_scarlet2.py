@@ -1,9 +1,11 @@
 """scarlet2, the real release from PyPI, through ``python -m runner run``.
 
 A local git repository is built at test time from the scarlet2 sdist: the release is
-the base, and the head commits a deliberate flux bias (the observation renders its
-model 10 % brighter, so the fit makes every source 10 % fainter). Nothing of scarlet2's
-code lives in this repository.
+the base, and each head is a commit on it that plays a pull request: a flux bias (the
+observation renders its model 10 % brighter, so the fit makes every source 10 %
+fainter), a change that wrecks only the narrowest blend, a change to the measurement
+code alone, and one off the fit path. Nothing of scarlet2's code lives in this
+repository.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 from runner.cli import main
 from runner.release import commit, release_repository
 from runner.result import RunResult
+from runner.revisions import git
 from support import HSC
 
 pytestmark = pytest.mark.scarlet2
@@ -25,20 +28,43 @@ BIAS = 1.1
 RENDER = "        return self.renderer(model_)\n"
 
 
+FLUX = "    return model.sum(axis=(-2, -1))\n"
+
+
+def pull_request(repo, tag: str, message: str, path: str, old: str, new: str) -> str:
+    """A commit on the release that replaces ``old`` (found once) in ``path`` by ``new``."""
+    git(repo, "checkout", "--quiet", "-B", message.split()[0].lower(), tag)
+    file = repo / "src" / "scarlet2" / path
+    source = file.read_text()
+    assert source.count(old) == 1, f"the release's {path} no longer reads as this test expects"
+    file.write_text(source.replace(old, new))
+    return commit(repo, message)
+
+
 @pytest.fixture(scope="module")
 def scarlet2(tmp_path_factory):
     """(work folder, repository, base tag, biased head SHA); one cache for the module."""
     root = tmp_path_factory.mktemp("scarlet2")
     repo = root / "scarlet2"
     tag = release_repository(RELEASE, repo)
-    observation = repo / "src" / "scarlet2" / "observation.py"
-    source = observation.read_text()
-    assert source.count(RENDER) == 1, "the release no longer renders as this test expects"
-    observation.write_text(
-        source.replace(RENDER, f"        return {BIAS} * self.renderer(model_)\n")
+    head = pull_request(
+        repo,
+        tag,
+        "Brighter: render every model 10% brighter",
+        "observation.py",
+        RENDER,
+        f"        return {BIAS} * self.renderer(model_)\n",
     )
-    head = commit(repo, "Render every model 10% brighter")
     return root, repo, tag, head
+
+
+@pytest.fixture(scope="module")
+def synthetic(scarlet2, synthetic_set):
+    """The six synthetic blends (one 48 px wide, five 64 px) in the module's folder."""
+    dataset = scarlet2[0] / "synth6"
+    if not dataset.exists():
+        shutil.copytree(synthetic_set, dataset)
+    return dataset
 
 
 def run(root, repo, head, base, dataset, name, *extra):
@@ -95,3 +121,53 @@ def test_real_hsc_blends_are_measured_within_sane_bounds(scarlet2, tmp_path):
     assert abs(np.median(errors)) < 0.2
     assert np.max(np.abs(errors)) < 1.0
     assert result.comparison.identical_models and result.comparison.verdict == "pass"
+
+
+def test_a_commit_off_the_fit_path_passes_with_everything_identical(scarlet2, synthetic):
+    root, repo, tag, _ = scarlet2
+    head = pull_request(
+        repo, tag, "Docs: say what flux measures", "measure.py", FLUX,
+        "    # the sum over the spatial axes, per channel\n" + FLUX,
+    )  # fmt: skip
+    result = run(root, repo, head, tag, synthetic, "docs", "--max-iter", "300")
+    assert result.comparison.identical_models
+    assert result.comparison.verdict == "pass"
+    assert result.comparison.tally.changed == 0
+
+
+def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet2, synthetic):
+    # Only the one 48 px blend renders 50 % too bright: its sources come out 0.44 mag
+    # fainter; the other five stay bit-identical, so every median is unchanged.
+    root, repo, tag, _ = scarlet2
+    head = pull_request(
+        repo, tag, "Narrow: render narrow frames 50% brighter", "observation.py", RENDER,
+        "        return (1.5 if model_.shape[-1] < 56 else 1.0) * self.renderer(model_)\n",
+    )  # fmt: skip
+    result = run(root, repo, head, tag, synthetic, "narrow", "--max-iter", "300")
+    comparison = result.comparison
+    assert (comparison.tally.changed, comparison.tally.worse) == (1, 1)
+    assert comparison.verdict == "fail"
+    assert comparison.blends[0].id == "synth-s0-0004" and comparison.blends[0].worse
+    assert "1 of 6 blends clearly worse (0 better, 0 allowed)" in comparison.reasons
+
+
+def test_a_commit_that_changes_only_the_measurement_fails(scarlet2, synthetic):
+    # r fluxes 5 % off, away from the base's own median r error; models bit-identical.
+    root, repo, tag, _ = scarlet2
+    docs = run(root, repo, tag, tag, synthetic, "release", "--max-iter", "300")
+    errors = [s.mag_error[1] for b in docs.blends for s in b.base.injected]
+    factor = 1.05 if np.median(errors) > 0 else 0.95  # error = truth - model
+    head = pull_request(
+        repo, tag, "Measure: r fluxes off", "measure.py", FLUX,
+        "    total = model.sum(axis=(-2, -1))\n"
+        f"    if total.ndim == 1 and len(total) == 5:\n"
+        f"        total = total * jnp.array([1, {factor}, 1, 1, 1])\n"
+        "    return total\n",
+    )  # fmt: skip
+    result = run(root, repo, head, tag, synthetic, "measure", "--max-iter", "300")
+    for blend in result.blends:
+        assert blend.base.model_hash == blend.head.model_hash
+    comparison = result.comparison
+    assert not comparison.identical_models
+    assert {m.name: m.status for m in comparison.metrics}["mag_error_r"] == "regressed"
+    assert comparison.verdict == "fail"
