@@ -22,13 +22,15 @@ from runner.store import ArtifactStore, LocalStore, run_prefix, store_run
 def store_residual_images(
     result: RunResult, run_dir: Path, store: ArtifactStore, limit: int = DETAIL_IMAGES
 ) -> dict[tuple[str, str], str]:
-    """Render the ``limit`` most changed blends and store them; their keys by (set, id)."""
+    """Render the ``limit`` most changed blends and store them; their keys by (set, id).
+    Blends whose base and head models are identical get no image (the report lists them)."""
     if result.comparison is None:
         raise ValueError("the run result has no comparison")
     blends = {(b.dataset, b.id): b for b in result.blends}
     folders = {d.name: Path(d.path) for d in result.provenance.datasets}
     keys = {}
-    for change in result.comparison.blends[:limit]:
+    changed = [change for change in result.comparison.blends if not change.identical]
+    for change in changed[:limit]:
         blend = blends[(change.dataset, change.id)]
         path = folders[change.dataset] / f"{change.id}.npz"
         png = render_blend(run_dir, blend, path, caption(change))
@@ -64,9 +66,9 @@ def publish_run(
     trends: str | None = None,
 ) -> dict:
     """Store a compared run for the bot: the residual images of the ``images`` most
-    changed blends, the HTML report (linking to ``trends``, if given), the result and
-    ``published.json`` (the addresses of all of it) under the run's prefix (a drift
-    run's own, see ``run_prefix``)."""
+    changed blends (none where the models are identical), the HTML report (linking to
+    ``trends``, if given), the result and ``published.json`` (the addresses of all of it)
+    under the run's prefix (a drift run's own, see ``run_prefix``)."""
     keys = store_residual_images(result, run_dir, store, limit=images)
     images = {key: store.url(value) for key, value in keys.items()}
     drift = result.provenance.drift is not None

@@ -1,9 +1,10 @@
 """Residual comparison images: one compact PNG per blend, head against base.
 
 Six panels in one row: observed | base model | head model | base residual | head
-residual | head - base, under a caption that wraps rather than being cut off. Pure
-functions of the arrays: the same arrays give the same PNG bytes (Agg, text settings
-pinned, no metadata, Pillow median-cut palette of ``COLOURS`` colours).
+residual | head - base, under a caption that wraps rather than being cut off, with a
+stated scale bar under the residual pair and under the difference. Pure functions of the
+arrays: the same arrays give the same PNG bytes (Agg, text settings pinned, no metadata,
+a palette of ``COLOURS`` colours: the scale bars' greys exactly, the rest by median cut).
 
 Colour panels (observed, base model, head model) are Lupton et al. (2004) asinh RGB
 composites (astropy's ``make_lupton_rgb``) of the i, r, g bands as red, green, blue with
@@ -13,26 +14,37 @@ intensity maps to ``NOISE_LEVEL`` of full scale, and ``Q`` is solved for so that
 brightest channel saturates at the 99.9th percentile of the intensity inside the
 footprint. Negative sky is black.
 
-Residual panels show ``chi = sum_b (image_b - model_b) / sqrt(variance_b) / sqrt(B)``
-over all B bands: pure noise gives unit variance per pixel and a residual present in
-several bands adds up (one of opposite sign in different bands, a colour error, cancels).
-Both share one symmetric ``RdBu_r`` scale of ``LEVELS`` steps, ``+-v`` with ``v`` the 99th
-percentile of ``|chi|`` inside the footprint over both maps (at least 3), rounded up to
-1, 2, 3 or 5 times a power of ten; red is data above the model. Pixels outside the
-footprint (not in the fit's chi^2) are washed grey. The difference panel is head model -
-base model in the same noise units, on its own symmetric scale (the 99.9th percentile of
-its modulus, rounded the same way). Each panel's label states its scale.
+Residual panels are RGB residuals, as scarlet's own ``show_scene(show_residual=True)``
+draws them, but in noise units: each band's ``chi_b = (image_b - model_b) / sigma_b`` is
+mapped to red, green and blue with scarlet's five-band weights (``CHANNEL_MAP``: red
+z y, green r i z, blue g r; each row sums to 1), so a residual of the same chi in every
+band is grey, lighter where the data are above the model, and a residual in some bands
+only (a colour error) is coloured. Zero is mid-grey. The stretch is FIXED, the same on
+every blend and stated on the scale bar: ``RESIDUAL_STRETCH``, asinh, linear within
+about 1 sigma (noise stays visible as texture) and saturating at 100 sigma. It scales
+the largest channel of each pixel and the others in proportion (Lupton's trick: bright
+residuals keep their hue), in ``STEPS`` steps either side of zero (compact PNGs).
+Pixels outside the footprint (not in the fit's chi^2) are faded towards mid-grey.
+
+The difference panel is head model - base model, per band in the same noise units and
+the same colours, on its own fixed ``DIFFERENCE_STRETCH``: linear below 0.1 sigma, the
+floor, so float round-off (about 1e-7 of a model pixel: at most ~1e-4 sigma at a
+signal-to-noise of 1000) is under 0.02 % of full scale, below half a step: exactly
+mid-grey; while a change of 0.1 sigma (about 1 % of the flux of a source at peak
+signal-to-noise 10, the scale of the comparison's magnitude tolerances), even in one band
+alone, is a step off grey; saturating at 100 sigma. Its label states the largest change.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from astropy.visualization import make_lupton_rgb
+from astropy.visualization import AsinhStretch, make_lupton_rgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
@@ -43,19 +55,46 @@ from runner.result import BlendResult
 RGB_BANDS = (2, 1, 0)  # i, r, g of g r i z y as red, green, blue
 NOISE_LEVEL = 0.04  # sky sigma as a fraction of full scale on the colour panels
 SATURATION_PERCENTILE = 99.9
-RESIDUAL_PERCENTILE = 99.0
-RESIDUAL_MIN_SCALE = 3.0
-DIFFERENCE_PERCENTILE = 99.9
-CMAP = "RdBu_r"
-LEVELS = 21  # odd: steps of v / 10, zero in the middle of the white central step
-OUTSIDE_GREY = 0.78  # grey the residuals outside the footprint are washed towards
-OUTSIDE_WASH = 0.6  # fraction of that grey
+# Red, green, blue from g r i z y: scarlet.display.channels_to_rgb(5).
+CHANNEL_MAP = np.array([[0, 0, 0, 0.667, 1], [0, 0.333, 1, 0.333, 0], [1, 0.667, 0, 0, 0]]) / 1.667
+OUTSIDE_FADE = 0.75  # fraction by which residuals outside the footprint fade to zero
+STEPS = 10  # signed levels per channel on each side of zero, as in a 21-step colour map
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """A fixed signed asinh stretch in sigma: linear within about ``soft``, full scale at
+    ``limit``; ``ticks`` are the values its scale bar labels (and their negatives)."""
+
+    soft: float
+    limit: float
+    ticks: tuple[float, ...]
+
+    def __call__(self, modulus: np.ndarray) -> np.ndarray:
+        """``modulus`` (>= 0, in sigma) as a fraction of full scale, 0 to 1."""
+        return AsinhStretch(a=self.soft / self.limit)(modulus / self.limit, clip=True)
+
+
+@dataclass(frozen=True)
+class Bar:
+    """A scale bar under panels ``first`` to ``last``: ``stretch`` as a grey ramp (the
+    colour of the same value in every band) with its ticks, and a ``key`` line."""
+
+    first: int
+    last: int
+    stretch: Stretch
+    key: str
+
+
+RESIDUAL_STRETCH = Stretch(soft=1.0, limit=100.0, ticks=(0, 3, 10, 30, 100))
+DIFFERENCE_STRETCH = Stretch(soft=0.1, limit=100.0, ticks=(0, 1, 10, 100))
 
 PANEL_TARGET = 160  # panels are zoomed by an integer factor to about this many pixels
 DPI = 100
 MARGIN, GAP = 6, 6  # pixels
-CAPTION_SIZE, LABEL_SIZE, MIN_LABEL_SIZE = 10.0, 8.0, 5.0  # points
-COLOURS = 128
+CAPTION_SIZE, LABEL_SIZE, MIN_LABEL_SIZE, BAR_TEXT_SIZE = 10.0, 8.0, 5.0, 6.5  # points
+BAR_HEIGHT, TICK_LENGTH = 5, 2  # pixels
+COLOURS = 112
 FRAME = (0.55, 0.55, 0.55)
 # Text settings pinned to matplotlib's own defaults, so that no matplotlibrc changes the bytes.
 RC = {
@@ -98,36 +137,34 @@ def render_comparison(
             raise ValueError(f"{name} shape {array.shape} differs from images {images.shape}")
     if images.ndim != 3 or outside.shape != images.shape[1:]:
         raise ValueError(f"need images (B, H, W) and footprint (H, W), got {images.shape}")
+    if images.shape[0] != CHANNEL_MAP.shape[1]:
+        raise ValueError(f"need the 5 bands g r i z y, got {images.shape[0]}")
     inside = ~outside if outside.any() and not outside.all() else np.ones_like(outside)
 
     stretch, q = lupton_stretch(images, variance, inside)
     colour = [_lupton(a, stretch, q) for a in (images, base, head)]
 
     sigma = np.sqrt(variance)
-    scale = math.sqrt(images.shape[0])
-    chi_base = ((images - base) / sigma).sum(axis=0) / scale
-    chi_head = ((images - head) / sigma).sum(axis=0) / scale
-    both = np.concatenate([chi_base[inside], chi_head[inside]])
-    v_chi = nice_ceil(max(RESIDUAL_MIN_SCALE, _percentile(both, RESIDUAL_PERCENTILE)))
-    diff = ((head - base) / sigma).sum(axis=0) / scale
-    v_diff = nice_ceil(_percentile(diff, DIFFERENCE_PERCENTILE) or _percentile(diff, 100) or 1.0)
-
-    panels = [
-        *colour,
-        _washed(_diverging(chi_base, v_chi), outside),
-        _washed(_diverging(chi_head, v_chi), outside),
-        _diverging(diff, v_diff),
+    residuals = [
+        _signed_rgb((images - model) / sigma, RESIDUAL_STRETCH, outside) for model in (base, head)
     ]
+    diff = (head - base) / sigma
+    largest = float(np.abs(np.nan_to_num(diff)).max())
+    panels = [*colour, *residuals, _signed_rgb(diff, DIFFERENCE_STRETCH)]
     labels = [
         "observed (i r g)",
         "base model",
         "head model",
-        f"base residual ±{v_chi:g}σ",
-        f"head residual ±{v_chi:g}σ",
-        f"head − base ±{v_diff:g}σ" if np.any(diff) else "head − base: identical",
+        "base residual",
+        "head residual",
+        f"head − base, max {_sigmas(largest)}" if largest else "head − base: identical",
+    ]
+    bars = [
+        Bar(3, 4, RESIDUAL_STRETCH, "(data − model) / σ · red z y · green r i z · blue g r"),
+        Bar(5, 5, DIFFERENCE_STRETCH, "(head − base) / σ, per band"),
     ]
     with matplotlib.rc_context(RC):
-        return _compose(panels, labels, caption)
+        return _compose(panels, labels, caption, bars)
 
 
 def render_blend(result_dir: Path, blend: BlendResult, blend_path: Path, caption: str) -> bytes:
@@ -174,40 +211,36 @@ def lupton_stretch(
     return q * 0.1 * sigma / (NOISE_LEVEL * math.asinh(0.1 * q)), q
 
 
-def nice_ceil(value: float) -> float:
-    """The smallest of 1, 2, 3, 5 times a power of ten that is >= ``value`` (> 0)."""
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"need a positive finite value, got {value}")
-    exponent = math.floor(math.log10(value))
-    for step in (1, 2, 3, 5, 10):
-        candidate = float(f"{step}e{exponent}")
-        if candidate >= value * (1 - 1e-12):
-            return candidate
-    raise AssertionError("unreachable")
-
-
-def _percentile(values: np.ndarray, percentile: float) -> float:
-    """The percentile of ``|values|`` over its finite entries (0 when there are none)."""
-    modulus = np.abs(values[np.isfinite(values)])
-    return float(np.percentile(modulus, percentile)) if modulus.size else 0.0
-
-
 def _lupton(cube: np.ndarray, stretch: float, q: float) -> np.ndarray:
     r, g, b = (cube[i] for i in RGB_BANDS)
     with np.errstate(invalid="ignore", divide="ignore"):  # astropy divides 0 by 0 on blank sky
         return make_lupton_rgb(r, g, b, stretch=stretch, Q=q)
 
 
-def _diverging(values: np.ndarray, v: float) -> np.ndarray:
-    cmap = matplotlib.colormaps[CMAP].resampled(LEVELS)
-    rgba = cmap(np.clip(values / (2 * v) + 0.5, 0.0, 1.0), bytes=True)
-    return rgba[..., :3]
+def _signed_rgb(
+    values: np.ndarray, stretch: Stretch, faded: np.ndarray | None = None
+) -> np.ndarray:
+    """(B, H, W) signed values in sigma as (H, W, 3) bytes: bands to channels by
+    ``CHANNEL_MAP``, zero mid-grey, each pixel's largest channel by ``stretch`` and the
+    others in proportion; ``faded`` pixels (H, W) lose ``OUTSIDE_FADE`` of their contrast."""
+    rgb = np.tensordot(CHANNEL_MAP, np.nan_to_num(values), axes=1)
+    modulus = np.abs(rgb).max(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gain = np.where(modulus > 0, stretch(modulus) / modulus, 0.0)
+    if faded is not None:
+        gain = np.where(faded, (1 - OUTSIDE_FADE) * gain, gain)
+    return _levels(rgb * gain).transpose(1, 2, 0)
 
 
-def _washed(rgb: np.ndarray, outside: np.ndarray) -> np.ndarray:
-    washed = rgb.astype(np.float64)
-    washed[outside] = (1 - OUTSIDE_WASH) * washed[outside] + OUTSIDE_WASH * 255 * OUTSIDE_GREY
-    return np.round(washed).astype(np.uint8)
+def _sigmas(value: float) -> str:
+    """``value`` (> 0) in sigma, to two significant figures at most."""
+    return f"{value:.0f}σ" if value >= 10 else f"{value:.2g}σ".replace("e-0", "e-")
+
+
+def _levels(signed: np.ndarray) -> np.ndarray:
+    """Signed fractions of full scale (-1 to 1) as bytes, in ``STEPS`` steps either side of
+    mid-grey."""
+    return np.round(255 * (0.5 + 0.5 * np.round(signed * STEPS) / STEPS)).astype(np.uint8)
 
 
 def _text_width(renderer, text: str, size: float) -> float:
@@ -251,7 +284,59 @@ def _chunks(renderer, words: list[str], width: float, size: float) -> list[str]:
     return pieces
 
 
-def _compose(panels: list[np.ndarray], labels: list[str], caption: str) -> bytes:
+def _fitted_size(renderer, text: str, width: float, size: float) -> float:
+    """``size`` reduced in half points (to ``MIN_LABEL_SIZE``) until ``text`` fits ``width``."""
+    while size > MIN_LABEL_SIZE and _text_width(renderer, text, size) > width:
+        size -= 0.5
+    return size
+
+
+def _bar_ticks(renderer, bar: Bar, x0: float, width: float) -> list[tuple[float, str, str]]:
+    """(x, label, alignment) of ``bar``'s ticks from left to right, symmetric about zero:
+    a value whose label would touch its outer neighbour's on the negative side (the wider
+    labels) is dropped on both sides; the ends and zero stay."""
+
+    def place(value: float) -> tuple[float, str, str]:
+        fraction = float(bar.stretch(np.array([abs(value)], dtype=float))[0])
+        x = x0 + width * (1 + math.copysign(fraction, value)) / 2
+        align = "left" if x <= x0 else "right" if x >= x0 + width else "center"
+        return x, ("−" if value < 0 else "") + f"{abs(value):g}", align
+
+    kept: list[float] = []
+    right = -math.inf
+    for magnitude in sorted(bar.stretch.ticks, reverse=True):
+        x, label, align = place(-magnitude)
+        label_width = _text_width(renderer, label, BAR_TEXT_SIZE)
+        left = {"left": x, "right": x - label_width}.get(align, x - label_width / 2)
+        if left > right + 3 or magnitude == 0:
+            if left <= right + 3 and len(kept) > 1:
+                kept.pop()  # zero wins over its neighbour
+            kept.append(magnitude)
+            right = left + label_width
+    return [place(-m) for m in kept if m] + [place(m) for m in reversed(kept)]
+
+
+def _paletted(rgb: np.ndarray) -> Image.Image:
+    """(H, W, 3) bytes as a ``COLOURS``-colour palette image: the greys of the scale bars
+    exactly (so that a residual the same in every band stays grey), the rest by median cut;
+    each colour to its nearest (Pillow's own mapping approximates, and would tint greys)."""
+    greys = np.unique(_levels(np.linspace(-1, 1, 2 * STEPS + 1)))
+    count = COLOURS - len(greys)
+    cut = Image.fromarray(rgb).quantize(count, method=Image.Quantize.MEDIANCUT)
+    palette = np.concatenate(
+        [np.reshape(cut.getpalette()[: 3 * count], (-1, 3)), np.repeat(greys[:, None], 3, axis=1)]
+    ).astype(np.int32)
+    codes = rgb.astype(np.int32) @ np.array([65536, 256, 1], dtype=np.int32)
+    unique, inverse = np.unique(codes, return_inverse=True)
+    colours = np.stack([unique >> 16, (unique >> 8) & 255, unique & 255], axis=1)
+    distance = (palette**2).sum(axis=1) - 2 * colours @ palette.T  # + |colour|^2, the same
+    index = distance.argmin(axis=1)[inverse].reshape(rgb.shape[:2]).astype(np.uint8)
+    image = Image.fromarray(index, mode="P")
+    image.putpalette(palette.astype(np.uint8).ravel().tolist())
+    return image
+
+
+def _compose(panels: list[np.ndarray], labels: list[str], caption: str, bars: list[Bar]) -> bytes:
     height, width = panels[0].shape[:2]
     zoom = max(1, round(PANEL_TARGET / max(height, width)))
     pw, ph = width * zoom, height * zoom
@@ -262,24 +347,20 @@ def _compose(panels: list[np.ndarray], labels: list[str], caption: str) -> bytes
     renderer = canvas.get_renderer()
     px = DPI / 72
     caption_lines = _wrap(renderer, caption, fig_w - 2 * MARGIN, CAPTION_SIZE)
-    label_sizes = []
-    for label in labels:
-        size = LABEL_SIZE
-        while size > MIN_LABEL_SIZE and _text_width(renderer, label, size) > pw:
-            size -= 0.5
-        label_sizes.append(size)
+    label_sizes = [_fitted_size(renderer, label, pw, LABEL_SIZE) for label in labels]
     caption_h = math.ceil(len(caption_lines) * CAPTION_SIZE * px * 1.25)
     label_h = math.ceil(LABEL_SIZE * px * 1.4)
-    fig_h = MARGIN + caption_h + label_h + ph + MARGIN
+    text_h = math.ceil(BAR_TEXT_SIZE * px * 1.3)
+    bar_h = GAP // 2 + BAR_HEIGHT + TICK_LENGTH
+    fig_h = MARGIN + caption_h + label_h + ph + 2 + bar_h + 2 * text_h + MARGIN
     fig.set_size_inches(fig_w / DPI, fig_h / DPI)
 
-    strip = np.full((ph + 2, fig_w, 3), 255, dtype=np.uint8)
+    strip = np.full((ph + 2 + bar_h, fig_w, 3), 255, dtype=np.uint8)
     frame = np.array(FRAME) * 255
     for index, panel in enumerate(panels):
         x0 = MARGIN + index * (pw + GAP)
-        strip[:, x0 - 1 : x0 + pw + 1] = frame
-        strip[1:-1, x0 : x0 + pw] = np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1)
-    fig.figimage(strip, xo=0, yo=MARGIN - 1, origin="upper", resize=False)
+        strip[: ph + 2, x0 - 1 : x0 + pw + 1] = frame
+        strip[1 : ph + 1, x0 : x0 + pw] = np.repeat(np.repeat(panel, zoom, axis=0), zoom, axis=1)
 
     top = fig_h - MARGIN
     fig.text(
@@ -292,14 +373,43 @@ def _compose(panels: list[np.ndarray], labels: list[str], caption: str) -> bytes
         linespacing=1.2,
         parse_math=False,
     )
-    label_y = (MARGIN + ph + 3) / fig_h
+    label_y = (MARGIN + 2 * text_h + bar_h + ph + 5) / fig_h
     for index, (label, size) in enumerate(zip(labels, label_sizes, strict=True)):
         x_mid = (MARGIN + index * (pw + GAP) + pw / 2) / fig_w
         fig.text(x_mid, label_y, label, size=size, ha="center", va="bottom", parse_math=False)
 
+    bar_top = ph + 2 + GAP // 2  # row of the strip
+    for bar in bars:
+        x0 = MARGIN + bar.first * (pw + GAP)
+        span = (bar.last - bar.first + 1) * pw + (bar.last - bar.first) * GAP
+        ramp = _levels((np.arange(span) + 0.5) / span * 2 - 1)
+        strip[bar_top : bar_top + BAR_HEIGHT, x0 : x0 + span] = ramp[None, :, None]
+        for x, label, align in _bar_ticks(renderer, bar, x0, span):
+            column = min(max(round(x), x0), x0 + span - 1)
+            strip[bar_top + BAR_HEIGHT : bar_top + bar_h - GAP // 2, column] = frame
+            fig.text(
+                x / fig_w,
+                (MARGIN + 2 * text_h) / fig_h,
+                label,
+                size=BAR_TEXT_SIZE,
+                ha=align,
+                va="top",
+                parse_math=False,
+            )
+        key_size = _fitted_size(renderer, bar.key, span, BAR_TEXT_SIZE)
+        fig.text(
+            (x0 + span / 2) / fig_w,
+            (MARGIN + text_h) / fig_h,
+            bar.key,
+            size=key_size,
+            ha="center",
+            va="top",
+            parse_math=False,
+        )
+
+    fig.figimage(strip, xo=0, yo=MARGIN + 2 * text_h, origin="upper", resize=False)
     canvas.draw()
-    rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    paletted = rgb.quantize(COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    paletted = _paletted(np.asarray(canvas.buffer_rgba())[..., :3])
     out = io.BytesIO()
     paletted.save(out, format="PNG", optimize=True)
     return out.getvalue()

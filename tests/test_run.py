@@ -3,7 +3,6 @@ bad blends and bad revisions error alone, with reasons, and the result fits its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -186,26 +185,19 @@ def test_a_head_that_loosens_the_config_is_still_judged_by_the_base(setup):
     assert comparison.policy.source == "head" and comparison.verdict == "pass"
 
 
-def test_report_writes_comment_check_run_and_page_with_residual_images(setup, capsys):
+def test_report_writes_comment_check_run_and_page_without_images_of_identical_models(setup):
     repo, base, head, dataset, out = setup
     report = out.parent / "report"
     assert run_cli(repo, head, base, dataset, out, "--report", str(report)) == 0
     result = RunResult.read(out / "result.json")
     comment = (report / "comment.md").read_text()
     assert comment.startswith(MARKER)
-    images = sorted((report / "images").glob("*.png"))
-    assert len(images) == 3, "one residual comparison per blend both sides deblended"
-    for image in images:
-        assert image.name == f"{hashlib.sha256(image.read_bytes()).hexdigest()}.png"
-        assert f"](images/{image.name})" in comment
-        assert f'src="images/{image.name}"' in (report / "report.html").read_text()
+    assert result.comparison.identical_models
+    assert not list((report / "images").glob("*.png")), "identical models get no image"
+    assert "](images/" not in comment
     output = json.loads((report / "check-run.json").read_text())
     assert output["title"] == "neutral: 3 blend(s) errored with base and head alike"
     assert result.comparison.verdict == "neutral"
-    # Storing the same run's images again adds nothing.
-    before = sum(p.stat().st_size for p in images)
-    assert main(["compare", str(out / "result.json"), "--report", str(report)]) == 0
-    assert sum(p.stat().st_size for p in (report / "images").glob("*.png")) == before
 
 
 def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, capsys):
@@ -222,9 +214,7 @@ def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, ca
     assert published["prefix"] == prefix
     for name in ("result.json", "published.json", "report/report.html"):
         assert (store / prefix / name).is_file()
-    assert len(published["images"]) == 3
-    for url in published["images"].values():
-        assert Path(url.removeprefix("file://")).is_file()
+    assert published["images"] == {}, "identical models get no image"
 
 
 def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
