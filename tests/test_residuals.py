@@ -15,8 +15,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from runner import residuals
-from runner.compare import compare
-from runner.config import CompareConfig
+from runner.judge.compare import compare
+from runner.judge.policy import CompareConfig
 from runner.npzio import write_npz
 from runner.publish import store_residual_images
 from runner.residuals import render_blend, render_comparison

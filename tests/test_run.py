@@ -3,6 +3,7 @@ bad blends and bad revisions error alone, with reasons, and the result fits its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -84,9 +85,10 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
         assert len(blend.head.injected) == blend.n_sources
         assert (out / blend.head.arrays).exists()
     assert result.comparison.identical_models
-    assert result.comparison.verdict == "neutral"
-    assert result.comparison.reasons == ["3 blend(s) errored with base and head alike"]
-    assert "verdict: neutral" in capsys.readouterr().out
+    # Blends that error on both sides are excluded and listed; they judge nothing.
+    assert result.comparison.verdict == "pass"
+    assert sorted(result.comparison.excluded) == ["blends/nan", "blends/raises", "blends/truncated"]
+    assert "verdict: pass" in capsys.readouterr().out
 
 
 def test_a_revision_that_does_not_exist_stops_the_run_with_one_line(setup, capsys):
@@ -185,19 +187,39 @@ def test_a_head_that_loosens_the_config_is_still_judged_by_the_base(setup):
     assert comparison.policy.source == "head" and comparison.verdict == "pass"
 
 
-def test_report_writes_comment_check_run_and_page_without_images_of_identical_models(setup):
-    repo, base, head, dataset, out = setup
+def test_report_writes_comment_check_run_and_page_with_residual_images(setup):
+    repo, base, _, dataset, out = setup
+    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.2'\nGAIN = 1.05\n")
+    head = commit(repo, "every model 5 % brighter")
     report = out.parent / "report"
     assert run_cli(repo, head, base, dataset, out, "--report", str(report)) == 0
     result = RunResult.read(out / "result.json")
     comment = (report / "comment.md").read_text()
     assert comment.startswith(MARKER)
-    assert result.comparison.identical_models
-    assert not list((report / "images").glob("*.png")), "identical models get no image"
-    assert "](images/" not in comment
+    images = sorted((report / "images").glob("*.png"))
+    assert len(images) == 3, "one residual comparison per changed blend both sides deblended"
+    for image in images:
+        assert image.name == f"{hashlib.sha256(image.read_bytes()).hexdigest()}.png"
+        assert f"](images/{image.name})" in comment
+        assert f'src="images/{image.name}"' in (report / "report.html").read_text()
     output = json.loads((report / "check-run.json").read_text())
-    assert output["title"] == "neutral: 3 blend(s) errored with base and head alike"
-    assert result.comparison.verdict == "neutral"
+    assert output["title"].startswith(result.comparison.verdict)
+    # The three blends that errored on both sides are excluded and listed, not neutral.
+    assert sorted(result.comparison.excluded) == ["blends/nan", "blends/raises", "blends/truncated"]
+    # Storing the same run's images again adds nothing.
+    before = sum(p.stat().st_size for p in images)
+    assert main(["compare", str(out / "result.json"), "--report", str(report)]) == 0
+    assert sum(p.stat().st_size for p in (report / "images").glob("*.png")) == before
+
+
+def test_identical_models_get_no_residual_image(setup):
+    repo, base, head, dataset, out = setup
+    report = out.parent / "report"
+    assert run_cli(repo, head, base, dataset, out, "--report", str(report)) == 0
+    result = RunResult.read(out / "result.json")
+    assert result.comparison.identical_models and result.comparison.verdict == "pass"
+    assert not list((report / "images").glob("*.png"))
+    assert "](images/" not in (report / "comment.md").read_text()
 
 
 def test_a_run_publishes_to_a_store_and_reports_progress_as_json_lines(setup, capsys):

@@ -101,6 +101,8 @@ def _measure_metric(
         mde=None,
         status="inconclusive",
     )
+    if not len(base):
+        return comparison
     if identical and metric.kind == "science":
         neutral = 1.0 if ratio else 0.0
         comparison.delta, comparison.ci, comparison.change = neutral, [neutral, neutral], 0.0
