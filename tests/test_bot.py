@@ -113,10 +113,11 @@ async def running_bot(
     fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
 ) -> AsyncIterator[Bot]:
     """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
-    ``feature``) and two synthetic blends; ``settings`` override its defaults."""
+    ``feature`` whose models are 0.1 % brighter, within every tolerance) and two
+    synthetic blends; ``settings`` override its defaults."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
     git(repo, "checkout", "--quiet", "-b", "feature")
-    (repo / "NOTES").write_text("a change that does not touch the deblender\n")
+    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.0'\nGAIN = 1.001\n")
     commit(repo, "head of the PR")
     dataset = two_blends(synthetic_set, tmp_path / "blends")
     installation = fake_github.add_installation("octo", [REPO])
