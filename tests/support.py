@@ -23,6 +23,7 @@ from runner.result import (
     RevisionInfo,
     RunResult,
 )
+from runner.revisions import git
 
 ROOT = Path(__file__).resolve().parent.parent
 HSC = ROOT.parent / "shared" / "data" / "hsc"
@@ -69,6 +70,14 @@ def tiny_repository(repo: Path) -> tuple[Path, str]:
     (repo / "pyproject.toml").write_text(TINY_PYPROJECT)
     (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.0'\n")
     return repo, commit(repo, "1.0", init=True)
+
+
+def tiny_pull_request(repo: Path) -> str:
+    """A PR branch ``feature`` on the tiny repository whose models are 0.1 % brighter
+    (within every tolerance: the verdict passes, with residual images); its SHA."""
+    git(repo, "checkout", "--quiet", "-b", "feature")
+    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.0'\nGAIN = 1.001\n")
+    return commit(repo, "head of the PR")
 
 
 def tiny_adapter(folder: Path, worker_file: Path = FAULTY_ADAPTER) -> Adapter:

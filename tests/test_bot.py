@@ -29,7 +29,7 @@ from fake_github import FakeGitHub, sign
 from runner.release import commit
 from runner.report import MARKER
 from runner.revisions import git
-from support import tiny_repository, two_blends, write_blend_with
+from support import tiny_pull_request, tiny_repository, two_blends, write_blend_with
 
 REPO = "octo/scarlet"
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
@@ -116,9 +116,7 @@ async def running_bot(
     ``feature`` whose models are 0.1 % brighter, within every tolerance) and two
     synthetic blends; ``settings`` override its defaults."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
-    git(repo, "checkout", "--quiet", "-b", "feature")
-    (repo / "tinydeblender" / "__init__.py").write_text("__version__ = '1.0'\nGAIN = 1.001\n")
-    commit(repo, "head of the PR")
+    tiny_pull_request(repo)
     dataset = two_blends(synthetic_set, tmp_path / "blends")
     installation = fake_github.add_installation("octo", [REPO])
     fake_github.add_repo(

@@ -23,11 +23,9 @@ from bot.trends import trend_data
 from runner.history import append_record
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
-from runner.release import commit
-from runner.revisions import git
 from runner.store import LocalStore
 from runner.summarise import summarise
-from support import shift_head, synthetic_result, tiny_repository, two_blends
+from support import shift_head, synthetic_result, tiny_pull_request, tiny_repository, two_blends
 
 REPO = "octo/scarlet"
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
@@ -152,9 +150,7 @@ def publish_pr_run(settings: Settings, tmp_path: Path, dataset: Path) -> str:
     """Run the real runner (tiny deblender) for PR 7 and publish it as the bot would;
     what it said on stderr."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
-    git(repo, "checkout", "--quiet", "-b", "feature")
-    (repo / "NOTES").write_text("a change that does not touch the deblender\n")
-    head = commit(repo, "head of the PR")
+    head = tiny_pull_request(repo)
     argv = [sys.executable, str(TINY_RUNNER), "run", "--repo", str(repo), "--head", head]
     argv += ["--base", "main", "--dataset", str(dataset), "--out", str(tmp_path / "run")]
     argv += ["--workers", "1", "--store", settings.store_spec, "--store-url", settings.store_url]
