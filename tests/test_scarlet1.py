@@ -95,7 +95,7 @@ def pull_request(scarlet1):
     subprocess.run(["git", "clone", "--quiet", str(MIRROR), str(clone)], check=True)
 
     def make(message: str, path: str, old: str, new: str) -> tuple[Path, str]:
-        git(clone, "checkout", "--quiet", "-B", message.split()[0].lower(), BEFORE_284)
+        git(clone, "checkout", "--quiet", "-B", message.split(":")[0].lower(), BEFORE_284)
         file = clone / path
         source = file.read_text()
         assert source.count(old) == 1, f"scarlet's {path} no longer reads as this test expects"

@@ -33,7 +33,7 @@ FLUX = "    return model.sum(axis=(-2, -1))\n"
 
 def pull_request(repo, tag: str, message: str, path: str, old: str, new: str) -> str:
     """A commit on the release that replaces ``old`` (found once) in ``path`` by ``new``."""
-    git(repo, "checkout", "--quiet", "-B", message.split()[0].lower(), tag)
+    git(repo, "checkout", "--quiet", "-B", message.split(":")[0].lower(), tag)
     file = repo / "src" / "scarlet2" / path
     source = file.read_text()
     assert source.count(old) == 1, f"the release's {path} no longer reads as this test expects"
@@ -94,11 +94,14 @@ def test_a_flux_bias_in_the_head_shows_in_its_measurements(scarlet2, synthetic_s
     expected = 2.5 * np.log10(BIAS)
     assert np.median(shifts) == pytest.approx(expected, abs=0.02)
     assert abs(np.median(base_errors)) < 0.2
-    # Every source is 0.1 mag fainter; the verdict follows from the bands where the
-    # base's median error already leaned that way (its sign varies on three blends).
-    assert result.comparison.verdict == "fail"
-    regressed = {m.name for m in result.comparison.metrics if m.status == "regressed"}
-    assert regressed & {f"mag_error_{band}" for band in "grizy"}
+    # Every source is 0.1 mag fainter. Three blends' errors scatter too much for base's
+    # median to say which way that is in every band (changed, or inconclusive), but
+    # blend by blend the sources whose errors already leaned fainter got clearly worse.
+    comparison = result.comparison
+    assert comparison.verdict == "fail"
+    bands = {m.status for m in comparison.metrics if m.name.startswith("mag_error_")}
+    assert bands & {"regressed", "changed"} and not bands & {"improved", "unchanged"}
+    assert comparison.tally.worse > comparison.tally.better
 
 
 @pytest.mark.hsc
@@ -152,11 +155,11 @@ def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet2, synthe
 
 
 def test_a_commit_that_changes_only_the_measurement_fails(scarlet2, synthetic):
-    # r fluxes 5 % off, away from the base's own median r error; models bit-identical.
+    # r fluxes 20 % off, away from the base's own median r error; models bit-identical.
     root, repo, tag, _ = scarlet2
     docs = run(root, repo, tag, tag, synthetic, "release", "--max-iter", "300")
     errors = [s.mag_error[1] for b in docs.blends for s in b.base.injected]
-    factor = 1.05 if np.median(errors) > 0 else 0.95  # error = truth - model
+    factor = 1.25 if np.median(errors) > 0 else 0.8  # error = truth - model
     head = pull_request(
         repo, tag, "Measure: r fluxes off", "measure.py", FLUX,
         "    total = model.sum(axis=(-2, -1))\n"
@@ -169,5 +172,8 @@ def test_a_commit_that_changes_only_the_measurement_fails(scarlet2, synthetic):
         assert blend.base.model_hash == blend.head.model_hash
     comparison = result.comparison
     assert not comparison.identical_models
-    assert {m.name: m.status for m in comparison.metrics}["mag_error_r"] == "regressed"
+    r = {m.name: m for m in comparison.metrics}["mag_error_r"]
+    assert r.delta == pytest.approx(2.5 * np.log10(factor), abs=1e-4)
+    assert r.status in ("regressed", "changed")
+    assert comparison.tally.worse and not comparison.tally.better
     assert comparison.verdict == "fail"

@@ -135,6 +135,8 @@ def _measure_metric(
 def _status(comparison: MetricComparison, transform: str, config: CompareConfig) -> Status:
     """regressed, improved, changed, inconclusive or unchanged; see the module docstring.
     Ratios are judged in log space: a tolerance t allows factors within 1 + t either way."""
+    if comparison.delta is None or None in comparison.ci:
+        return "inconclusive"
     to_log = (lambda v: math.log(v)) if transform == "ratio" else (lambda v: v)
     tolerance = math.log1p(comparison.tolerance) if transform == "ratio" else comparison.tolerance
     delta = to_log(comparison.delta)
