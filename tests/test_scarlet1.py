@@ -8,6 +8,7 @@ Pull requests are played by commits made at test time on a local clone of it, on
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,11 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runner.adapters import get_adapter
 from runner.cli import main
+from runner.environments import build_environment
+from runner.pool import Side, Task, run_tasks
 from runner.release import commit
 from runner.report import what_changed
 from runner.result import RunResult
-from runner.revisions import git
+from runner.revisions import checkout, git, resolve
 from support import HSC
 
 pytestmark = pytest.mark.scarlet1
@@ -31,6 +35,28 @@ MIRROR = Path(os.environ.get("SCARLET1_REPO", "/work/.mirror/pmelchior+scarlet/r
 BEFORE_284 = "45187fd"
 AFTER_284 = "2d1f022"
 BTK_V1 = "btk-v1"
+
+# The adapter, with a record in "version" of whether Blend.fit's own test stopped the fit.
+STOP_SPY = """
+import json
+exec(open({adapter!r}).read())
+_adapter_deblend, _callback, stopped = deblend, scarlet.Blend._callback, []
+
+def callback(*args, **kwargs):
+    try:
+        return _callback(*args, **kwargs)
+    except StopIteration:
+        stopped.append(True)
+        raise
+
+scarlet.Blend._callback = callback
+
+def deblend(blend, options):
+    stopped.clear()
+    result = _adapter_deblend(blend, options)
+    result["version"] = json.dumps(bool(stopped))
+    return result
+"""
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +180,27 @@ def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request
     r = {m.name: m for m in comparison.metrics}["mag_error_r"]
     assert r.status == "regressed" and r.delta == pytest.approx(2.5 * np.log10(0.98), abs=1e-4)
     assert comparison.verdict == "fail"
+
+
+@pytest.mark.parametrize("max_iter", [12, 100])
+def test_converged_says_whether_blend_fit_stopped_on_its_own_test(scarlet1, tmp_path, max_iter):
+    root, blends = scarlet1
+    adapter, sha, cache = get_adapter("scarlet1"), resolve(MIRROR, BEFORE_284), root / "cache"
+    source = checkout(MIRROR, sha, cache / "checkouts" / sha)
+    env = build_environment(source, sha, adapter, cache)
+    spy = tmp_path / "spy_adapter.py"
+    spy.write_text(STOP_SPY.format(adapter=str(adapter.worker_file)))
+    files = sorted(blends.glob("*.npz"))
+    tasks = [Task("spy", blend, tmp_path / blend.name, {"max_iter": max_iter}) for blend in files]
+    outcomes = []
+    run_tasks(tasks, {"spy": Side("spy", env.python, spy)}, tmp_path, 1, 600.0, outcomes.append)
+    replies = [outcome.reply for outcome in outcomes]
+    assert all(reply and reply["ok"] for reply in replies), outcomes
+    for reply in replies:
+        assert reply["converged"] is json.loads(reply["version"])
+        assert reply["converged"] is (reply["iterations"] < max_iter)
+    converged = [reply["converged"] for reply in replies]
+    if max_iter == 100:
+        assert any(converged), "some of these blends converge within scarlet's testing settings"
+    else:
+        assert not all(converged), "12 steps cut some of these fits off"

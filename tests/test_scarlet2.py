@@ -15,10 +15,14 @@ import shutil
 import numpy as np
 import pytest
 
+from runner.adapters import get_adapter
 from runner.cli import main
+from runner.environments import build_environment
+from runner.pool import Side, Task, run_tasks
 from runner.release import commit, release_repository
 from runner.result import RunResult
-from runner.revisions import git
+from runner.revisions import checkout, git, resolve
+from runner.run import deblender_variables
 from support import HSC
 
 pytestmark = pytest.mark.scarlet2
@@ -177,3 +181,81 @@ def test_a_commit_that_changes_only_the_measurement_fails(scarlet2, synthetic):
     assert r.status in ("regressed", "changed")
     assert comparison.tally.worse and not comparison.tally.better
     assert comparison.verdict == "fail"
+
+
+# A scarlet2 whose ``infer`` has no ``_make_step``: the adapter must stop fits from the callback.
+WITHOUT_MAKE_STEP = """
+import types
+exec(open({adapter!r}).read())
+_adapter_deblend = deblend
+
+def deblend(blend, options):
+    infer, sc2.infer = sc2.infer, types.SimpleNamespace()
+    try:
+        return _adapter_deblend(blend, options)
+    finally:
+        sc2.infer = infer
+"""
+
+
+@pytest.fixture(scope="module")
+def release_side(scarlet2):
+    """Workers of the release's environment (the one ``run`` builds for the tag)."""
+    root, repo, tag, _ = scarlet2
+    adapter, sha, cache = get_adapter("scarlet2"), resolve(repo, tag), root / "cache"
+    env = build_environment(checkout(repo, sha, cache / "checkouts" / sha), sha, adapter, cache)
+    return Side("release", env.python, adapter.worker_file, deblender_variables(adapter, cache))
+
+
+def deblend(side, blends, options, out):
+    """Deblend ``blends`` in order in one fresh worker; (reply, arrays) of each."""
+    out.mkdir()
+    tasks = [Task(side.name, blend, out / blend.name, options) for blend in blends]
+    outcomes = []
+    run_tasks(tasks, {side.name: side}, out, 1, 600.0, outcomes.append)
+    assert [o.task for o in outcomes] == tasks
+    results = []
+    for outcome in outcomes:
+        assert outcome.error is None, outcome.error
+        with np.load(outcome.task.out) as arrays:
+            results.append((outcome.reply, {key: arrays[key] for key in arrays.files}))
+    return results
+
+
+def assert_same_fit(one, other):
+    (reply, arrays), (reply_, arrays_) = one, other
+    for key in ("iterations", "converged", "logL", "init_logL"):
+        assert reply[key] == reply_[key], key
+    for key in arrays:
+        np.testing.assert_array_equal(arrays[key], arrays_[key], strict=True)
+
+
+@pytest.mark.hsc
+def test_hsc_fits_stop_at_convergence_flag_the_cap_and_are_unchanged_by_the_warm_up(
+    release_side, tmp_path
+):
+    if not (HSC / "set1").is_dir():
+        pytest.skip(f"real HSC blends not found at {HSC}")
+    blends = sorted((HSC / "set1").glob("*.npz"))[:2]
+    fits = deblend(release_side, blends, {}, tmp_path / "default")
+    for reply, _ in fits:
+        assert reply["converged"] is True
+        assert reply["iterations"] < 1000
+
+    # Not warmed up, in a new worker with an empty compilation cache: the same models.
+    cold = {**release_side.environment, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}
+    cold_side = Side("cold", release_side.python, release_side.adapter_file, cold)
+    for fit, unwarmed in zip(
+        fits, deblend(cold_side, blends, {"warm_up": False}, tmp_path / "cold"), strict=True
+    ):
+        assert_same_fit(fit, unwarmed)
+
+    # The first blend converges after ~230 steps: at 50 the fit is cut off.
+    ((capped, _),) = deblend(release_side, blends[:1], {"max_iter": 50}, tmp_path / "capped")
+    assert (capped["iterations"], capped["converged"]) == (50, False)
+
+    fallback = tmp_path / "fallback_adapter.py"
+    fallback.write_text(WITHOUT_MAKE_STEP.format(adapter=str(release_side.adapter_file)))
+    fallback_side = Side("fallback", release_side.python, fallback, release_side.environment)
+    (by_callback,) = deblend(fallback_side, blends[:1], {}, tmp_path / "fallback")
+    assert_same_fit(fits[0], by_callback)

@@ -43,8 +43,15 @@ def deblend(blend: dict, options: dict) -> dict:
 
     Returns flux (N, B) and centroid (N, 2, (y, x)) of each source's deconvolved model
     (NaN rows for sources that could not be initialised), the rendered blend model
-    (B, H, W), iterations, logL (final log-likelihood as returned by ``Blend.fit``),
-    init_logL (log-likelihood of the initial model), init_time, fit_time and version.
+    (B, H, W), iterations, converged, logL (final log-likelihood as returned by
+    ``Blend.fit``), init_logL (log-likelihood of the initial model), init_time, fit_time and
+    version.
+
+    ``Blend.fit`` stops early only when its test holds (the loss changed by less than
+    ``e_rel`` times its value since the previous step: ``Blend._callback`` raises
+    ``StopIteration`` before the next gradient, so fewer than ``max_iter`` losses are
+    recorded); otherwise it runs all ``max_iter`` steps, restarts included. So the fit
+    converged exactly when it returns fewer than ``max_iter`` iterations.
     """
     opt = {**DEFAULTS, **options}
 
@@ -108,6 +115,7 @@ def deblend(blend: dict, options: dict) -> dict:
         "centroid": centroid,
         "model": np.asarray(model, dtype=np.float32),
         "iterations": int(iterations),
+        "converged": int(iterations) < opt["max_iter"],
         "logL": float(logL),
         "init_logL": init_logL,
         "init_time": init_time,

@@ -4,8 +4,9 @@ It imports only the standard library, numpy and (through the adapter file named 
 its command line) the deblender. Protocol, one JSON object per line: it announces
 ``{"ready": ...}``, then answers each request ``{"blend": npz, "out": npz,
 "options": {...}}`` by deblending the blend, writing the arrays the adapter returned
-(flux, centroid, model) to ``out`` and replying with the scalars, or with
-``{"ok": false, "error": ...}``. Anything the deblender prints goes to stderr.
+(flux, centroid, model) to ``out`` and replying with the scalars (``converged`` a bool:
+False when the fit stopped at its iteration cap), or with ``{"ok": false, "error": ...}``.
+Anything the deblender prints goes to stderr.
 """
 
 import importlib.util
@@ -20,7 +21,7 @@ import numpy as np
 
 INPUT_KEYS = ("images", "variance", "footprint", "psfs", "centers")
 ARRAY_KEYS = ("flux", "centroid", "model")
-SCALAR_KEYS = ("iterations", "logL", "init_logL", "init_time", "fit_time")
+SCALAR_KEYS = ("iterations", "converged", "logL", "init_logL", "init_time", "fit_time")
 
 
 def load_adapter(path):
@@ -42,6 +43,7 @@ def deblend(adapter, request):
     np.savez(request["out"], **arrays)
     reply = {key: result[key] for key in SCALAR_KEYS}
     reply["iterations"] = int(reply["iterations"])
+    reply["converged"] = bool(reply["converged"])
     for key in ("logL", "init_logL", "init_time", "fit_time"):
         reply[key] = float(reply[key])
     reply.update(ok=True, wall=wall, version=str(result.get("version", "")))

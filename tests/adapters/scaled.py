@@ -25,6 +25,7 @@ def deblend(blend, options):
         "centroid": blend["centers"].astype(float),
         "model": model.astype(np.float32),
         "iterations": 1,
+        "converged": True,
         "logL": 0.0,
         "init_logL": -1.0,
         "init_time": 0.0,
