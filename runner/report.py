@@ -294,24 +294,29 @@ def _links_line(links: Links) -> str:
 
 
 def metric_rows(comparison: Comparison) -> list[MetricComparison]:
-    """Metrics in reading order: regressions, improvements, inconclusive, unchanged."""
+    """Metrics in reading order: regressed, changed, inconclusive, improved, unchanged."""
     return sorted(comparison.metrics, key=lambda m: STATUS_ORDER[m.status])
 
 
-def _metric_row(metric: MetricComparison) -> str:
-    icon = STATUS_ICONS[metric.status]
-    cells = [
-        label(metric).replace("|", "\\|"),
+def metric_cells(metric: MetricComparison, raw_p: bool = False) -> list[str]:
+    """A metric's row as text: label, base, head, Δ, interval, tolerance, detectable
+    change, (the raw p,) the adjusted p and the status."""
+    return [
+        label(metric),
         format_value(metric, metric.base),
         format_value(metric, metric.head),
         format_delta(metric),
         format_ci(metric),
         format_tolerance(metric),
         format_mde(metric),
+        *([_p(metric.p)] if raw_p else []),
         _p(metric.p_adjusted),
-        f"{icon} {metric.status}",
+        f"{STATUS_ICONS[metric.status]} {metric.status}",
     ]
-    return "| " + " | ".join(cells) + " |"
+
+
+def _metric_row(metric: MetricComparison) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in metric_cells(metric)) + " |"
 
 
 TABLE_HEAD = (
@@ -555,23 +560,7 @@ def html_report(result: RunResult, links: Links) -> str:
     comparison = _comparison(result)
     esc = html.escape
     rows = "".join(
-        "<tr>"
-        + "".join(
-            _cell(v)
-            for v in (
-                label(m),
-                format_value(m, m.base),
-                format_value(m, m.head),
-                format_delta(m),
-                format_ci(m),
-                format_tolerance(m),
-                format_mde(m),
-                _p(m.p),
-                _p(m.p_adjusted),
-                f"{STATUS_ICONS[m.status]} {m.status}",
-            )
-        )
-        + "</tr>"
+        "<tr>" + "".join(_cell(v) for v in metric_cells(m, raw_p=True)) + "</tr>"
         for m in metric_rows(comparison)
     )
     changes = {(c.dataset, c.id): c for c in comparison.blends}
