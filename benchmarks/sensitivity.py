@@ -46,7 +46,7 @@ from runner.result import RunResult
 from runner.run import RunConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
-HSC = ROOT.parent / "shared" / "data" / "hsc"
+HSC = ROOT / "data" / "hsc"
 MIRROR = Path(os.environ.get("SCARLET1_REPO", "/work/.mirror/pmelchior+scarlet/repo"))
 R = 1  # the r band of g r i z y
 

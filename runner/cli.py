@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sys
 from datetime import UTC, datetime
@@ -13,7 +14,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from runner.adapters import ADAPTERS
-from runner.run import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT, Progress, RunConfig, RunError, run
+from runner.run import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIMEOUT,
+    Progress,
+    RunConfig,
+    RunError,
+    default_cache,
+    run,
+)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -54,7 +63,7 @@ def _compare(args: argparse.Namespace) -> int:
         else:
             config, policy = CompareConfig(), Policy("defaults")
     except (OSError, ValueError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {reason(error)}", file=sys.stderr)
         return 2
     result.comparison = compare(result, config, policy)
     result.write(args.out or args.result)
@@ -81,6 +90,23 @@ def utc_time(text: str) -> str:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(f"give the time's offset (e.g. Z): {text!r}")
     return moment.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def reason(error: Exception) -> str:
+    """An error as one line; a file that cannot be read as its path and why."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"cannot read {error.filename}: {error.strerror}"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def fail_early(error: Exception | str, out: Path | None = None, made: bool = False) -> int:
+    """Say in one line on stderr why a command could not run, remove ``out`` when the
+    command itself made it, and return exit status 2."""
+    if made and out is not None:
+        shutil.rmtree(out, ignore_errors=True)
+    text = error if isinstance(error, str) else reason(error)
+    print(f"error: {text}", file=sys.stderr)
+    return 2
 
 
 def positive(text: str) -> int:
@@ -128,6 +154,7 @@ class ProgressBar:
 
 
 def _run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> RunConfig:
+    """The run that the options describe."""
     options = {"max_iter": args.max_iter} if args.max_iter else {}
     return RunConfig(
         repo=args.repo,
@@ -142,7 +169,7 @@ def _run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> R
         shard=shard,
         memory_limit=args.memory_limit * 2**20,
         config_from=args.config_from,
-        **({"cache": args.cache} if args.cache else {}),
+        cache=args.cache,
     )
 
 
@@ -162,15 +189,17 @@ def _warn_failed_builds(result, names: dict[str, str]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _run_config(args, args.head, args.base, _shard(args))
-    if args.store and not args.repository:
-        print("error: --store needs --repository owner/name", file=sys.stderr)
-        return 2
     try:
-        result = run(config, _progress(args))
+        shard = _shard(args)
+    except ValueError as error:
+        return fail_early(error)
+    if args.store and not args.repository:
+        return fail_early("--store needs --repository owner/name")
+    made = not args.out.exists()
+    try:
+        result = run(_run_config(args, args.head, args.base, shard), _progress(args))
     except RunError as error:
-        print(f"error: {error}".splitlines()[0], file=sys.stderr)
-        return 2
+        return fail_early(error, args.out, made)
     _warn_failed_builds(result, {"base": "base", "head": "head"})
     return _finish(result, args)
 
@@ -179,13 +208,12 @@ def _drift(args: argparse.Namespace) -> int:
     from runner.drift import drift
 
     if args.store and not args.repository:
-        print("error: --store needs --repository owner/name", file=sys.stderr)
-        return 2
+        return fail_early("--store needs --repository owner/name")
+    made = not args.out.exists()
     try:
         result = drift(_run_config(args, head=args.rev, base=args.rev), _progress(args))
     except RunError as error:
-        print(f"error: {error}".splitlines()[0], file=sys.stderr)
-        return 2
+        return fail_early(error, args.out, made)
     _warn_failed_builds(result, {"base": "locked", "head": "newest"})
     moved = result.provenance.drift.packages
     names = ", ".join(f"{p.name} {p.locked or '–'} → {p.newest or '–'}" for p in moved)
@@ -212,8 +240,7 @@ def _adopt(args: argparse.Namespace) -> int:
         new = adopt(lock.read_text(), drift.packages, args.source.name)
         args.out.write_text(new)
     except (OSError, ValueError) as error:
-        print(f"error: {error}".splitlines()[0], file=sys.stderr)
-        return 2
+        return fail_early(error)
     print(f"wrote {args.out}: {lock} with {len(drift.packages)} package(s) moved; review it")
     return 0
 
@@ -277,8 +304,8 @@ def _merge(args: argparse.Namespace) -> int:
     from runner.store import StoreError, open_store
 
     if args.store and not args.repository:
-        print("error: --store needs --repository owner/name", file=sys.stderr)
-        return 2
+        return fail_early("--store needs --repository owner/name")
+    made = not args.out.exists()
     try:
         if args.parts:
             parts = [(RunResult.read(folder / "result.json"), folder) for folder in args.parts]
@@ -289,11 +316,9 @@ def _merge(args: argparse.Namespace) -> int:
                 store, args.repository, args.pr, args.sha, args.shards, args.out
             )
         else:
-            print("error: give shard folders, or --store with --sha and --shards", file=sys.stderr)
-            return 2
+            return fail_early("give shard folders, or --store with --sha and --shards")
     except (MergeError, StoreError, OSError, ValueError) as error:
-        print(f"error: {error}".splitlines()[0], file=sys.stderr)
-        return 2
+        return fail_early(error, args.out, made)
     return _finish(result, args)
 
 
@@ -302,7 +327,10 @@ def _shard(args: argparse.Namespace):
     from runner.result import Shard
 
     if args.shard:
-        return Shard.parse(args.shard)
+        try:
+            return Shard.parse(args.shard)
+        except ValueError:
+            raise ValueError(f"--shard is I/N with 0 <= I < N, got {args.shard!r}") from None
     count = int(os.environ.get("CLOUD_RUN_TASK_COUNT", "1"))
     if count > 1:
         return Shard(int(os.environ.get("CLOUD_RUN_TASK_INDEX", "0")), count)
@@ -333,10 +361,25 @@ def _publishing(command: argparse.ArgumentParser) -> None:
 
 def _run_options(command: argparse.ArgumentParser) -> None:
     """Options for deblending blend sets (run and drift)."""
-    command.add_argument("--dataset", type=Path, action="append", required=True)
-    command.add_argument("--out", type=Path, required=True)
-    command.add_argument("--workers", type=positive, default=os.cpu_count() or 1)
-    command.add_argument("--adapter", choices=sorted(ADAPTERS), help="default: detected")
+    command.add_argument(
+        "--dataset",
+        type=Path,
+        action="append",
+        required=True,
+        help="a blend set: a directory of .npz blends, e.g. data/hsc/set1; repeat for more sets",
+    )
+    command.add_argument(
+        "--out", type=Path, required=True, help="where to write result.json, blends/ and logs/"
+    )
+    command.add_argument(
+        "--workers",
+        type=positive,
+        default=os.cpu_count() or 1,
+        help="worker processes deblending at once (one per core)",
+    )
+    command.add_argument(
+        "--adapter", choices=sorted(ADAPTERS), help="(default: detected from head's source tree)"
+    )
     command.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per blend")
     command.add_argument(
         "--memory-limit",
@@ -349,23 +392,43 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         "--config-from",
         choices=("base", "head"),
         default="base",
-        help="whose .github/scarlet-regression.toml to judge by (default: base, so that a"
-        " pull request cannot loosen its own gate)",
+        help="whose .github/scarlet-regression.toml to judge by; base's keeps a pull request"
+        " from loosening its own gate",
     )
     command.add_argument(
-        "--cache", type=Path, help="environments and checkouts (default: $SCARLET_REGRESSION_CACHE)"
+        "--cache",
+        type=Path,
+        default=default_cache(),
+        help="environments and checkouts; $SCARLET_REGRESSION_CACHE sets the default",
     )
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows the default of every option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose help, and its subcommands', shows the defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelp)
+        super().__init__(*args, **kwargs)
 
 
 def parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    main = argparse.ArgumentParser(prog="python -m runner", description=__doc__)
+    main = Parser(prog="python -m runner", description=__doc__)
     commands = main.add_subparsers(dest="command", required=True)
 
     synth = commands.add_parser("synth", help="write a deterministic synthetic blend set")
-    synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--blends", type=positive, default=20)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", type=Path, required=True, help="the folder to write the set to")
+    synth.add_argument("--blends", type=positive, default=20, help="how many blends")
+    synth.add_argument("--seed", type=int, default=0, help="the set's random seed")
     synth.set_defaults(handler=_synth)
 
     runner = commands.add_parser("run", help="deblend blend sets with head and base")

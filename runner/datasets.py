@@ -1,6 +1,6 @@
 """Blend sets in the HSC npz schema: discovery, content hashes, validated loading.
 
-The schema is documented in ``shared/data/hsc/README.md``: ``images``, ``variance``
+The schema is documented in ``data/hsc/README.md``: ``images``, ``variance``
 (5, H, W), ``footprint`` (H, W, True outside the blend), ``psfs`` (5, h, w),
 ``centers`` (N, 2) as (y, x) and ``matched``, the truth of the injected sources.
 """

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic blend sets, the HSC data when present, a scratch cache."""
+"""Shared fixtures: synthetic blend sets and stores."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from runner.store import ArtifactStore, GCSStore, LocalStore
 from runner.synth import write_synthetic_set
-from support import HSC, fast_retry
+from support import fast_retry
 
 pytest_plugins = ["gcs_emulator", "fake_github"]
 
@@ -19,15 +19,6 @@ def synthetic_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     write_synthetic_set(out, blends=6, seed=0)
     return out
-
-
-@pytest.fixture
-def hsc_set1() -> Path:
-    """The real HSC set1 blends; skips where the shared data is absent."""
-    path = HSC / "set1"
-    if not path.is_dir():
-        pytest.skip(f"real HSC blends not found at {path}")
-    return path
 
 
 @pytest.fixture(params=["local", "gcs"])

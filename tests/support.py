@@ -26,7 +26,7 @@ from runner.result import (
 from runner.revisions import git
 
 ROOT = Path(__file__).resolve().parent.parent
-HSC = ROOT.parent / "shared" / "data" / "hsc"
+HSC = ROOT / "data" / "hsc"
 FAULTY_ADAPTER = Path(__file__).parent / "adapters" / "faulty.py"
 SCALED_ADAPTER = Path(__file__).parent / "adapters" / "scaled.py"
 

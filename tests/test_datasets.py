@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runner.datasets import BlendError, DatasetError, load_blend, open_dataset, open_datasets
-from support import write_blend_with
+from support import HSC, write_blend_with
 
 
 @pytest.fixture
@@ -91,8 +91,15 @@ def test_an_empty_directory_is_not_a_dataset(tmp_path):
         open_dataset(tmp_path)
 
 
-def test_the_real_hsc_blends_load(hsc_set1):
-    dataset = open_dataset(hsc_set1)
-    assert len(dataset.blends) == 100
-    injected = sum(len(load_blend(b.path).truth) for b in dataset.blends)
-    assert injected == 105
+@pytest.mark.parametrize(("name", "blends", "injected"), [("set1", 100, 105), ("set3", 14, 16)])
+def test_the_real_hsc_blends_ship_with_the_project_and_load(name, blends, injected):
+    dataset = open_dataset(HSC / name)
+    assert len(dataset.blends) == blends
+    assert sum(len(load_blend(b.path).truth) for b in dataset.blends) == injected
+    assert all(b.path.stat().st_size < 2 * 2**20 for b in dataset.blends)
+
+
+def test_the_real_hsc_blends_carry_their_licence_and_readme():
+    assert "MIT License" in (HSC / "LICENSE").read_text()
+    readme = (HSC / "README.md").read_text()
+    assert all(f"`{key}`" in readme for key in ("images", "footprint", "centers", "matched"))

@@ -281,8 +281,6 @@ def test_blends_with_identical_models_get_no_image(tmp_path: Path):
 
 @pytest.mark.hsc
 def test_real_blend_is_small_and_laid_out():
-    if not BLEND.is_file():
-        pytest.skip(f"real HSC blends not found at {BLEND.parent}")
     with np.load(BLEND) as archive:
         images, variance, footprint = archive["images"], archive["variance"], archive["footprint"]
     # A stand-in for a deblender's model: the smoothed image, blank where it is sky.

@@ -111,8 +111,6 @@ def test_a_flux_bias_in_the_head_shows_in_its_measurements(scarlet2, synthetic_s
 @pytest.mark.hsc
 def test_real_hsc_blends_are_measured_within_sane_bounds(scarlet2, tmp_path):
     root, repo, tag, _ = scarlet2
-    if not (HSC / "set1").is_dir():
-        pytest.skip(f"real HSC blends not found at {HSC}")
     dataset = tmp_path / "hsc-set1"
     dataset.mkdir()
     for path in sorted((HSC / "set1").glob("*.npz"))[:3]:
@@ -234,8 +232,6 @@ def assert_same_fit(one, other):
 def test_hsc_fits_stop_at_convergence_flag_the_cap_and_are_unchanged_by_the_warm_up(
     release_side, tmp_path
 ):
-    if not (HSC / "set1").is_dir():
-        pytest.skip(f"real HSC blends not found at {HSC}")
     blends = sorted((HSC / "set1").glob("*.npz"))[:2]
     fits = deblend(release_side, blends, {}, tmp_path / "default")
     for reply, _ in fits:
