@@ -566,8 +566,9 @@ def html_report(result: RunResult, links: Links) -> str:
     changes = {(c.dataset, c.id): c for c in comparison.blends}
     blends = "".join(_blend_row(b, changes.get((b.dataset, b.id))) for b in result.blends)
     figures = "".join(
-        f'<figure><img src="{esc(links.images[(c.dataset, c.id)])}" alt="residuals of '
-        f'{esc(c.id)}"><figcaption>{esc(caption(c))}</figcaption></figure>'
+        # The image carries its caption; the alternative text repeats it for screen readers.
+        f'<figure><img src="{esc(links.images[(c.dataset, c.id)])}" alt="residuals: '
+        f'{esc(caption(c))}"></figure>'
         for c in comparison.blends
         if (c.dataset, c.id) in links.images
     )

@@ -84,10 +84,11 @@ def blend_change(blend: BlendResult, policy: BlendPolicy, bands: list[str]) -> B
                 f"{name} centroid offset {b.centroid_offset:.2f} → {h.centroid_offset:.2f} px"
             )
     identical = measured(base) == measured(head)
-    mag = max(growths, key=abs) if growths else None
+    mag = max(growths) if growths else None
     score = 0.0
     if not identical:
-        score = abs(math.log1p(chi2_growth or 0.0)) + abs(mag or 0.0) + 1e-12
+        largest = max(map(abs, growths), default=0.0)
+        score = abs(math.log1p(chi2_growth or 0.0)) + largest + 1e-12
     worse = reasons[1]
     return BlendChange(
         blend.dataset,
