@@ -143,9 +143,9 @@ def _steps(
     return trusted, [[*revision, "--no-deps", "--no-index"]]
 
 
-def _probe(env: Path, adapter: Adapter, sandbox: Isolation | None) -> dict:
-    """Import the deblender with the environment's interpreter, behind ``sandbox`` (able to
-    write nothing), and check where it lives."""
+def _probe(env: Path, adapter: Adapter, prefix: tuple[str, ...], variables: dict[str, str]) -> dict:
+    """Import the deblender with the environment's interpreter behind ``prefix``, with the
+    environment ``variables``, and check where it lives."""
     code = (
         "import importlib, importlib.metadata as md, json, platform, numpy\n"
         f"m = importlib.import_module({adapter.module!r})\n"
@@ -155,9 +155,10 @@ def _probe(env: Path, adapter: Adapter, sandbox: Isolation | None) -> dict:
         " 'python': platform.python_version()}))\n"
     )
     result = subprocess.run(
-        [*(sandbox.prefix() if sandbox else ()), str(env / "bin" / "python"), "-I", "-c", code],
+        [*prefix, str(env / "bin" / "python"), "-I", "-c", code],
         capture_output=True,
         text=True,
+        env=variables,
         cwd=env,
         check=False,
     )
@@ -193,7 +194,7 @@ def _build(
 ) -> dict:
     """Build ``env``: the trusted steps as the runner, then the revision's own behind
     ``sandbox``, from a copy of ``source`` in a scratch folder, writing only that folder and
-    the environment; finally the import check."""
+    the environment; finally the import check, there too (writing only the scratch)."""
     uv = uv_binary()
     # None of our variables reach the build; the revision's steps get uv's and pip's only
     # where they need an index (``newest``): those may hold an index's credentials.
@@ -218,7 +219,7 @@ def _build(
         for step in own:
             _run(step, prefix, own_env, scratch, stream, log)
         try:
-            return _probe(env, adapter, sandbox)
+            return _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
         except RuntimeError as error:
             stream.write(f"{error}\n")
             stream.flush()

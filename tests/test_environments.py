@@ -88,3 +88,17 @@ def test_the_revisions_build_sees_none_of_our_variables(tiny, monkeypatch):
     env = build_environment(source, sha, adapter, cache)
     seen = json.loads((env.path / "seen.json").read_text())
     assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen
+
+
+def test_the_import_check_sees_none_of_our_variables(tiny, monkeypatch):
+    repo, _, adapter, cache = tiny
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
+    (repo / "tinydeblender" / "__init__.py").write_text(
+        "import os\nraise ImportError('seen: ' + ' '.join(sorted(os.environ)))\n"
+    )
+    sha = commit(repo, "a package that looks around on import")
+    source = checkout(repo, sha, cache / "checkouts" / sha)
+    with pytest.raises(BuildError) as raised:
+        build_environment(source, sha, adapter, cache)
+    seen = raised.value.log_tail.rsplit("seen: ", 1)[1].split()
+    assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen
