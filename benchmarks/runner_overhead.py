@@ -28,7 +28,7 @@ from runner.adapters import detect_adapter
 from runner.environments import build_environment
 from runner.pool import Side, worker_environment
 from runner.release import release_repository
-from runner.run import RunConfig, deblender_variables, default_cache, run
+from runner.run import RunConfig, compilation_cache, deblender_variables, default_cache, run
 from runner.synth import write_synthetic_set
 
 BARE_LOOP = """
@@ -86,7 +86,8 @@ def main() -> None:
         source = revisions.checkout(local, sha, cache / "checkouts" / sha)
         adapter = detect_adapter(source)
         env = build_environment(source, sha, adapter, cache)
-        side = Side("bench", env.python, adapter.worker_file, deblender_variables(adapter, cache))
+        variables = deblender_variables(adapter, compilation_cache(cache, env))
+        side = Side("bench", env.python, adapter.worker_file, variables)
         print(f"{adapter.name} {env.deblender_version}, {len(blends)} blends, {cores} cores")
 
         timed_run(repo, sha, dataset, work / "warmup", cores)

@@ -9,6 +9,7 @@ whose version differs between the two environments.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -16,10 +17,11 @@ from pathlib import Path
 
 from runner import revisions
 from runner.adapters import Adapter
-from runner.environments import BuildError, Environment, build_newest_environment
+from runner.environments import BuildError, Environment, build_files, build_newest_environment
 from runner.lockfile import normalise
 from runner.result import Drift, PackageChange, RunResult
 from runner.run import Progress, Run, RunConfig, _environment
+from runner.sandbox import isolation
 
 
 def package_changes(locked: dict[str, str], newest: dict[str, str]) -> list[PackageChange]:
@@ -54,14 +56,21 @@ class DriftRun(Run):
         result.write(self.config.out / "result.json")
         return result
 
+    def isolate(self, adapter: Adapter) -> None:
+        """As a run's, and the newest environment's build with network: resolving the
+        revision's dependencies needs the index (the revision is the default branch's)."""
+        super().isolate(adapter)
+        needed = [*self.needed(adapter), *build_files(os.environ)]
+        self.isolation["newest build"] = isolation(os.environ, needed, network=True)
+
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError]:
-        sandbox = self.isolation["build"].prefix
         self.progress(Progress("building the locked environment"))
-        locked = _environment(repo, revs.head, adapter, self.config.cache, sandbox)
+        locked = _environment(repo, revs.head, adapter, self.config.cache, self.isolation["build"])
         self.progress(Progress("building the newest environment"))
         source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
+        sandbox = self.isolation["newest build"]
         try:
             newest = build_newest_environment(source, revs.head, adapter, self.newest_dir, sandbox)
         except BuildError as error:

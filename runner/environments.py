@@ -5,11 +5,18 @@ versions, which include the build requirements) and this recipe's version, so a
 second run at the same SHA reuses the environment and spends seconds on setup.
 Environments are built with uv when it is available, with venv and pip otherwise.
 
+The build is split by trust: the runner creates the environment and installs the lock
+itself, with network; the revision, whose build runs its own code (``setup.py``), is then
+installed behind the sandbox (``runner.sandbox``) without network, without dependencies
+and without a cache, able to write only its environment and a scratch folder holding a
+copy of its tree.
+
 A drift run also builds the *newest* environment: the lock, then the revision installed
 with dependency resolution and upgrades, so every package the revision requires comes
 at the newest release its requirements allow (from the index uv or pip is configured
 with: ``UV_INDEX_URL``, ``UV_FIND_LINKS``, ``PIP_INDEX_URL``, ...). It is never cached:
-what it resolves to changes with every release.
+what it resolves to changes with every release. Resolving needs the index, so there the
+revision is installed behind a sandbox with network.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from runner.adapters import Adapter
+from runner.sandbox import Isolation
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the revision built offline behind the read-only sandbox
 LOG_TAIL_LINES = 25
 COMPLETE_MARKER = "environment.json"
 BUILD_VARIABLES = (
@@ -99,36 +109,43 @@ def environment_key(sha: str, adapter: Adapter) -> str:
 
 def _steps(
     uv: str | None, env: Path, source: Path, adapter: Adapter, newest: bool = False
-) -> list[list[str]]:
-    """Create the environment, install exactly the lock (no resolution, then a check that
-    it is complete), then the revision itself without build isolation: without
-    dependencies, or (``newest``) resolving and upgrading them, then checking again."""
+) -> tuple[list[list[str]], list[list[str]]]:
+    """The trusted steps, run as the runner with network: create the environment, install
+    exactly the lock (no resolution), check that it is complete. Then the revision's own
+    (its build runs its code), run behind the sandbox and with no cache (a revision could
+    poison it): install the revision without build isolation, without dependencies and
+    offline; or (``newest``) resolving and upgrading its dependencies, then check again."""
     python = str(env / "bin" / "python")
     lock = str(adapter.lock)
     if uv:
         install = [uv, "pip", "install", "--python", python, "--no-progress"]
         check = [uv, "pip", "check", "--python", python]
-        revision = [*install, "--no-build-isolation", "--reinstall", str(source)]
-        return [
+        revision = [*install, "--no-cache", "--no-build-isolation", "--reinstall", str(source)]
+        trusted = [
             [uv, "venv", "--quiet", "--python", sys.executable, str(env)],
             [*install, "--no-deps", "--requirement", lock],
             check,
-            *([[*revision, "--upgrade"], check] if newest else [[*revision, "--no-deps"]]),
         ]
+        if newest:
+            return trusted, [[*revision, "--upgrade"], [*check, "--no-cache"]]
+        return trusted, [[*revision, "--no-deps", "--offline"]]
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
     check = [python, "-m", "pip", "check"]
-    revision = [*pip, "--no-build-isolation", str(source)]
+    revision = [*pip, "--no-cache-dir", "--no-build-isolation", str(source)]
     upgrade = ["--upgrade", "--upgrade-strategy", "eager"]
-    return [
+    trusted = [
         [sys.executable, "-m", "venv", str(env)],
         [*pip, "--no-deps", "--requirement", lock],
         check,
-        *([[*revision, *upgrade], check] if newest else [[*revision, "--no-deps"]]),
     ]
+    if newest:
+        return trusted, [[*revision, *upgrade], check]
+    return trusted, [[*revision, "--no-deps", "--no-index"]]
 
 
-def _probe(env: Path, adapter: Adapter, sandbox: tuple[str, ...]) -> dict:
-    """Import the deblender with the environment's interpreter and check where it lives."""
+def _probe(env: Path, adapter: Adapter, prefix: tuple[str, ...], variables: dict[str, str]) -> dict:
+    """Import the deblender with the environment's interpreter behind ``prefix``, with the
+    environment ``variables``, and check where it lives."""
     code = (
         "import importlib, importlib.metadata as md, json, platform, numpy\n"
         f"m = importlib.import_module({adapter.module!r})\n"
@@ -138,9 +155,10 @@ def _probe(env: Path, adapter: Adapter, sandbox: tuple[str, ...]) -> dict:
         " 'python': platform.python_version()}))\n"
     )
     result = subprocess.run(
-        [*sandbox, str(env / "bin" / "python"), "-I", "-c", code],
+        [*prefix, str(env / "bin" / "python"), "-I", "-c", code],
         capture_output=True,
         text=True,
+        env=variables,
         cwd=env,
         check=False,
     )
@@ -157,46 +175,84 @@ def _tail(log: Path) -> str:
     return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
+def _clear(path: Path) -> None:
+    """Remove whatever a revision's build left at ``path``: a symbolic link there would
+    send our write elsewhere."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _build(
     env: Path,
     source: Path,
     adapter: Adapter,
     log: Path,
-    sandbox: tuple[str, ...],
+    sandbox: Isolation | None,
     newest: bool = False,
 ) -> dict:
+    """Build ``env``: the trusted steps as the runner, then the revision's own behind
+    ``sandbox``, from a copy of ``source`` in a scratch folder, writing only that folder and
+    the environment; finally the import check, there too (writing only the scratch)."""
     uv = uv_binary()
-    # The revision's build runs its own code (setup.py): it sees none of our variables.
-    build_env = {
+    # None of our variables reach the build; the revision's steps get uv's and pip's only
+    # where they need an index (``newest``): those may hold an index's credentials.
+    trusted_env = {
         key: value
         for key, value in os.environ.items()
         if key in BUILD_VARIABLES or key.startswith(("UV_", "PIP_", "LC_"))
     }
-    build_env.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
-    with open(log, "w") as stream:
-        for step in _steps(uv, env, source, adapter, newest):
-            stream.write(f"$ {' '.join(step)}\n")
-            stream.flush()
-            result = subprocess.run(
-                [*sandbox, *step],
-                stdout=stream,
-                stderr=subprocess.STDOUT,
-                env=build_env,
-                check=False,
-            )
-            if result.returncode != 0:
-                name = Path(step[0]).name + " " + " ".join(step[1:3])
-                raise BuildError(f"'{name}' exited {result.returncode}", _tail(log), log)
+    trusted_env.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
+    own_env = {k: v for k, v in trusted_env.items() if newest or not k.startswith(("UV_", "PIP_"))}
+    with (
+        open(log, "w") as stream,
+        tempfile.TemporaryDirectory(prefix=f"{env.name}.", dir=env.parent) as folder,
+    ):
+        scratch = Path(folder)
+        tree = shutil.copytree(source, scratch / "source", symlinks=True)
+        own_env.update(HOME=str(scratch), TMPDIR=str(scratch), PIP_NO_INPUT="1")
+        trusted, own = _steps(uv, env, tree, adapter, newest)
+        for step in trusted:
+            _run(step, (), trusted_env, None, stream, log)
+        prefix = sandbox.prefix([env, scratch]) if sandbox else ()
+        for step in own:
+            _run(step, prefix, own_env, scratch, stream, log)
         try:
-            return _probe(env, adapter, sandbox)
+            return _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
         except RuntimeError as error:
             stream.write(f"{error}\n")
             stream.flush()
             raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
 
 
+def _run(
+    step: list[str],
+    prefix: tuple[str, ...],
+    variables: dict[str, str],
+    cwd: Path | None,
+    stream: IO[str],
+    log: Path,
+) -> None:
+    """Run one build step behind ``prefix``, logging to ``stream``; a BuildError if it fails."""
+    stream.write(f"$ {' '.join(step)}\n")
+    stream.flush()
+    result = subprocess.run(
+        [*prefix, *step],
+        stdin=subprocess.DEVNULL,
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        env=variables,
+        cwd=cwd,
+        check=False,
+    )
+    if result.returncode != 0:
+        name = Path(step[0]).name + " " + " ".join(step[1:3])
+        raise BuildError(f"'{name}' exited {result.returncode}", _tail(log), log)
+
+
 def build_environment(
-    source: Path, sha: str, adapter: Adapter, cache: Path, sandbox: tuple[str, ...] = ()
+    source: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation | None = None
 ) -> Environment:
     """The environment for ``sha`` built from the work tree ``source``, reused if cached;
     the revision's own code (its build, the import check) runs behind ``sandbox``."""
@@ -217,7 +273,9 @@ def build_environment(
                 shutil.rmtree(env, ignore_errors=True)
                 raise
             info["build_seconds"] = round(time.perf_counter() - started, 1)
+            _clear(env / "build.log")
             shutil.move(log, env / "build.log")
+            _clear(marker)
             marker.write_text(json.dumps(info, indent=2))
         info = json.loads(marker.read_text())
     return _environment(key, env, sha, adapter, info, reused)
@@ -244,7 +302,7 @@ def _environment(
 
 
 def build_newest_environment(
-    source: Path, sha: str, adapter: Adapter, into: Path, sandbox: tuple[str, ...] = ()
+    source: Path, sha: str, adapter: Adapter, into: Path, sandbox: Isolation | None = None
 ) -> Environment:
     """The environment for ``sha`` with the newest releases its requirements allow, built
     afresh in ``into`` behind ``sandbox`` (never cached: its key is the hash of what it
@@ -258,6 +316,7 @@ def build_newest_environment(
     except BuildError:
         shutil.rmtree(into, ignore_errors=True)
         raise
+    _clear(into / "build.log")
     shutil.move(log, into / "build.log")
     info["build_seconds"] = round(time.perf_counter() - started, 1)
     resolved = json.dumps(info["packages"], sort_keys=True).encode()

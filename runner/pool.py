@@ -5,10 +5,12 @@ a persistent worker per revision with that revision's own interpreter. Tasks com
 the order given, so base and head of a blend interleave and machine drift cancels in
 timing comparisons; with two or more slots, each slot keeps to one revision where it
 can, so base and head of a blend run side by side. Workers see a scrubbed environment
-and run behind their side's sandbox prefix (``runner.sandbox``: no network, no secret
-files, where the machine allows it). A crash, a hang past the timeout
-or a deblender exception errors that task only: the worker is replaced and the other
-tasks go on.
+and run behind their side's sandbox (``runner.sandbox``: no network, no secret files, and
+where the machine allows it nothing writable but their own scratch folder and their
+side's ``writable`` folders). A worker writes its arrays into its scratch folder; the pool
+copies them to the task's ``out`` (a regular file only), where no worker can write. A
+crash, a hang past the timeout or a deblender exception errors that task only: the worker
+is replaced and the other tasks go on.
 """
 
 from __future__ import annotations
@@ -16,13 +18,17 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from runner.sandbox import Isolation
 
 WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
@@ -36,11 +42,11 @@ THREAD_VARIABLES = (
     "NUMEXPR_NUM_THREADS",
 )
 # What a worker may see of the parent's environment; everything else is scrubbed.
-PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def resident_memory(pid: int) -> int | None:
-    """Resident memory of a process in bytes (Linux ``/proc``), None where unknown."""
+def _resident(pid: int) -> int | None:
+    """Resident memory of one process in bytes (Linux ``/proc``), None where unknown."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
@@ -49,6 +55,33 @@ def resident_memory(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def _children() -> dict[int, list[int]]:
+    """Every process's children, by parent pid."""
+    children: dict[int, list[int]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(path.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(path.parent.name))
+    return children
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident memory in bytes of a process and everything it started (a sandbox's
+    worker is its grandchild), None where unknown."""
+    total = _resident(pid)
+    if total is None:
+        return None
+    children = _children()
+    pending = list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        total += _resident(child) or 0
+        pending += children.get(child, [])
+    return total
 
 
 class WorkerError(RuntimeError):
@@ -68,7 +101,8 @@ class Side:
     adapter_file: Path
     environment: dict[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes of resident memory a worker may use
-    sandbox: tuple[str, ...] = ()  # command prefix isolating a worker (runner.sandbox)
+    sandbox: Isolation | None = None  # how a worker is isolated (runner.sandbox)
+    writable: tuple[Path, ...] = ()  # folders its workers may write beyond their scratch
 
 
 @dataclass(frozen=True)
@@ -92,10 +126,11 @@ class Outcome:
 
 
 def worker_environment(side: Side, home: Path) -> dict[str, str]:
-    """A scrubbed environment: single-threaded numerics, no credentials of ours."""
+    """A scrubbed environment: single-threaded numerics, no credentials of ours, the
+    worker's scratch folder ``home`` as home and temporary folder."""
     env = {key: os.environ[key] for key in PASSED_VARIABLES if key in os.environ}
     env.update({key: "1" for key in THREAD_VARIABLES})
-    env.update(HOME=str(home), PYTHONHASHSEED="0")
+    env.update(HOME=str(home), TMPDIR=str(home), PYTHONHASHSEED="0")
     env.update(side.environment)
     return env
 
@@ -110,7 +145,8 @@ def kill_all_workers() -> None:
 
 
 class Worker:
-    """One persistent worker process speaking the line protocol of ``worker.py``."""
+    """One persistent worker process speaking the line protocol of ``worker.py``, in its
+    own scratch folder ``home``."""
 
     def __init__(self, side: Side, log: Path, home: Path):
         self.side = side
@@ -124,8 +160,10 @@ class Worker:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as stderr:
             command = [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)]
+            sandbox = self.side.sandbox
+            prefix = sandbox.prefix([self.home, *self.side.writable]) if sandbox else ()
             self.process = subprocess.Popen(
-                [*self.side.sandbox, *command],
+                [*prefix, *command],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
@@ -248,7 +286,11 @@ def run_tasks(
 
     def slot(number: int) -> None:
         workers = {
-            name: Worker(side, workdir / f"worker-{number}-{name}.log", workdir / "home")
+            name: Worker(
+                side,
+                workdir / f"worker-{number}-{name}.log",
+                workdir / "scratch" / f"{number}-{name}",
+            )
             for name, side in sides.items()
         }
         try:
@@ -278,7 +320,9 @@ def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str])
     if task.side in broken:
         return Outcome(task, None, broken[task.side], 0.0)
     started = time.perf_counter()
-    request = {"blend": str(task.blend), "out": str(task.out), "options": task.options}
+    arrays = worker.home / "arrays.npz"
+    arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
+    request = {"blend": str(task.blend), "out": str(arrays), "options": task.options}
     try:
         reply = worker.run(request, timeout)
     except WorkerStartError as error:
@@ -289,4 +333,20 @@ def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str])
     wall = time.perf_counter() - started
     if not reply.get("ok"):
         return Outcome(task, reply, reply.get("error", "unknown worker error"), wall)
+    try:
+        collect(arrays, task.out)
+    except OSError as error:
+        return Outcome(task, reply, f"the worker's arrays cannot be collected: {error}", wall)
     return Outcome(task, reply, None, wall)
+
+
+def collect(arrays: Path, out: Path) -> None:
+    """Copy the file a worker wrote to ``out`` and remove it, refusing anything but a
+    regular file (a symbolic link would have us copy what it points to, a pipe block)."""
+    fd = os.open(arrays, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{arrays.name} is not a regular file")
+        with open(out, "wb") as target:
+            shutil.copyfileobj(source, target)
+    arrays.unlink()

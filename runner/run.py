@@ -26,7 +26,7 @@ from runner.datasets import (
     load_blend,
     open_datasets,
 )
-from runner.environments import BuildError, Environment, build_environment, build_files
+from runner.environments import BuildError, Environment, build_environment
 from runner.judge.compare import compare
 from runner.judge.metrics import metric_names
 from runner.judge.policy import (
@@ -55,6 +55,7 @@ from runner.sandbox import Isolation, isolation
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
+BUILD_SPLIT = "environment and lock installed by the runner, with network; the revision's build: "
 
 
 class RunError(RuntimeError):
@@ -126,7 +127,7 @@ def now() -> str:
 
 
 def _environment(
-    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: tuple[str, ...]
+    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation
 ) -> Environment | BuildError:
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
     try:
@@ -151,16 +152,25 @@ def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> Revisio
     )
 
 
-def deblender_variables(adapter: Adapter, cache: Path) -> dict[str, str]:
-    """Environment variables the adapter's workers need beyond the scrubbed basics."""
+def compilation_cache(cache: Path, env: Environment) -> Path:
+    """The persistent JAX compilation cache of ``env``'s workers: one per environment, so
+    a revision's workers write only their own (and cannot poison base's). Nothing is lost:
+    no entry one environment wrote serves another (two scarlet2 environments' caches
+    held 539 entries each, none in common)."""
+    return cache / "jax" / env.key
+
+
+def deblender_variables(adapter: Adapter, compiled: Path) -> dict[str, str]:
+    """Environment variables the adapter's workers need beyond the scrubbed basics;
+    ``compiled`` is their compilation cache (``compilation_cache``)."""
     if adapter.name != "scarlet2":
         return {}
     # One XLA thread per worker (the pool gives each core a worker) and a persistent
-    # compilation cache shared by runs, so only new blend shapes compile.
+    # compilation cache kept across runs, so only new blend shapes compile.
     return {
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-        "JAX_COMPILATION_CACHE_DIR": str(cache / "jax"),
+        "JAX_COMPILATION_CACHE_DIR": str(compiled),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
@@ -184,13 +194,21 @@ class Run:
         self.isolation: dict[str, Isolation] = {}
 
     def isolate(self, adapter: Adapter) -> None:
-        """Choose how the revisions' builds (with network) and workers (without) run:
-        secrets hidden from them, what they need of ours still in reach."""
+        """Choose how the revisions' own builds and their workers run: without network,
+        secrets hidden from them, what they need of ours still in reach (read-only)."""
+        way = isolation(os.environ, self.needed(adapter), network=False)
+        self.isolation = {"build": way, "workers": way}
+
+    def needed(self, adapter: Adapter) -> list[Path]:
+        """What the revisions' builds and workers must still reach of ours."""
         config = self.config
-        needed = [config.cache, config.out, *config.datasets, adapter.worker_file, adapter.lock]
-        self.isolation = {
-            "build": isolation(os.environ, [*needed, *build_files(os.environ)], network=True),
-            "workers": isolation(os.environ, needed, network=False),
+        return [config.cache, config.out, *config.datasets, adapter.worker_file, adapter.lock]
+
+    def described_isolation(self) -> dict[str, str]:
+        """``provenance.isolation``: how each kind of untrusted command ran."""
+        return {
+            name: (BUILD_SPLIT if name.endswith("build") else "") + way.describe()
+            for name, way in self.isolation.items()
         }
 
     def execute(self) -> RunResult:
@@ -237,7 +255,7 @@ class Run:
                     "policy": dataclasses.asdict(policy),
                 },
                 runner_version=version("scarlet-regression"),
-                isolation={name: way.describe() for name, way in self.isolation.items()},
+                isolation=self.described_isolation(),
                 platform=platform.platform(),
                 started=started,
                 finished=now(),
@@ -258,11 +276,10 @@ class Run:
     ) -> dict[str, Environment | BuildError]:
         """Base's and head's environments, each from the lock (cached)."""
         envs: dict[str, Environment | BuildError] = {}
+        sandbox = self.isolation["build"]
         for side, sha in (("base", revs.base), ("head", revs.head)):
             self.progress(Progress(f"building {side} environment"))
-            envs[side] = _environment(
-                repo, sha, adapter, self.config.cache, self.isolation["build"].prefix
-            )
+            envs[side] = _environment(repo, sha, adapter, self.config.cache, sandbox)
         return envs
 
     def _deblend(
@@ -274,18 +291,20 @@ class Run:
         config = self.config
         workdir = config.out / "logs"
         workdir.mkdir(parents=True, exist_ok=True)
-        sides = {
-            name: Side(
-                name,
-                env.python,
-                adapter.worker_file,
-                deblender_variables(adapter, config.cache),
-                config.memory_limit,
-                self.isolation["workers"].prefix,
-            )
-            for name, env in envs.items()
-            if isinstance(env, Environment)
-        }
+        sides: dict[str, Side] = {}
+        for name, env in envs.items():
+            if isinstance(env, Environment):
+                compiled = compilation_cache(config.cache, env)
+                compiled.mkdir(parents=True, exist_ok=True)
+                sides[name] = Side(
+                    name,
+                    env.python,
+                    adapter.worker_file,
+                    deblender_variables(adapter, compiled),
+                    config.memory_limit,
+                    self.isolation["workers"],
+                    (compiled,),
+                )
         loaded: dict[tuple[str, str], Blend | BlendError] = {}
         tasks = []
         for blend_file in self._blend_files(datasets):
@@ -315,7 +334,7 @@ class Run:
             self.progress(Progress("deblending", self.done, self.total))
 
         run_tasks(tasks, sides, workdir, config.workers, config.timeout, on_outcome)
-        shutil.rmtree(workdir / "home", ignore_errors=True)
+        shutil.rmtree(workdir / "scratch", ignore_errors=True)
         return [
             self._blend_result(b, loaded[(b.dataset, b.id)], envs)
             for b in self._blend_files(datasets)

@@ -1,14 +1,15 @@
-"""Running untrusted code (a revision's build, its deblender) out of reach of secrets.
+"""Running untrusted code (a revision's build, its deblender) with a read-only view of the
+machine, out of reach of secrets and, unless it needs it, of the network.
 
-Where the machine allows it, such a command runs in new user and mount namespaces (and,
-for workers, a network namespace of its own): the directories holding secret files are
-covered by an empty read-only tmpfs (a secret file whose directory the command needs is
-covered by ``/dev/null`` instead), then a second user and mount namespace locks those
-mounts, so the command cannot unmount them to look underneath. From inside a user
-namespace, ``/proc/<pid>/environ``, ``root`` and ``mem`` of the runner and the bot are
-refused too. Where only ``unshare --net`` is permitted, workers lose the network but
-nothing is hidden; where not even that is, nothing is isolated. :class:`Isolation` says
-which, for the run result's provenance.
+Where bubblewrap (``bwrap``) runs, such a command sees the whole file system read-only but
+for the folders it is given to write (its own scratch and output), the folders of secret
+files covered by an empty read-only tmpfs (a secret file whose folder the command needs by
+``/dev/null``), a ``/proc`` and ``/dev`` of its own (no other process is visible), and no
+network unless asked for. It runs without capabilities, so it cannot unmount a cover or
+remount anything writable, in a session of its own, and dies with the runner. Where bwrap
+cannot run (no user namespaces), only ``unshare --net`` may: commands without network then
+lose it, but see and write what the runner does; where not even that is, nothing is
+isolated. :class:`Isolation` says which, for the run result's provenance.
 
 Secret files are those named by ``GOOGLE_APPLICATION_CREDENTIALS``, by any ``*_FILE``
 variable but certificate authorities' (``SSL_CERT_FILE``, ...) and by ``SCARLET_REGRESSION_HIDE``
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -31,30 +31,43 @@ from pathlib import Path
 
 HIDE_VARIABLE = "SCARLET_REGRESSION_HIDE"
 
-# Mounted over a folder of secrets: empty, read-only, no room to write.
-EMPTY_TMPFS = ("mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "tmpfs")
-# Run next in a user and mount namespace of its own: the mounts above are locked there.
-LOCK_MOUNTS = ("--user", "--mount", "--")
-
 
 @dataclass(frozen=True)
 class Isolation:
-    """How an untrusted command runs: its command prefix and what that prefix does."""
+    """How untrusted commands run here: ``tool`` is ``bwrap``, ``unshare`` (a network
+    namespace only) or empty (nothing); with or without ``network``; ``hidden`` the
+    secret paths covered, as (path, is a folder)."""
 
-    prefix: tuple[str, ...]
-    namespaces: tuple[str, ...]
-    hidden: tuple[str, ...]
+    tool: str
+    network: bool
+    hidden: tuple[tuple[Path, bool], ...] = ()
+
+    def prefix(self, writable: Iterable[Path] = ()) -> tuple[str, ...]:
+        """The command prefix that runs a command so, able to write ``writable`` only
+        (existing folders) where bwrap runs."""
+        if self.tool == "bwrap":
+            return _bwrap(writable, self.hidden, self.network)
+        if self.tool == "unshare":
+            return (shutil.which("unshare") or "unshare", "--net")
+        return ()
 
     def describe(self) -> str:
         """One line for provenance and logs."""
-        if not self.namespaces:
-            return "none: this machine permits no namespaces (files and network reachable)"
-        text = "namespaces: " + ", ".join(self.namespaces)
-        if "network" not in self.namespaces:
-            text += " (network reachable)"
-        if "mount" not in self.namespaces:
-            return text + "; no file hidden (no user and mount namespaces here)"
-        return text + "; hidden: " + (", ".join(self.hidden) or "nothing (no secret files)")
+        if self.tool == "bwrap":
+            network = "network reachable" if self.network else "no network"
+            hidden = ", ".join(str(path) for path, _ in self.hidden) or "nothing (no secret files)"
+            return (
+                f"bwrap: file system read-only but the command's own scratch and output; "
+                f"{network}; no other process visible; hidden: {hidden}"
+            )
+        if self.tool == "unshare":
+            return (
+                "unshare --net: no network; bwrap cannot run here, so the file system is"
+                " writable and no file hidden"
+            )
+        return (
+            "none: bwrap cannot run here (file system writable, no file hidden, network reachable)"
+        )
 
 
 def _public(variable: str) -> bool:
@@ -103,37 +116,36 @@ def hiding(secrets: Iterable[Path], needed: Iterable[Path]) -> list[tuple[Path, 
     return chosen
 
 
-def _script(unshare: str, targets: list[tuple[Path, bool]]) -> str:
-    mounts = [
-        [*EMPTY_TMPFS, str(path)] if is_dir else ["mount", "--bind", "/dev/null", str(path)]
-        for path, is_dir in targets
-    ]
-    lines = [
-        "set -e",
-        *(shlex.join(m) for m in mounts),
-        f'exec {shlex.join([unshare, *LOCK_MOUNTS])} "$@"',
-    ]
-    return "\n".join(lines)
-
-
-def _namespaces(network: bool) -> tuple[str, ...]:
-    """unshare's flags: a user and mount namespace, and a network one unless ``network``."""
-    flags = ("--user", "--map-root-user", "--mount")
-    return flags if network else (*flags, "--net")
+def _bwrap(
+    writable: Iterable[Path], hidden: Iterable[tuple[Path, bool]], network: bool
+) -> tuple[str, ...]:
+    """bwrap's command line: everything read-only, then ``writable`` bound writable, then
+    the ``hidden`` paths covered (a cover wins over a writable folder)."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--cap-drop", "ALL"]
+    args += ["--share-net"] if network else []
+    args += ["--die-with-parent", "--new-session"]
+    args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    for path in writable:
+        args += ["--bind", str(path), str(path)]
+    for path, is_dir in hidden:
+        cover = ["--tmpfs", str(path), "--remount-ro", str(path)]
+        args += cover if is_dir else ["--ro-bind", "/dev/null", str(path)]
+    return (*args, "--")
 
 
 @functools.cache
-def _permitted(flags: tuple[str, ...], script: bool) -> bool:
-    """Whether ``unshare flags`` runs here (with ``script``: hiding a folder and locking)."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
+def _runs(tool: str) -> bool:
+    """Whether ``tool`` (``bwrap`` with a folder written and one hidden, or ``unshare``
+    for a network namespace) runs here."""
+    if shutil.which(tool) is None:
         return False
     with tempfile.TemporaryDirectory() as folder:
-        command = [unshare, *flags, "--"]
-        if script:
-            command += ["sh", "-c", _script(unshare, [(Path(folder), True)]), "sh", "true"]
+        if tool == "bwrap":
+            (Path(folder) / "hidden").mkdir()
+            command = [*_bwrap([Path(folder)], [(Path(folder) / "hidden", True)], False)]
+            command += ["touch", str(Path(folder) / "written")]
         else:
-            command += ["true"]
+            command = [tool, "--net", "true"]
         probe = subprocess.run(command, capture_output=True, check=False)
     return probe.returncode == 0
 
@@ -142,13 +154,9 @@ def isolation(environ: Mapping[str, str], needed: Iterable[Path], *, network: bo
     """The strongest isolation this machine permits for an untrusted command: secrets in
     ``environ`` hidden from it (keeping ``needed`` reachable), and no network unless
     ``network``."""
-    flags = _namespaces(network)
-    unshare = shutil.which("unshare") or "unshare"
-    if _permitted(flags, script=True):
+    if _runs("bwrap"):
         targets = hiding(secret_paths(environ), needed_paths(needed))
-        prefix = (unshare, *flags, "--", "sh", "-c", _script(unshare, targets), "sh")
-        names = ("user", "mount") + (() if network else ("network",))
-        return Isolation(prefix, names, tuple(str(path) for path, _ in targets))
-    if not network and _permitted(("--net",), script=False):
-        return Isolation((unshare, "--net"), ("network",), ())
-    return Isolation((), (), ())
+        return Isolation("bwrap", network, tuple(targets))
+    if not network and _runs("unshare"):
+        return Isolation("unshare", network)
+    return Isolation("", network)

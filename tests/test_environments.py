@@ -78,13 +78,27 @@ def test_the_revisions_build_sees_none_of_our_variables(tiny, monkeypatch):
     repo, _, adapter, cache = tiny
     monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
     (repo / "setup.py").write_text(
-        "import json, os, pathlib\n"
-        "pathlib.Path(__file__).with_name('seen.json').write_text(json.dumps(sorted(os.environ)))\n"
+        "import json, os, pathlib, sys\n"
+        "pathlib.Path(sys.prefix, 'seen.json').write_text(json.dumps(sorted(os.environ)))\n"
         "from setuptools import setup\n"
         "setup()\n"
     )
     sha = commit(repo, "a setup.py that looks around")
     source = checkout(repo, sha, cache / "checkouts" / sha)
-    build_environment(source, sha, adapter, cache)
-    seen = json.loads((source / "seen.json").read_text())
+    env = build_environment(source, sha, adapter, cache)
+    seen = json.loads((env.path / "seen.json").read_text())
+    assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen
+
+
+def test_the_import_check_sees_none_of_our_variables(tiny, monkeypatch):
+    repo, _, adapter, cache = tiny
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
+    (repo / "tinydeblender" / "__init__.py").write_text(
+        "import os\nraise ImportError('seen: ' + ' '.join(sorted(os.environ)))\n"
+    )
+    sha = commit(repo, "a package that looks around on import")
+    source = checkout(repo, sha, cache / "checkouts" / sha)
+    with pytest.raises(BuildError) as raised:
+        build_environment(source, sha, adapter, cache)
+    seen = raised.value.log_tail.rsplit("seen: ", 1)[1].split()
     assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen

@@ -23,6 +23,7 @@ from runner.release import commit
 from runner.report import MARKER
 from runner.result import SCHEMA_FILE, RunResult
 from runner.revisions import git
+from runner.run import BUILD_SPLIT
 from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository, write_blend_with
 
 
@@ -67,10 +68,10 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
     assert result.provenance.head.deblender_version == "1.1"
     assert result.provenance.base.deblender_version == "1.0"
     isolation = result.provenance.isolation  # what this machine permits, said plainly
-    assert isolation["build"].startswith(("namespaces: user, mount (network reachable)", "none"))
-    assert isolation["workers"].startswith(
-        ("namespaces: user, mount, network", "namespaces: network", "none")
-    )
+    assert isolation["build"].startswith(BUILD_SPLIT)
+    ways = ("bwrap: file system read-only", "unshare --net: no network", "none: bwrap cannot")
+    assert isolation["build"].removeprefix(BUILD_SPLIT).startswith(ways)
+    assert isolation["workers"].startswith(ways)
     blends = {b.id: b for b in result.blends}
     assert len(blends) == 6
     for blend in blends.values():

@@ -22,7 +22,7 @@ from runner.pool import Side, Task, run_tasks
 from runner.release import commit, release_repository
 from runner.result import RunResult
 from runner.revisions import checkout, git, resolve
-from runner.run import deblender_variables
+from runner.run import compilation_cache, deblender_variables
 from support import HSC
 
 pytestmark = pytest.mark.scarlet2
@@ -202,7 +202,8 @@ def release_side(scarlet2):
     root, repo, tag, _ = scarlet2
     adapter, sha, cache = get_adapter("scarlet2"), resolve(repo, tag), root / "cache"
     env = build_environment(checkout(repo, sha, cache / "checkouts" / sha), sha, adapter, cache)
-    return Side("release", env.python, adapter.worker_file, deblender_variables(adapter, cache))
+    variables = deblender_variables(adapter, compilation_cache(cache, env))
+    return Side("release", env.python, adapter.worker_file, variables)
 
 
 def deblend(side, blends, options, out):
