@@ -2,7 +2,10 @@
 
 ``create_app()`` is the factory for ``python -m bot`` and for gunicorn's
 ``aiohttp.GunicornWebWorker`` (App Engine). Webhooks are verified, de-duplicated by
-delivery id and answered at once; their work runs in background tasks.
+delivery id and answered at once; their work runs in background tasks, and a delivery
+counts as handled only once that work has been accepted (a failed one can be
+redelivered). The state lives in SQLite in the data dir, or in a private bucket shared by
+every instance (``SCARLET_BOT_STATE``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import aiohttp
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, sansio
 
-from bot import drift
+from bot import drift, reconcile
 from bot.auth import InstallationClients
-from bot.jobs import DeliveryLog, JobStore
+from bot.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
 from bot.pages import add_routes
 from bot.routers import router
 from bot.service import SERVICE, RegressionService
@@ -75,7 +78,12 @@ async def webhook(request: web.Request) -> web.Response:
     reason = malformed(event)
     if reason:
         return web.Response(status=400, text=reason)
-    if await app[DELIVERIES].seen(event.delivery_id):
+    try:
+        taken = await app[DELIVERIES].begin(event.delivery_id)
+    except Exception:
+        log.exception("delivery %s: the delivery log failed", event.delivery_id)
+        return web.Response(status=503, text="the bot's state is unavailable; redeliver later")
+    if not taken:
         return web.Response(status=200, text="duplicate delivery")
     task = asyncio.create_task(process(app, event))
     app[TASKS].add(task)
@@ -84,12 +92,21 @@ async def webhook(request: web.Request) -> web.Response:
 
 
 async def process(app: web.Application, event: sansio.Event) -> None:
-    """Dispatch one event to the routers with a client of its installation."""
+    """Dispatch one event to the routers with a client of its installation; then record
+    the delivery done, or release it for a redelivery when its work failed."""
+    deliveries = app[DELIVERIES]
     try:
         gh = await app[CLIENTS].client(event.data["installation"]["id"])
         await router.dispatch(event, gh, app[SERVICE])
     except Exception:
         log.exception("processing %s delivery %s failed", event.event, event.delivery_id)
+        finish = deliveries.release
+    else:
+        finish = deliveries.done
+    try:
+        await finish(event.delivery_id)
+    except Exception:
+        log.exception("delivery %s: the delivery log failed", event.delivery_id)
 
 
 async def schedule_drift(request: web.Request) -> web.Response:
@@ -153,6 +170,22 @@ def create_app(settings: Settings | None = None) -> web.Application:
     return app
 
 
+def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
+    """The job store and delivery log: in the shared bucket when one is configured, else
+    in SQLite in the data dir."""
+    shared = settings.shared_state
+    if shared is None:
+        path = settings.data_dir / "jobs.sqlite"
+        return (
+            SQLiteJobStore(path, lease=settings.lease),
+            SQLiteDeliveryLog(path, lease=settings.lease),
+        )
+    from bot.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
+
+    bucket = Bucket(*shared)
+    return GCSJobStore(bucket, lease=settings.lease), GCSDeliveryLog(bucket, lease=settings.lease)
+
+
 def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
     """Cloud Run Jobs when a job is configured (production), else the embedded queue."""
     from bot.runs import merge_arguments, runner_command
@@ -188,17 +221,21 @@ async def _lifecycle(app: web.Application):
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession()
-    jobs = JobStore(settings.data_dir / "jobs.sqlite")
-    app[DELIVERIES] = DeliveryLog(settings.data_dir / "jobs.sqlite")
+    jobs, app[DELIVERIES] = open_state(settings)
     app[CLIENTS] = InstallationClients(session, settings)
     store = open_store(
         settings.store_spec, base_url=settings.store_url, deadline=settings.store_deadline
     )
-    service = RegressionService(settings, jobs, store, app[CLIENTS].client)
+    clients = app[CLIENTS]
+    service = RegressionService(settings, jobs, store, clients.client, clients.bot_login)
     service.dispatcher = _dispatcher(settings, jobs, service)
     app[SERVICE] = service
     await service.dispatcher.start()
+    interval = settings.reconcile_interval
+    reconciler = asyncio.create_task(reconcile.run_forever(service, interval, grace=interval))
     yield
+    reconciler.cancel()
+    await asyncio.gather(reconciler, return_exceptions=True)
     await service.dispatcher.stop()
     for task in list(app[TASKS]):
         task.cancel()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,10 +81,20 @@ class CloudRunDispatcher:
     async def start(self) -> None:
         """Start the jobs a previous process stored but never dispatched, and watch the
         executions of running ones (also those started before a restart)."""
+        await self.resume()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def resume(self) -> list[Job]:
+        """``Dispatcher.resume``: a job claimed by a process that died before Cloud Run
+        named its execution (lease run out) is started again; queued jobs are started.
+        The executions themselves are Cloud Run's, looked at by ``check``."""
+        given_up = await self.store.recover(time.time())
+        for job in given_up:
+            await self._notify(job)
         for job in await self.store.unfinished():
             if job.state == "queued":
                 await self.submit(job)
-        self._watcher = asyncio.create_task(self._watch())
+        return given_up
 
     async def stop(self) -> None:
         """Stop watching: executions go on without the bot and are watched after a restart."""
@@ -110,7 +121,7 @@ class CloudRunDispatcher:
                 await self._start_merge(job)
                 continue
             done = await self.store.finish(job.id, conclusion, error=error)
-            if done is not None and done.conclusion == conclusion:
+            if done is not None:  # None: another instance concluded it first
                 finished.append(done)
                 await self._notify(done)
         return finished
@@ -123,7 +134,8 @@ class CloudRunDispatcher:
         except Exception as error:
             log.exception("job %s: Cloud Run did not start the merge", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run merge: {error}")
-            await self._notify(done)
+            if done is not None:
+                await self._notify(done)
             return
         await self.store.set_execution(job.id, MERGING + execution)
 
@@ -145,8 +157,9 @@ class CloudRunDispatcher:
         except Exception as error:
             log.exception("job %s: Cloud Run did not start an execution", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
-            await self._notify(done)
-            return done
+            if done is not None:
+                await self._notify(done)
+            return done or job
         return await self.store.set_execution(job.id, execution)
 
     def _tasks(self, job: Job) -> int:
@@ -156,7 +169,7 @@ class CloudRunDispatcher:
 
     async def cancel(self, job: Job) -> None:
         """Conclude the job "cancelled" (unless it has finished) and cancel its execution."""
-        stored = await self.store.finish(job.id, "cancelled")
+        stored = await self.store.finish(job.id, "cancelled") or await self.store.get(job.id)
         if stored is None or stored.conclusion != "cancelled" or not stored.execution:
             return
         try:

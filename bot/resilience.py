@@ -1,11 +1,12 @@
 """A gidgethub client that rides out GitHub's transient failures.
 
-GitHub answers 502/503/504 when it is unwell, 403 or 429 with ``retry-after`` for a
+GitHub answers 500/502/503/504 when it is unwell, 403 or 429 with ``retry-after`` for a
 secondary rate limit, and 401 once an installation token has expired. The client waits
 (``retry-after``, else exponential backoff) and tries again, and on a 401 fetches a new
 installation token first. A POST is retried only when GitHub cannot have acted on it
-(503, 429, a secondary rate limit, 401): after a 502 or 504 it may have, so the caller
-decides (``bot.github`` looks before it creates again).
+(503, 429, a secondary rate limit, 401): after a 500, 502 or 504 it may have, so the
+caller decides (``bot.github`` looks before it creates again). Every other method the bot
+uses (GET, PATCH of a whole state, PUT, DELETE) is idempotent and retried on those too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ RETRIES = 5
 BACKOFF = 1.0  # seconds, doubled at each attempt
 MAX_WAIT = 60.0
 NOT_ACTED_ON = {429, 503}
-MAYBE_ACTED_ON = {502, 504}
+MAYBE_ACTED_ON = {500, 502, 504}
 
 
 class ResilientGitHubAPI(GitHubAPI):

@@ -41,6 +41,20 @@ class Settings:
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
     scheduler_secret: str = ""
+    state: str = ""
+    reconcile_interval: float = 60.0
+    lease: float = 60.0
+
+    @property
+    def shared_state(self) -> tuple[str, str] | None:
+        """The private bucket and prefix of the state shared by every instance
+        (``SCARLET_BOT_STATE=gs://bucket/prefix``); None: SQLite in the data dir."""
+        if not self.state:
+            return None
+        if not self.state.startswith("gs://"):
+            raise SettingsError(f"SCARLET_BOT_STATE must be gs://bucket/prefix, not {self.state}")
+        bucket, _, prefix = self.state.removeprefix("gs://").partition("/")
+        return bucket, prefix
 
     @property
     def store_spec(self) -> str:
@@ -93,4 +107,5 @@ class Settings:
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
             scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
+            state=env.get("SCARLET_BOT_STATE", ""),
         )

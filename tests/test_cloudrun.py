@@ -15,7 +15,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from bot.cloudrun import CloudRunDispatcher
-from bot.jobs import Job, JobStore
+from bot.jobs import Job, SQLiteJobStore
 
 JOB_NAME = "projects/demo/locations/us-central1/jobs/runner"
 
@@ -81,7 +81,7 @@ def fake_api() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
     server.server_close()
 
 
-def dispatcher(store: JobStore, endpoint: str, job_name: str = JOB_NAME, **options):
+def dispatcher(store: SQLiteJobStore, endpoint: str, job_name: str = JOB_NAME, **options):
     client_options = {"api_endpoint": endpoint}
     credentials = AnonymousCredentials()
     return CloudRunDispatcher(
@@ -119,7 +119,7 @@ def make_job(sha: str = "a1b2c3") -> Job:
 
 async def test_one_execution_per_job_with_its_overrides(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     cloud = dispatcher(store, endpoint)
     try:
         job = await cloud.submit(make_job())
@@ -150,7 +150,7 @@ async def test_one_execution_per_job_with_its_overrides(tmp_path, fake_api):
 
 async def test_cancel_cancels_the_execution(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     cloud = dispatcher(store, endpoint)
     try:
         job = await cloud.submit(make_job())
@@ -165,7 +165,7 @@ async def test_cancel_cancels_the_execution(tmp_path, fake_api):
 
 async def test_a_refused_execution_concludes_error(tmp_path, fake_api):
     endpoint, _ = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     finished: list[Job] = []
 
     async def on_finished(job: Job) -> None:
@@ -185,7 +185,7 @@ async def test_a_refused_execution_concludes_error(tmp_path, fake_api):
 
 async def test_start_dispatches_jobs_left_queued(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     try:
         job = await store.add(make_job())
         await dispatcher(store, endpoint).start()
@@ -202,7 +202,7 @@ async def test_finished_executions_conclude_their_jobs(tmp_path, fake_api):
     async def on_finished(job: Job) -> None:
         finished.append(job)
 
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, on_finished=on_finished)
     good = await runs.submit(make_job("a" * 40))
     bad = await runs.submit(make_job("b" * 40))
@@ -233,7 +233,7 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     def merge_args(job: Job, out: Path) -> list[str]:
         return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
 
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, task_count=4, merge_args=merge_args, on_finished=on_finished)
     job = await runs.submit(make_job("c" * 40))
     path, body = requests[-1]
@@ -257,7 +257,7 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
 
 async def test_a_drift_run_is_one_task_and_concludes_without_a_merge(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, task_count=4, merge_args=lambda job, out: ["merge"])
     job = await runs.submit(dataclasses.replace(make_job("d" * 40), kind="drift", pr=None))
     (_, body), *_ = requests
@@ -271,7 +271,7 @@ async def test_a_drift_run_is_one_task_and_concludes_without_a_merge(tmp_path, f
 
 async def test_a_shard_that_fails_after_its_retries_fails_the_job(tmp_path, fake_api):
     endpoint, _ = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, task_count=2, merge_args=lambda job, out: ["merge"])
     job = await runs.submit(make_job("d" * 40))
     EXECUTIONS[job.execution] = {
@@ -302,8 +302,8 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
         cloud_run_job=JOB_NAME,
         cloud_run_tasks=8,
     )
-    jobs = JobStore(tmp_path / "jobs.sqlite")
-    service = RegressionService(settings, jobs, LocalStore(tmp_path / "store"), None)
+    jobs = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    service = RegressionService(settings, jobs, LocalStore(tmp_path / "store"), None, None)
     runs = _dispatcher(settings, jobs, service)
     job = make_job("e" * 40)
     run_args = runs.args(job, runs.out)

@@ -2,21 +2,57 @@
 
 from __future__ import annotations
 
+import re
+
 from gidgethub import routing
 from gidgethub.sansio import Event
 
 from bot import github
+from bot.jobs import Job
 from bot.service import RegressionService, RunRequest
 from bot.settings import CHECK_NAME
 
 router = routing.Router()
+JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-async def rerun(event: Event, gh, service: RegressionService, head_sha: str, pulls: list) -> None:
-    """Run again at ``head_sha``: for its PR when there is one (fork check runs list
-    none: look it up by SHA), else as a run of the commit against the default branch."""
+async def job_of(service: RegressionService, external_id: str | None) -> Job | None:
+    """The job a check run's ``external_id`` names, if it is one of ours."""
+    if not external_id or not JOB_ID.fullmatch(external_id):
+        return None
+    return await service.jobs.get(external_id)
+
+
+def again(job: Job, repository: str) -> RunRequest:
+    """The same run once more: its SHA, PR, base and labels. It supersedes nothing, so a
+    re-run of an older commit leaves the PR's newer head and its comment alone."""
+    return RunRequest(
+        repository=repository,
+        installation_id=job.installation_id,
+        head_sha=job.head_sha,
+        base=job.base,
+        clone_url=job.clone_url,
+        pr=job.pr,
+        kind=job.kind,
+        approved=True,
+        branch=job.branch,
+        merged_at=job.merged_at,
+        supersede=False,
+    )
+
+
+async def rerun(
+    event: Event, gh, service: RegressionService, head_sha: str, pulls: list, job: Job | None
+) -> None:
+    """Run again at ``head_sha``: the check run's own job when its ``external_id`` names
+    one; else for the PR it lists (fork check runs list none: looked up by SHA), else as a
+    run of the commit against the default branch. Only a re-run of the PR's head
+    supersedes its other runs."""
     data = event.data
     repository = data["repository"]["full_name"]
+    if job is not None and job.repository == repository and job.head_sha == head_sha:
+        await service.request_run(gh, again(job, repository))
+        return
     pull = None
     if pulls:
         pull = await github.pull_request(gh, repository, pulls[0]["number"])
@@ -37,6 +73,7 @@ async def rerun(event: Event, gh, service: RegressionService, head_sha: str, pul
         approved=True,
         branch=branch,
         merged_at=merged_at,
+        supersede=pull is not None and pull["head"]["sha"] == head_sha,
     )
     await service.request_run(gh, request)
 
@@ -46,11 +83,15 @@ async def check_run_rerequested(event: Event, gh, service: RegressionService) ->
     """Re-run from the check run's button."""
     check_run = event.data["check_run"]
     if check_run["name"] == CHECK_NAME:
-        await rerun(event, gh, service, check_run["head_sha"], check_run["pull_requests"])
+        job = await job_of(service, check_run.get("external_id"))
+        await rerun(event, gh, service, check_run["head_sha"], check_run["pull_requests"], job)
 
 
 @router.register("check_suite", action="rerequested")
 async def check_suite_rerequested(event: Event, gh, service: RegressionService) -> None:
-    """Re-run from the check suite's button."""
+    """Re-run from the check suite's button (its job found through our check run on it)."""
     suite = event.data["check_suite"]
-    await rerun(event, gh, service, suite["head_sha"], suite["pull_requests"])
+    repository = event.data["repository"]["full_name"]
+    job_id = await github.check_run_job(gh, repository, suite["head_sha"])
+    job = await job_of(service, job_id)
+    await rerun(event, gh, service, suite["head_sha"], suite["pull_requests"], job)
