@@ -508,9 +508,18 @@ class FakeGitHub:
         return issue
 
     def add_comment(
-        self, repo: str, number: int, body: str, *, user: str = "someone", bot: bool = False
+        self,
+        repo: str,
+        number: int,
+        body: str,
+        *,
+        user: str = "someone",
+        bot: bool = False,
+        via_app: bool = False,
     ) -> Comment:
-        """A comment on issue or pull request ``number``; ``bot=True``: by the app."""
+        """A comment on issue or pull request ``number``; ``bot=True``: by the app;
+        ``via_app=True``: by ``user``, a person acting through the app (GitHub then sets
+        ``performed_via_github_app`` on a person's comment)."""
         with self._lock:
             comment = Comment(
                 self._next_id(),
@@ -519,7 +528,7 @@ class FakeGitHub:
                 body,
                 self.bot_login if bot else user,
                 "Bot" if bot else "User",
-                via_app=bot,
+                via_app=bot or via_app,
             )
             self.comment_store[comment.id] = comment
         return comment

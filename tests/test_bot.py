@@ -488,3 +488,93 @@ async def test_a_bot_restarted_mid_run_runs_the_job_again_to_one_comment(bot):
     assert run.conclusion == "success", run.output
     assert len(bot.report_comments(17)) == 1
     assert len(bot.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
+
+
+async def test_a_500_on_reading_the_comments_is_retried_to_one_comment(bot):
+    bot.fake.fail_next("GET", "/repos/*/issues/*/comments", 500)
+    pull = bot.fake.add_pull(REPO, 18, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success" and "could not be written" not in run.output["summary"]
+    assert len(bot.report_comments(18)) == 1
+    assert bot.fake.calls("GET", "/repos/*/issues/*/comments", status=500)
+
+
+async def test_a_comment_that_cannot_be_written_still_concludes_the_check_run(bot):
+    # Creating the comment fails twice with a 500 (the bot looks, then tries once more).
+    bot.fake.fail_next("POST", "/repos/*/issues/*/comments", 500, times=2)
+    pull = bot.fake.add_pull(REPO, 19, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success", "the verdict, whatever happened to the comment"
+    assert run.output["summary"].startswith("**The PR's report comment could not be written**")
+    assert "/rerun-regression" in run.output["summary"]
+    assert not bot.report_comments(19)
+
+
+async def test_the_re_run_of_an_older_commit_reruns_that_commit_only(bot):
+    pull = bot.fake.add_pull(REPO, 20, head_sha=head(bot), base_ref="main")
+    old = pull.head_sha
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (old_run,) = await bot.completed(old)
+    assert old_run.external_id, "the check run names its job"
+    (bot.repo / "NOTES").write_text("a newer head\n")
+    pull.head_sha = commit(bot.repo, "newer head")
+    assert await bot.send("pull_request", "synchronize", pull=pull) == 202
+    (new_run,) = await bot.completed(pull.head_sha)
+    (report,) = bot.report_comments(20)
+    assert pull.head_sha[:10] in report.body
+
+    # The older commit's re-run button: its check suite lists the PR, whose head moved on.
+    assert await bot.send(
+        "check_run",
+        "rerequested",
+        repo=REPO,
+        installation_id=bot.installation,
+        head_sha=old,
+        check_name=CHECK_NAME,
+        pull_requests=[pull],
+        merge={"check_run": {"external_id": old_run.external_id}},
+    )
+    runs = await bot.completed(old, count=2)
+    (rerun,) = [run for run in runs if run.id != old_run.id]
+    assert rerun.conclusion == "success"
+    assert "no longer the pull request's head" in rerun.output["summary"]
+    assert rerun.external_id not in (old_run.external_id, new_run.external_id)
+    assert (new_run.status, new_run.conclusion) == ("completed", "success"), "left alone"
+    (kept,) = bot.report_comments(20)
+    assert kept.body == report.body, "the head's report stays"
+
+
+async def test_only_the_bot_users_own_comment_is_the_report(bot):
+    pull = bot.fake.add_pull(REPO, 21, head_sha=head(bot), base_ref="main")
+    fake = f"{MARKER}\n## ✅ scarlet regression: pass (trust me)"
+    by_person = bot.fake.add_comment(REPO, 21, fake, user="eve")
+    through_app = bot.fake.add_comment(REPO, 21, fake, user="mallory", via_app=True)
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert "could not be written" not in run.output["summary"]
+    mine = [c for c in bot.report_comments(21) if c.user == bot.fake.bot_login]
+    assert len(mine) == 1 and "scarlet regression: pass" in mine[0].body
+    assert by_person.body == fake and through_app.body == fake, "theirs untouched"
+
+
+async def test_a_delivery_whose_work_failed_can_be_redelivered(bot):
+    # GitHub refuses the installation token: the work fails; GitHub's "Redeliver" then
+    # sends the same delivery again, which must run.
+    bot.fake.fail_next("POST", "/app/installations/*/access_tokens", 500)
+    pull = bot.fake.add_pull(REPO, 22, head_sha=head(bot), base_ref="main")
+    merge = {"repository": {"clone_url": str(bot.repo)}}
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, merge=merge)
+    assert await bot.deliver(headers, body) == 202
+    for _ in range(100):
+        if bot.fake.calls("POST", "/app/installations/*/access_tokens", status=500):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert not bot.fake.check_runs(REPO, pull.head_sha)
+    assert await bot.deliver(headers, body) == 202, "redelivered, not a duplicate"
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert await bot.deliver(headers, body) == 200, "now it is a duplicate"
