@@ -186,6 +186,26 @@ def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
     return GCSJobStore(bucket, lease=settings.lease), GCSDeliveryLog(bucket, lease=settings.lease)
 
 
+def _cloud_run_emulator(endpoint: str) -> dict:
+    """Clients of an emulated Run Admin API (REST at ``endpoint``, no credentials), as
+    ``STORAGE_EMULATOR_HOST`` is for GCS; none (Cloud Run's own) when not set."""
+    if not endpoint:
+        return {}
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    options = {"api_endpoint": endpoint}
+    credentials = AnonymousCredentials()
+    return {
+        "jobs_client": run_v2.JobsClient(
+            transport="rest", client_options=options, credentials=credentials
+        ),
+        "executions_client": run_v2.ExecutionsClient(
+            transport="rest", client_options=options, credentials=credentials
+        ),
+    }
+
+
 def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
     """Cloud Run Jobs when a job is configured (production), else the embedded queue."""
     from bot.runs import merge_arguments, runner_command
@@ -202,6 +222,8 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             task_count=settings.cloud_run_tasks,
             merge_args=merge_arguments(settings),
             on_finished=service.on_finished,
+            poll_interval=settings.cloud_run_poll,
+            **_cloud_run_emulator(settings.cloud_run_emulator),
         )
     from bot.dispatch import EmbeddedDispatcher
 

@@ -40,6 +40,8 @@ class Settings:
     github_backoff: float = 1.0
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
+    cloud_run_poll: float = 30.0
+    cloud_run_emulator: str = ""
     scheduler_secret: str = ""
     state: str = ""
     reconcile_interval: float = 60.0
@@ -105,6 +107,7 @@ class Settings:
             run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
             cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
+            cloud_run_emulator=env.get("SCARLET_BOT_CLOUD_RUN_EMULATOR_HOST", ""),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
             scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
             state=env.get("SCARLET_BOT_STATE", ""),

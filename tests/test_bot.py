@@ -108,12 +108,9 @@ class Bot:
         return [c for c in self.fake.comments(REPO, number) if c.body.startswith(MARKER)]
 
 
-@contextlib.asynccontextmanager
-async def running_bot(
-    fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
-) -> AsyncIterator[Bot]:
-    """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
-    ``feature``) and two synthetic blends; ``settings`` override its defaults."""
+def scarlet_repository(fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path):
+    """A tiny scarlet repository (a PR branch ``feature``) installed on the fake GitHub,
+    and two synthetic blends: (repository folder, blend set, installation id)."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
     git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "NOTES").write_text("a change that does not touch the deblender\n")
@@ -125,11 +122,18 @@ async def running_bot(
         installation_id=installation.id,
         collaborators={"maintainer": "maintain", "reader": "read"},
     )
+    return repo, dataset, installation.id
+
+
+def bot_settings(
+    fake_github: FakeGitHub, data_dir: Path, dataset: Path, port: int, **settings
+) -> Settings:
+    """The test bot's settings on 127.0.0.1:``port``; ``settings`` override its defaults."""
     defaults = {
         "app_id": str(fake_github.app_id),
         "private_key": fake_github.private_key_pem,
         "webhook_secret": fake_github.webhook_secret,
-        "data_dir": tmp_path / "bot",
+        "data_dir": data_dir,
         "datasets": (dataset,),
         "api_url": fake_github.url,
         "public_url": f"http://127.0.0.1:{port}",
@@ -138,9 +142,19 @@ async def running_bot(
         "github_backoff": 0.01,
         "runner": (sys.executable, str(TINY_RUNNER)),
     }
-    bot_settings = Settings(**{**defaults, **settings})
+    return Settings(**{**defaults, **settings})
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
+) -> AsyncIterator[Bot]:
+    """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
+    ``feature``) and two synthetic blends; ``settings`` override its defaults."""
+    repo, dataset, installation = scarlet_repository(fake_github, tmp_path, synthetic_set)
+    configured = bot_settings(fake_github, tmp_path / "bot", dataset, port, **settings)
     async with aiohttp.ClientSession() as session:
-        bot = Bot(bot_settings, fake_github, repo, session, installation.id)
+        bot = Bot(configured, fake_github, repo, session, installation)
         await bot.serve()
         try:
             yield bot
