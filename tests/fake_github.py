@@ -285,6 +285,7 @@ class _Fault:
     headers: dict[str, str]
     body: Any
     times: int
+    when: dict[str, Any] | None = None
 
 
 class _Reply(Exception):
@@ -567,16 +568,27 @@ class FakeGitHub:
         *,
         body: Any = None,
         times: int = 1,
+        when: Mapping[str, Any] | None = None,
     ) -> None:
         """Answer the next ``times`` valid requests matching with ``status`` instead.
 
         ``method`` may be ``"*"``; ``path_glob`` is an ``fnmatch`` pattern on the path
-        (``/repos/*/check-runs*``). ``body`` defaults to GitHub's ``{"message": ...}``.
-        Faults are consumed in the order programmed; the request is recorded.
+        (``/repos/*/check-runs*``); ``when``, if given, the fields the request's JSON body
+        must have (``{"status": "completed"}``). ``body`` defaults to GitHub's
+        ``{"message": ...}``. Faults are consumed in the order programmed; the request is
+        recorded.
         """
         with self._lock:
             self._faults.append(
-                _Fault(method.upper(), path_glob, status, dict(headers or {}), body, times)
+                _Fault(
+                    method.upper(),
+                    path_glob,
+                    status,
+                    dict(headers or {}),
+                    body,
+                    times,
+                    dict(when) if when is not None else None,
+                )
             )
 
     # -- reading state
@@ -741,8 +753,11 @@ class FakeGitHub:
             raise _Reply(422, f"Invalid request. {detail[:200]}") from None
         self._check_rules(call, template)
         for fault in self._faults:
-            if fault.method in ("*", call.method) and fnmatch.fnmatchcase(
-                call.path, fault.path_glob
+            sent = call.json if isinstance(call.json, dict) else {}
+            if (
+                fault.method in ("*", call.method)
+                and fnmatch.fnmatchcase(call.path, fault.path_glob)
+                and all(sent.get(k) == v for k, v in (fault.when or {}).items())
             ):
                 fault.times -= 1
                 if fault.times <= 0:

@@ -109,3 +109,18 @@ async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(depl
     assert len(new.report_comments(31)) == 1
     assert len(cloud_run.processes) == 1, "the run was not started again"
     assert len(deployment.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
+
+
+async def test_a_conclusion_github_refused_is_written_later_by_the_reconciler(deployment):
+    deployment.shared["reconcile_interval"] = 0.5
+    bot = await deployment.instance("one")
+    fake = deployment.fake
+    # Every try of the conclusion fails (the bot tries six times) ...
+    fake.fail_next("PATCH", "/repos/*/check-runs/*", 500, times=6, when={"status": "completed"})
+    pull = fake.add_pull(REPO, 32, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    # ... and once its lease has run out, the reconciler reports the job again.
+    (run,) = await bot.completed(pull.head_sha, timeout=90)
+    assert run.conclusion == "success", run.output
+    assert len(fake.calls("PATCH", "/repos/*/check-runs/*", status=500)) == 6
+    assert len(bot.report_comments(32)) == 1
