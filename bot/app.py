@@ -253,8 +253,7 @@ async def _lifecycle(app: web.Application):
     service.dispatcher = _dispatcher(settings, jobs, service)
     app[SERVICE] = service
     await service.dispatcher.start()
-    interval = settings.reconcile_interval
-    reconciler = asyncio.create_task(reconcile.run_forever(service, interval, grace=interval))
+    reconciler = asyncio.create_task(reconcile.run_forever(service, settings.reconcile_interval))
     yield
     reconciler.cancel()
     await asyncio.gather(reconciler, return_exceptions=True)

@@ -6,7 +6,7 @@ queued or in progress after the bot process that held it is gone.
   three attempts (``Dispatcher.resume``); a Cloud Run execution is its own record, looked
   at by the Cloud Run dispatcher;
 - queued: got run (its check run made first when the process died before making it),
-  once it is older than ``grace`` seconds (younger ones are being accepted right now);
+  once it is older than ``GRACE`` seconds (younger ones are being accepted right now);
 - finished but not reported (the process died between the conclusion and the check
   run's): reported once its reporter's lease has run out (``on_finished``).
 
@@ -24,12 +24,14 @@ from bot.service import RegressionService
 
 log = logging.getLogger(__name__)
 
+GRACE = 60.0  # seconds a queued job is left to the instance accepting it
 
-async def reconcile(service: RegressionService, grace: float) -> None:
+
+async def reconcile(service: RegressionService) -> None:
     """One pass over the store's unreported jobs."""
     await service.dispatcher.resume()
     for job in await service.jobs.unfinished():
-        if job.state == "queued" and job.updated < time.time() - grace:
+        if job.state == "queued" and job.updated < time.time() - GRACE:
             try:
                 await service.resume(job)
             except Exception:
@@ -44,11 +46,11 @@ async def reconcile(service: RegressionService, grace: float) -> None:
             log.exception("reconciling: job %s could not be reported", job.id)
 
 
-async def run_forever(service: RegressionService, interval: float, grace: float) -> None:
+async def run_forever(service: RegressionService, interval: float) -> None:
     """``reconcile`` every ``interval`` seconds, logging what fails, until cancelled."""
     while True:
         try:
-            await reconcile(service, grace)
+            await reconcile(service)
         except Exception:
             log.exception("reconciling failed")
         await asyncio.sleep(interval)
