@@ -198,17 +198,26 @@ class RegressionService:
     async def cancel_pr(
         self, gh: GitHubAPI, repository: str, pr: int, except_sha: str | None = None
     ) -> None:
-        """Cancel the PR's queued and running jobs (all, or those not at ``except_sha``)."""
+        """Cancel the PR's queued and running jobs (all, or those not at ``except_sha``),
+        and conclude a fork's check run left waiting for a maintainer."""
+        reason = "Superseded by a newer push." if except_sha else "The PR was closed."
+        latest = await self.jobs.latest(repository, pr)
         for job in await self.jobs.cancel(repository, pr=pr, except_sha=except_sha):
             await self.dispatcher.cancel(job)
             if job.check_run_id is not None:
-                reason = "Superseded by a newer push." if except_sha else "The PR was closed."
                 async with self._check_run_lock(job.id):
                     await github.complete_check_run(
                         gh, repository, job.check_run_id, "cancelled", _waiting(reason)
                     )
                 await self.jobs.mark_notified(job.id)
             self._forget(job.id)
+        held = latest is not None and latest.error == HELD and latest.head_sha != except_sha
+        if held and latest.check_run_id is not None:
+            waiting = await github.waiting_check_run(gh, repository, latest.head_sha)
+            if waiting == latest.check_run_id:
+                await github.complete_check_run(
+                    gh, repository, waiting, "cancelled", _waiting(reason)
+                )
 
     async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         """Show progress on the check run, at most every ``progress_interval`` seconds and

@@ -592,3 +592,26 @@ async def test_a_delivery_whose_work_failed_can_be_redelivered(bot):
     (run,) = await bot.completed(pull.head_sha)
     assert run.conclusion == "success"
     assert await bot.deliver(headers, body) == 200, "now it is a duplicate"
+
+
+@pytest.mark.parametrize("then", ["closed", "synchronize"])
+async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sha(bot, then):
+    pull = bot.fake.add_pull(REPO, 23, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    waiting = pull.head_sha
+    if then == "synchronize":
+        (bot.repo / "NOTES").write_text("the fork pushes again\n")
+        pull.head_sha = commit(bot.repo, "fork push")
+    assert await bot.send("pull_request", then, pull=pull) == 202
+    (run,) = await bot.completed(waiting, timeout=30)
+    assert run.conclusion == "cancelled"
+    expected = "The PR was closed." if then == "closed" else "Superseded by a newer push."
+    assert run.output["summary"] == expected
+    if then == "synchronize":  # the new head waits in a check run of its own
+        await asyncio.sleep(0.5)
+        (new,) = bot.fake.check_runs(REPO, pull.head_sha)
+        assert new.status == "queued"
