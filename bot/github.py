@@ -78,13 +78,14 @@ async def waiting_check_run(gh: GitHubAPI, repository: str, head_sha: str) -> in
 
 
 async def start_check_run(
-    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput
+    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput, first: bool
 ) -> None:
-    """Mark the check run in progress with ``output`` (phase and blends done)."""
-    await gh.patch(
-        f"/repos/{repository}/check-runs/{check_run_id}",
-        data={"status": "in_progress", "started_at": now(), "output": _output(output)},
-    )
+    """Mark the check run in progress with ``output`` (phase and blends done); its
+    ``started_at`` only with the ``first`` progress, so that its duration runs on."""
+    data = {"status": "in_progress", "output": _output(output)}
+    if first:
+        data["started_at"] = now()
+    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
 
 
 async def complete_check_run(

@@ -114,6 +114,7 @@ class RegressionService:
         # turn, and no progress follows a conclusion (it would reopen the check run).
         self._check_run_locks: dict[str, asyncio.Lock] = {}
         self._progress_sent: dict[str, float] = {}
+        self._started: set[str] = set()  # jobs whose check run has its started_at
 
     def details_url(self, repository: str, pr: int | None, sha: str) -> str:
         """The stable address of the report a check run links to (served by the bot)."""
@@ -235,9 +236,11 @@ class RegressionService:
                 return
             if current.check_run_id is None:
                 return
+            first = job.id not in self._started
             await github.start_check_run(
-                gh, job.repository, current.check_run_id, CheckRunOutput(title, title, "")
+                gh, job.repository, current.check_run_id, CheckRunOutput(title, title, ""), first
             )
+            self._started.add(job.id)
 
     async def on_finished(self, job: Job) -> None:
         """Report the job's end, then mark it notified: the PR's one report comment and the
@@ -329,6 +332,7 @@ class RegressionService:
         """Drop what was kept for an unfinished job (its progress time and lock)."""
         self._progress_sent.pop(job_id, None)
         self._check_run_locks.pop(job_id, None)
+        self._started.discard(job_id)
 
 
 SERVICE = web.AppKey("service", RegressionService)

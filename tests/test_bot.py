@@ -615,3 +615,16 @@ async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sh
         await asyncio.sleep(0.5)
         (new,) = bot.fake.check_runs(REPO, pull.head_sha)
         assert new.status == "queued"
+
+
+async def test_the_check_run_is_started_once_and_its_duration_runs_on(bot):
+    pull = bot.fake.add_pull(REPO, 24, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    progress = [
+        call.json
+        for call in bot.fake.calls("PATCH", f"/repos/{REPO}/check-runs/{run.id}")
+        if call.json.get("status") == "in_progress"
+    ]
+    assert len(progress) > 2, "the runner reported progress several times"
+    assert ["started_at" in update for update in progress] == [True] + [False] * (len(progress) - 1)
