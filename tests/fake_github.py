@@ -16,7 +16,9 @@ unexpired installation token whose installation covers the repository (401 witho
 with a bad token, 404 for a repository the token cannot see). Lists paginate with
 ``per_page`` (default 30, capped at 100) and ``page`` and a ``Link`` header on ``url``.
 
-Other GitHub rules the spec does not state are enforced as violations (422): issue and
+``GET /repos/{owner}/{repo}/commits/{sha}/pulls`` leaves out fork PRs by their head, as
+GitHub is reported to. Other GitHub rules the spec does not state are enforced as
+violations (422): issue and
 comment bodies ≤ 65,536 characters; ``status: completed`` on create needs a
 ``conclusion``; apps may not set ``conclusion: stale``.
 
@@ -1362,10 +1364,11 @@ class FakeGitHub:
         self, call: Call, params: dict[str, str], query: MultiDict[str], body: dict[str, Any]
     ) -> tuple[int, Any, dict[str, str]]:
         repo, sha = self._repo_of(params), params["commit_sha"]
+        # As reported of GitHub: a fork's PR is not listed by its head commit.
         pulls = [
             p
             for p in self.pulls.values()
-            if p.repo == repo and sha in (p.head_sha, p.merge_commit_sha)
+            if p.repo == repo and (sha == p.merge_commit_sha or (sha == p.head_sha and not p.fork))
         ]
         items, headers = self._page(call, query, pulls)
         return 200, [self._pull_json(p) for p in items], headers

@@ -628,3 +628,32 @@ async def test_the_check_run_is_started_once_and_its_duration_runs_on(bot):
     ]
     assert len(progress) > 2, "the runner reported progress several times"
     assert ["started_at" in update for update in progress] == [True] + [False] * (len(progress) - 1)
+
+
+async def test_the_re_run_of_a_forks_check_run_is_a_run_of_its_pr(bot):
+    pull = bot.fake.add_pull(REPO, 25, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    assert await bot.comment(pull, COMMAND, "maintainer") == 202
+    (first,) = await bot.completed(pull.head_sha)
+    (report,) = bot.report_comments(25)
+    # Its check suite lists no PR (a fork), and GET /commits/{sha}/pulls neither.
+    assert await bot.send(
+        "check_run",
+        "rerequested",
+        repo=REPO,
+        installation_id=bot.installation,
+        head_sha=pull.head_sha,
+        check_name=CHECK_NAME,
+        pull_requests=[],
+        merge={"check_run": {"external_id": first.external_id}},
+    )
+    runs = await bot.completed(pull.head_sha, count=2)
+    (rerun,) = [run for run in runs if run.id != first.id]
+    assert rerun.conclusion == "success"
+    assert rerun.details_url == f"{bot.url}/{REPO}/pr/25", "the PR's run, not a baseline"
+    (edited,) = bot.report_comments(25)
+    assert edited.id == report.id
