@@ -222,6 +222,7 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             task_count=settings.cloud_run_tasks,
             merge_args=merge_arguments(settings),
             on_finished=service.on_finished,
+            on_progress=service.on_progress,
             poll_interval=settings.cloud_run_poll,
             **_cloud_run_emulator(settings.cloud_run_emulator),
         )

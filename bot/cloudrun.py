@@ -13,16 +13,38 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.dispatch import OnFinished, call_safely
+from bot.dispatch import OnFinished, OnProgress, call_safely
 from bot.jobs import Job, JobStore
 
 log = logging.getLogger(__name__)
 
 JOB_ID_VARIABLE = "SCARLET_REGRESSION_JOB_ID"
 MERGING = "merge:"  # marks a job's execution as the merge of its shards
+DEBLENDING = "deblending on Cloud Run (tasks done)"
+MERGING_PHASE = "merging the shards on Cloud Run"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What Cloud Run says of an execution: its tasks, and whether it has ended."""
+
+    tasks: int
+    succeeded: int
+    failed: int
+    completed: bool
+    reasons: str = ""
+
+    @property
+    def outcome(self) -> tuple[str, str | None]:
+        """The job's conclusion once ended ("success" when every task succeeded, else
+        "error"), and why it failed."""
+        if self.succeeded >= max(self.tasks, 1) and not self.failed:
+            return "success", None
+        return "error", self.reasons or f"{self.failed} task(s) failed"
 
 
 class CloudRunDispatcher:
@@ -41,7 +63,8 @@ class CloudRunDispatcher:
     succeeded, one more execution runs ``merge_args`` (``runner merge`` from the store),
     and its end concludes the job. Cloud Run retries failed tasks (the job's
     ``maxRetries``); a shard that still fails fails the execution and so the job, with
-    Cloud Run's reason.
+    Cloud Run's reason. While an execution runs, ``on_progress`` hears its phase and
+    its tasks done of all (Cloud Run's counts).
     """
 
     def __init__(
@@ -58,6 +81,7 @@ class CloudRunDispatcher:
         jobs_client: Any = None,
         executions_client: Any = None,
         on_finished: OnFinished | None = None,
+        on_progress: OnProgress | None = None,
         poll_interval: float = 30.0,
         merge_args: Callable[[Job, Path], Sequence[str]] | None = None,
     ) -> None:
@@ -70,6 +94,7 @@ class CloudRunDispatcher:
         self.task_count = task_count
         self.timeout = timeout
         self.on_finished = on_finished
+        self.on_progress = on_progress
         self._jobs = jobs_client
         self._executions = executions_client
         self.poll_interval = poll_interval
@@ -110,13 +135,19 @@ class CloudRunDispatcher:
             if job.state != "running" or not job.execution:
                 continue
             try:
-                outcome = await asyncio.to_thread(self._outcome, job.execution)
+                execution = await asyncio.to_thread(self._execution, job.execution)
             except Exception:
                 log.exception("job %s: could not look at %s", job.id, job.execution)
                 continue
-            if outcome is None:
+            if not execution.completed:
+                if self.on_progress is not None:
+                    phase = MERGING_PHASE if _merging(job) else DEBLENDING
+                    done, total = (
+                        (0, 0) if _merging(job) else (execution.succeeded, execution.tasks)
+                    )
+                    await call_safely(self.on_progress, job, phase, done, total)
                 continue
-            conclusion, error = outcome
+            conclusion, error = execution.outcome
             if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
                 await self._start_merge(job)
                 continue
@@ -203,20 +234,21 @@ class CloudRunDispatcher:
             raise RuntimeError("the run operation names no execution")
         return metadata.name
 
-    def _outcome(self, name: str) -> tuple[str, str | None] | None:
-        """None while the execution runs; else its conclusion and, if it failed, why."""
+    def _execution(self, name: str) -> Execution:
+        """The execution as Cloud Run reports it."""
         from google.cloud import run_v2
 
         if self._executions is None:
             self._executions = run_v2.ExecutionsClient()
         request = run_v2.GetExecutionRequest(name=name.removeprefix(MERGING))
         execution = self._executions.get_execution(request=request)
-        if not execution.completion_time:
-            return None
-        if execution.succeeded_count >= max(execution.task_count, 1) and not execution.failed_count:
-            return "success", None
-        reasons = [c.message for c in execution.conditions if c.message]
-        return "error", "; ".join(reasons) or f"{execution.failed_count} task(s) failed"
+        return Execution(
+            tasks=execution.task_count,
+            succeeded=execution.succeeded_count,
+            failed=execution.failed_count,
+            completed=bool(execution.completion_time),
+            reasons="; ".join(c.message for c in execution.conditions if c.message),
+        )
 
     def _cancel_execution(self, name: str) -> None:
         from google.cloud import run_v2

@@ -233,11 +233,26 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     def merge_args(job: Job, out: Path) -> list[str]:
         return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
 
+    progress: list[tuple[str, int, int]] = []
+
+    async def on_progress(job: Job, phase: str, done: int, total: int) -> None:
+        progress.append((phase, done, total))
+
     store = SQLiteJobStore(tmp_path / "jobs.sqlite")
-    runs = dispatcher(store, endpoint, task_count=4, merge_args=merge_args, on_finished=on_finished)
+    runs = dispatcher(
+        store,
+        endpoint,
+        task_count=4,
+        merge_args=merge_args,
+        on_finished=on_finished,
+        on_progress=on_progress,
+    )
     job = await runs.submit(make_job("c" * 40))
     path, body = requests[-1]
     assert path.endswith(":run") and body["overrides"]["taskCount"] == 4
+    EXECUTIONS[job.execution] = {"taskCount": 4, "runningCount": 2, "succeededCount": 2}
+    assert await runs.check() == []
+    assert progress == [("deblending on Cloud Run (tasks done)", 2, 4)]
     done = "2026-11-25T12:00:00Z"
     EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 4, "taskCount": 4}
     assert await runs.check() == [], "the merge still has to run"
@@ -246,6 +261,8 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     assert body["overrides"]["containerOverrides"][0]["args"][:2] == ["merge", "--out"]
     merging = await store.get(job.id)
     assert merging.execution.startswith("merge:") and merging.state == "running"
+    assert await runs.check() == []
+    assert progress[-1] == ("merging the shards on Cloud Run", 0, 0)
     EXECUTIONS[merging.execution.removeprefix("merge:")] = {
         "completionTime": done,
         "succeededCount": 1,

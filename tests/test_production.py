@@ -108,6 +108,8 @@ async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(depl
     assert run.conclusion == "success", run.output
     assert len(new.report_comments(31)) == 1
     assert len(cloud_run.processes) == 1, "the run was not started again"
+    shown = [c.json for c in deployment.fake.calls("PATCH", f"/repos/{REPO}/check-runs/*")]
+    assert any(u["output"]["title"].startswith("deblending on Cloud Run") for u in shown)
     assert len(deployment.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
 
 
