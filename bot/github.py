@@ -15,6 +15,7 @@ from runner.report import MARKER, CheckRunOutput
 log = logging.getLogger(__name__)
 
 WRITERS = ("admin", "write")
+CHECK_BYTES = 65_535  # GitHub: "summary exceeds a maximum bytesize of 65535"
 
 
 def now() -> str:
@@ -22,8 +23,15 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def clip(text: str, limit: int = CHECK_BYTES) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 def _output(output: CheckRunOutput) -> dict[str, str]:
-    return {"title": output.title, "summary": output.summary, "text": output.text}
+    """The output as GitHub takes it: summary and text within its limit in bytes (the
+    report measures characters; multi-byte text may exceed it)."""
+    return {"title": output.title, "summary": clip(output.summary), "text": clip(output.text)}
 
 
 async def create_check_run(

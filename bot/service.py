@@ -50,12 +50,6 @@ NOT_HEAD = (
 NO_COMMENT = (
     "**The PR's report comment could not be written** ({error}); the report is here. " + RERUN
 )
-CHECK_LIMIT = 65_535  # bytes of a check run's summary
-
-
-def clip(text: str, limit: int = CHECK_LIMIT) -> str:
-    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary."""
-    return text.encode()[:limit].decode(errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -274,7 +268,7 @@ class RegressionService:
         if job.pr is not None:
             note = await self._comment(gh, job, comment(result, links))
             if note:
-                output = replace(output, summary=clip(f"{note}\n\n{output.summary}"))
+                output = replace(output, summary=f"{note}\n\n{output.summary}")
         return VERDICT_CONCLUSIONS[result.comparison.verdict], output
 
     async def _comment(self, gh: GitHubAPI, job: Job, body: str) -> str | None:

@@ -19,7 +19,8 @@ with a bad token, 404 for a repository the token cannot see). Lists paginate wit
 ``GET /repos/{owner}/{repo}/commits/{sha}/pulls`` leaves out fork PRs by their head, as
 GitHub is reported to. Other GitHub rules the spec does not state are enforced as
 violations (422): issue and
-comment bodies ≤ 65,536 characters; ``status: completed`` on create needs a
+comment bodies ≤ 65,536 characters; a check run's output summary and text ≤ 65,535
+bytes (GitHub: "exceeds a maximum bytesize"); ``status: completed`` on create needs a
 ``conclusion``; apps may not set ``conclusion: stale``.
 
 ``webhook()`` builds a signed delivery from the pinned example payloads.
@@ -64,6 +65,7 @@ _LEGACY = {"admin": "admin", "maintain": "write", "write": "write", "triage": "r
 _LEGACY |= {"read": "read", "none": "none"}
 REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 MAX_BODY = 65536
+CHECK_BYTES = 65535  # a check run's output summary and text, in bytes of UTF-8
 JWT_OPERATIONS = {
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("GET", "/app/installations"),
@@ -794,6 +796,10 @@ class FakeGitHub:
             problems.append("status completed needs a conclusion")
         if "check-runs" in template and body.get("conclusion") == "stale":
             problems.append("apps cannot set conclusion stale")
+        output = body.get("output") if "check-runs" in template else None
+        for part in ("summary", "text"):
+            if isinstance(output, dict) and len((output.get(part) or "").encode()) > CHECK_BYTES:
+                problems.append(f"{part} exceeds a maximum bytesize of {CHECK_BYTES}")
         if problems:
             self._violation(call, "; ".join(problems))
             raise _Reply(422, "Validation Failed: " + "; ".join(problems))
