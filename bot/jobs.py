@@ -243,6 +243,9 @@ class _Database:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
+            # Commits survive the bot's process dying (what the store is for) without an
+            # fsync each: only a crash of the machine itself may lose the last ones.
+            db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             _add_new_fields(db)
             self._db = db
