@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, sansio
 
-from bot import drift, reconcile
+from bot import drift, logs, reconcile
 from bot.auth import InstallationClients
 from bot.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
 from bot.pages import add_routes
@@ -85,10 +85,22 @@ async def webhook(request: web.Request) -> web.Response:
         return web.Response(status=503, text="the bot's state is unavailable; redeliver later")
     if not taken:
         return web.Response(status=200, text="duplicate delivery")
-    task = asyncio.create_task(process(app, event))
+    with logs.context(**about(event)):
+        task = asyncio.create_task(process(app, event))
     app[TASKS].add(task)
     task.add_done_callback(app[TASKS].discard)
     return web.Response(status=202, text="accepted")
+
+
+def about(event: sansio.Event) -> dict[str, object]:
+    """What a delivery's log lines are about: its id, event, repository and PR."""
+    data = event.data
+    return {
+        "delivery": event.delivery_id,
+        "event": event.event,
+        "repository": (data.get("repository") or {}).get("full_name"),
+        "pr": (data.get("pull_request") or data.get("issue") or {}).get("number"),
+    }
 
 
 async def process(app: web.Application, event: sansio.Event) -> None:
@@ -157,6 +169,7 @@ async def artifact(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The bot's aiohttp application (settings from the environment by default)."""
+    logs.configure()
     settings = settings or Settings.from_env()
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import logs
 from bot.dispatch import OnFinished, OnProgress, call_safely
 from bot.jobs import Job, JobStore
 
@@ -134,28 +135,35 @@ class CloudRunDispatcher:
         for job in await self.store.unfinished():
             if job.state != "running" or not job.execution:
                 continue
-            try:
-                execution = await asyncio.to_thread(self._execution, job.execution)
-            except Exception:
-                log.exception("job %s: could not look at %s", job.id, job.execution)
-                continue
-            if not execution.completed:
-                if self.on_progress is not None:
-                    phase = MERGING_PHASE if _merging(job) else DEBLENDING
-                    done, total = (
-                        (0, 0) if _merging(job) else (execution.succeeded, execution.tasks)
-                    )
-                    await call_safely(self.on_progress, job, phase, done, total)
-                continue
-            conclusion, error = execution.outcome
-            if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
-                await self._start_merge(job)
-                continue
-            done = await self.store.finish(job.id, conclusion, error=error)
-            if done is not None:  # None: another instance concluded it first
+            with logs.context(job=job.id, repository=job.repository, pr=job.pr):
+                done = await self._check(job)
+            if done is not None:
                 finished.append(done)
-                await self._notify(done)
         return finished
+
+    async def _check(self, job: Job) -> Job | None:
+        """Look at the job's execution: show its progress, start the merge of its shards,
+        or conclude it (returning the job, when this call concluded it)."""
+        try:
+            execution = await asyncio.to_thread(self._execution, job.execution)
+        except Exception:
+            log.exception("job %s: could not look at %s", job.id, job.execution)
+            return None
+        if not execution.completed:
+            if self.on_progress is not None:
+                merging = _merging(job)
+                phase = MERGING_PHASE if merging else DEBLENDING
+                done, total = (0, 0) if merging else (execution.succeeded, execution.tasks)
+                await call_safely(self.on_progress, job, phase, done, total)
+            return None
+        conclusion, error = execution.outcome
+        if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
+            await self._start_merge(job)
+            return None
+        done = await self.store.finish(job.id, conclusion, error=error)
+        if done is not None:  # None: another instance concluded it first
+            await self._notify(done)
+        return done
 
     async def _start_merge(self, job: Job) -> None:
         """All shards succeeded: start one task that merges them and publishes the run."""

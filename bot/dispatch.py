@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bot import logs
 from bot.jobs import Conclusion, Job, JobStore
 from runner.sandbox import HIDE_VARIABLE, secret_paths
 
@@ -241,6 +242,10 @@ class EmbeddedDispatcher:
             task.add_done_callback(lambda _: slots.release())
 
     async def _run(self, job: Job) -> None:
+        with logs.context(job=job.id, repository=job.repository, pr=job.pr):
+            await self._run_logged(job)
+
+    async def _run_logged(self, job: Job) -> None:
         try:
             done = await self._execute(self._active[job.id])
         except Exception as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -657,3 +658,28 @@ async def test_the_re_run_of_a_forks_check_run_is_a_run_of_its_pr(bot):
     assert rerun.details_url == f"{bot.url}/{REPO}/pr/25", "the PR's run, not a baseline"
     (edited,) = bot.report_comments(25)
     assert edited.id == report.id
+
+
+async def test_logs_are_json_lines_about_their_delivery(bot, capsys):
+    bot.fake.fail_next("POST", "/app/installations/*/access_tokens", 500)
+    pull = bot.fake.add_pull(REPO, 26, head_sha=head(bot), base_ref="main")
+    merge = {"repository": {"clone_url": str(bot.repo)}}
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, merge=merge)
+    assert await bot.deliver(headers, body) == 202
+    out = ""
+    for _ in range(100):
+        out += capsys.readouterr().out
+        if "processing pull_request delivery" in out:
+            break
+        await asyncio.sleep(0.1)
+    lines = [json.loads(line) for line in out.splitlines() if line]
+    assert all({"severity", "message", "time"} <= set(line) for line in lines)
+
+    # A failed delivery says which delivery, repository and PR, with its traceback.
+    (failed,) = [line for line in lines if line["message"].startswith("processing")]
+    assert failed["severity"] == "ERROR" and "Traceback" in failed["message"]
+    assert (failed["delivery"], failed["repository"], failed["pr"]) == (
+        headers["X-GitHub-Delivery"],
+        REPO,
+        26,
+    )
