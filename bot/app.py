@@ -31,7 +31,15 @@ from runner.store import KeyNotFound, ObjectInfo, StoreError, open_store
 log = logging.getLogger(__name__)
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
-HANDLED = {"pull_request", "issue_comment", "check_run", "check_suite", "push"}
+HANDLED = {
+    "pull_request",
+    "issue_comment",
+    "check_run",
+    "check_suite",
+    "push",
+    "installation",
+    "installation_repositories",
+}
 # Where each handled event's payload must have data, as (key, key, ...) paths.
 REQUIRED = {
     "pull_request": [("action",), ("pull_request", "number"), ("pull_request", "head", "sha")],
@@ -39,8 +47,13 @@ REQUIRED = {
     "check_run": [("action",), ("check_run", "head_sha"), ("check_run", "pull_requests")],
     "check_suite": [("action",), ("check_suite", "head_sha"), ("check_suite", "pull_requests")],
     "push": [("ref",), ("before",), ("after",)],
+    "installation": [("action",)],
+    "installation_repositories": [("action",), ("repositories_removed",)],
 }
 COMMON = [("repository", "full_name"), ("repository", "clone_url"), ("installation", "id")]
+# Events about the installation itself: no repository, and no token to ask for (a deleted
+# or suspended installation has none).
+OF_INSTALLATION = {"installation", "installation_repositories"}
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", InstallationClients)
@@ -52,7 +65,8 @@ def malformed(event: sansio.Event) -> str | None:
     """Why a signed payload of a handled event cannot be processed, if it cannot."""
     if not isinstance(event.data, dict):
         return "the payload is not a JSON object"
-    for path in [*REQUIRED[event.event], *COMMON]:
+    common = [("installation", "id")] if event.event in OF_INSTALLATION else COMMON
+    for path in [*REQUIRED[event.event], *common]:
         value = event.data
         for key in path:
             if not isinstance(value, dict) or key not in value:
@@ -108,7 +122,9 @@ async def process(app: web.Application, event: sansio.Event) -> None:
     the delivery done, or release it for a redelivery when its work failed."""
     deliveries = app[DELIVERIES]
     try:
-        gh = await app[CLIENTS].client(event.data["installation"]["id"])
+        gh = None
+        if event.event not in OF_INSTALLATION:
+            gh = await app[CLIENTS].client(event.data["installation"]["id"])
         await router.dispatch(event, gh, app[SERVICE])
     except Exception:
         log.exception("processing %s delivery %s failed", event.event, event.delivery_id)

@@ -34,6 +34,15 @@ def _output(output: CheckRunOutput) -> dict[str, str]:
     return {"title": output.title, "summary": clip(output.summary), "text": clip(output.text)}
 
 
+APPROVE = "approve"
+# A button of a fork's waiting check run (GitHub: label ≤ 20, description ≤ 40 characters).
+APPROVE_ACTION = {
+    "label": "Approve and run",
+    "description": "Run this fork's code (maintainers only)",
+    "identifier": APPROVE,
+}
+
+
 async def create_check_run(
     gh: GitHubAPI,
     repository: str,
@@ -41,9 +50,11 @@ async def create_check_run(
     details_url: str,
     output: CheckRunOutput,
     external_id: str,
+    approvable: bool = False,
 ) -> int:
-    """Create the queued check run on ``head_sha`` for the job ``external_id``; return its
-    id. After a 5xx GitHub may have created it: look for it before creating it again."""
+    """Create the queued check run on ``head_sha`` for the job ``external_id`` (with the
+    "Approve and run" button when ``approvable``); return its id. After a 5xx GitHub may
+    have created it: look for it before creating it again."""
     data = {
         "name": CHECK_NAME,
         "head_sha": head_sha,
@@ -51,6 +62,7 @@ async def create_check_run(
         "details_url": details_url,
         "external_id": external_id,
         "output": _output(output),
+        "actions": [APPROVE_ACTION] if approvable else [],
     }
     try:
         created = await gh.post(f"/repos/{repository}/check-runs", data=data)
@@ -62,9 +74,13 @@ async def create_check_run(
     return int(created["id"])
 
 
-async def adopt_check_run(gh: GitHubAPI, repository: str, check_run_id: int, job_id: str) -> None:
-    """Point a check run made for an earlier job (a fork's, waiting) at the job ``job_id``."""
-    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data={"external_id": job_id})
+async def adopt_check_run(
+    gh: GitHubAPI, repository: str, check_run_id: int, job_id: str, approvable: bool = False
+) -> None:
+    """Point a check run made for an earlier job (a fork's, waiting) at the job ``job_id``,
+    with the "Approve and run" button only while it waits (``approvable``)."""
+    data = {"external_id": job_id, "actions": [APPROVE_ACTION] if approvable else []}
+    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
 
 
 async def check_run_job(gh: GitHubAPI, repository: str, head_sha: str) -> str | None:

@@ -42,7 +42,10 @@ EXPLANATIONS = {
 }
 RERUN = "Comment `/rerun-regression` on the pull request to run it again."
 HELD = "waiting for a maintainer"
-FORK_WAITS = "Code from forks runs after a maintainer comments `/rerun-regression`."
+FORK_WAITS = (
+    "Code from forks runs after a maintainer approves it: the check run's "
+    "**Approve and run** button, or a comment `/rerun-regression`."
+)
 NOT_HEAD = (
     "This run is of {sha}, which is no longer the pull request's head: its report is "
     "here only, and the PR's report comment (of the head) was left as it was."
@@ -149,7 +152,7 @@ class RegressionService:
         if job.check_run_id is not None:
             return job  # the same run is queued or running already
         hold = request.fork and not request.approved and not self.settings.run_forks
-        job = await self.open_check_run(gh, job, FORK_WAITS if hold else "Queued.")
+        job = await self.open_check_run(gh, job, FORK_WAITS if hold else "Queued.", hold)
         if job is None:
             return None
         if hold:
@@ -159,18 +162,21 @@ class RegressionService:
         await self.dispatcher.submit(job)
         return job
 
-    async def open_check_run(self, gh: GitHubAPI, job: Job, text: str) -> Job | None:
+    async def open_check_run(
+        self, gh: GitHubAPI, job: Job, text: str, hold: bool = False
+    ) -> Job | None:
         """Give the job its queued check run (a fork's waiting one on that SHA, else a new
-        one); None, with the check run concluded, when the job ended meanwhile (the PR
-        closed, or a newer push came)."""
+        one; with the approval button when it is held for a maintainer); None, with the
+        check run concluded, when the job ended meanwhile (the PR closed, or a newer push
+        came)."""
         check_run_id = await github.waiting_check_run(gh, job.repository, job.head_sha)
         if check_run_id is None:
             details = self.details_url(job.repository, job.pr, job.head_sha)
             check_run_id = await github.create_check_run(
-                gh, job.repository, job.head_sha, details, _waiting(text), job.id
+                gh, job.repository, job.head_sha, details, _waiting(text), job.id, hold
             )
         else:
-            await github.adopt_check_run(gh, job.repository, check_run_id, job.id)
+            await github.adopt_check_run(gh, job.repository, check_run_id, job.id, hold)
         job = await self.jobs.set_check_run(job.id, check_run_id) or job
         if job.finished:
             async with self._check_run_lock(job.id):
@@ -191,11 +197,18 @@ class RegressionService:
         await self.dispatcher.submit(job)
 
     async def cancel_pr(
-        self, gh: GitHubAPI, repository: str, pr: int, except_sha: str | None = None
+        self,
+        gh: GitHubAPI,
+        repository: str,
+        pr: int,
+        except_sha: str | None = None,
+        reason: str | None = None,
     ) -> None:
         """Cancel the PR's queued and running jobs (all, or those not at ``except_sha``),
-        and conclude a fork's check run left waiting for a maintainer."""
-        reason = "Superseded by a newer push." if except_sha else "The PR was closed."
+        and conclude a fork's check run left waiting for a maintainer, saying ``reason``
+        (by default: superseded, or closed)."""
+        if reason is None:
+            reason = "Superseded by a newer push." if except_sha else "The PR was closed."
         latest = await self.jobs.latest(repository, pr)
         for job in await self.jobs.cancel(repository, pr=pr, except_sha=except_sha):
             await self.dispatcher.cancel(job)
@@ -213,6 +226,24 @@ class RegressionService:
                 await github.complete_check_run(
                     gh, repository, waiting, "cancelled", _waiting(reason)
                 )
+
+    async def stop_installation(
+        self, installation_id: int, repositories: set[str] | None = None
+    ) -> list[Job]:
+        """Cancel the unfinished jobs of an installation (of ``repositories`` only, when
+        given) that is gone: its check runs cannot be written, so none is."""
+        stopped = []
+        for job in await self.jobs.unfinished():
+            if job.installation_id != installation_id:
+                continue
+            if repositories is not None and job.repository not in repositories:
+                continue
+            await self.dispatcher.cancel(job)
+            await self.jobs.mark_notified(job.id)
+            self._forget(job.id)
+            stopped.append(job)
+        log.info("installation %s: %d job(s) stopped", installation_id, len(stopped))
+        return stopped
 
     async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         """Show progress on the check run, at most every ``progress_interval`` seconds and

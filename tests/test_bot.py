@@ -683,3 +683,94 @@ async def test_logs_are_json_lines_about_their_delivery(bot, capsys):
         REPO,
         26,
     )
+
+
+async def test_a_maintainer_approves_a_forks_run_with_the_check_runs_button(bot):
+    pull = bot.fake.add_pull(REPO, 27, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    (waiting,) = bot.fake.check_runs(REPO, pull.head_sha)
+    assert [action["identifier"] for action in waiting.actions] == ["approve"]
+
+    async def press(user: str) -> int:
+        return await bot.send(
+            "check_run",
+            "requested_action",
+            repo=REPO,
+            installation_id=bot.installation,
+            head_sha=pull.head_sha,
+            check_name=CHECK_NAME,
+            check_run_id=waiting.id,
+            sender=user,
+            merge={
+                "check_run": {"external_id": waiting.external_id},
+                "requested_action": {"identifier": "approve"},
+            },
+        )
+
+    assert await press("reader") == 202
+    for _ in range(100):
+        if bot.fake.comments(REPO, 27):
+            break
+        await asyncio.sleep(0.1)
+    (refusal,) = bot.fake.comments(REPO, 27)
+    assert refusal.body.startswith("Sorry @reader")
+    await asyncio.sleep(0.5)
+    assert waiting.status == "queued", "a reader's press runs nothing"
+
+    assert await press("maintainer") == 202
+    (done,) = await bot.completed(pull.head_sha)
+    assert done.id == waiting.id and done.conclusion == "success"
+    assert done.actions == [], "the button is gone once approved"
+    assert len(bot.report_comments(27)) == 1
+
+
+async def test_a_new_base_branch_runs_the_pr_again_against_it(bot):
+    git(bot.repo, "branch", "develop", "main")
+    pull = bot.fake.add_pull(REPO, 28, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (first,) = await bot.completed(pull.head_sha)
+    pull.base_ref = "develop"
+    changes = {"base": {"ref": {"from": "main"}, "sha": {"from": "0" * 40}}}
+    assert await bot.send("pull_request", "edited", pull=pull, merge={"changes": changes}) == 202
+    runs = await bot.completed(pull.head_sha, count=2)
+    (second,) = [run for run in runs if run.id != first.id]
+    assert second.conclusion == "success", second.output
+    job = await bot.server.app[SERVICE].jobs.latest(REPO, 28)
+    assert (job.base, job.check_run_id) == ("develop", second.id)
+    # An edit of the title alone (the example's change) runs nothing.
+    assert await bot.send("pull_request", "edited", pull=pull) == 202
+    await asyncio.sleep(1.0)
+    assert len(bot.fake.check_runs(REPO, pull.head_sha)) == 2
+
+
+@pytest.mark.parametrize("event", ["installation.deleted", "installation_repositories.removed"])
+async def test_an_uninstalled_repository_stops_its_runs(bot, event):
+    source = sorted(bot.dataset.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = 1002.0  # the tiny deblender hangs on this blend: the run stays busy
+    write_blend_with(bot.dataset / "hangs.npz", source, images=images)
+    pull = bot.fake.add_pull(REPO, 29, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    await bot.started(pull.head_sha)
+    calls = len(bot.fake.calls())
+    name, action = event.split(".")
+    removed = {"id": 1, "node_id": "R_1", "name": "scarlet", "full_name": REPO, "private": False}
+    merge = {"repositories_removed": [removed]} if name == "installation_repositories" else {}
+    assert await bot.send(name, action, installation_id=bot.installation, merge=merge) == 202
+    service = bot.server.app[SERVICE]
+    for _ in range(100):
+        job = await service.jobs.latest(REPO, 29)
+        if job.finished:
+            break
+        await asyncio.sleep(0.1)
+    assert (job.state, job.conclusion) == ("cancelled", "cancelled")
+    for _ in range(100):
+        if not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")), "runner stopped"
+    assert len(bot.fake.calls()) == calls, "nothing written to an installation that is gone"

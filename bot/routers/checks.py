@@ -1,4 +1,5 @@
-"""The check run's (and check suite's) re-run button."""
+"""The check run's (and check suite's) re-run button, and its "Approve and run" button
+of a fork's run waiting for a maintainer."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from bot.service import RegressionService, RunRequest
 from bot.settings import CHECK_NAME
 
 router = routing.Router()
+APPROVAL_REFUSED = (
+    "Sorry @{user}, only people with write access to this repository can approve running "
+    "a fork's code. A maintainer can approve it for you."
+)
 JOB_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -85,6 +90,25 @@ async def check_run_rerequested(event: Event, gh, service: RegressionService) ->
     if check_run["name"] == CHECK_NAME:
         job = await job_of(service, check_run.get("external_id"))
         await rerun(event, gh, service, check_run["head_sha"], check_run["pull_requests"], job)
+
+
+@router.register("check_run", action="requested_action")
+async def approved(event: Event, gh, service: RegressionService) -> None:
+    """ "Approve and run" on a fork's waiting check run: its job runs, if the one who
+    pressed it has write access (anyone else is told so on the PR)."""
+    data = event.data
+    check_run = data["check_run"]
+    if (data.get("requested_action") or {}).get("identifier") != github.APPROVE:
+        return
+    job = await job_of(service, check_run.get("external_id"))
+    repository, user = data["repository"]["full_name"], data["sender"]["login"]
+    if job is None or job.repository != repository or job.head_sha != check_run["head_sha"]:
+        return
+    if not await github.can_write(gh, repository, user):
+        if job.pr is not None:
+            await github.reply(gh, repository, job.pr, APPROVAL_REFUSED.format(user=user))
+        return
+    await service.request_run(gh, again(job, repository))
 
 
 @router.register("check_suite", action="rerequested")
