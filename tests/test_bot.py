@@ -760,7 +760,8 @@ async def test_an_uninstalled_repository_stops_its_runs(bot, event):
     name, action = event.split(".")
     removed = {"id": 1, "node_id": "R_1", "name": "scarlet", "full_name": REPO, "private": False}
     merge = {"repositories_removed": [removed]} if name == "installation_repositories" else {}
-    assert await bot.send(name, action, installation_id=bot.installation, merge=merge) == 202
+    headers, body = bot.fake.webhook(name, action, installation_id=bot.installation, merge=merge)
+    assert await bot.deliver(headers, body) == 202
     service = bot.server.app[SERVICE]
     for _ in range(100):
         job = await service.jobs.latest(REPO, 29)
