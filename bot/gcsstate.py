@@ -202,7 +202,8 @@ class GCSJobStore:
 
     async def renew(self, job_id: str) -> Job | None:
         def renew(job: Job) -> Job | None:
-            if job.state != "running" or job.owner != self.owner:
+            held = job.state == "running" or (job.finished and not job.notified)
+            if not held or job.owner != self.owner:
                 return None
             return self._leased(job)
 

@@ -104,7 +104,8 @@ class JobStore(Protocol):
         """Queued → running (attempts + 1), leased to this owner; None if not queued."""
 
     async def renew(self, job_id: str) -> Job | None:
-        """Extend this owner's lease of a running job; None when it is no longer ours."""
+        """Extend this owner's lease of a job it runs, or reports; None when it is no
+        longer ours."""
 
     async def finish(
         self,
@@ -332,7 +333,7 @@ class SQLiteJobStore(_Database):
             lambda db: _update(
                 db,
                 job_id,
-                "state = 'running' AND owner = :me",
+                "owner = :me AND (state = 'running' OR notified = 0)",
                 lease=time.time() + self.lease,
                 me=_Param(self.owner),
             )

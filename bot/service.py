@@ -9,10 +9,11 @@ in ``bot.github`` only; the text comes from ``runner.report``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 
 import aiohttp
@@ -272,16 +273,33 @@ class RegressionService:
         check run's conclusion (a drift run: open, update or close the drift issue). The
         check run is concluded whatever happens to the comment, with the reason."""
         self._forget(job.id)
-        if job.kind == "drift":
-            await self._drift_finished(job)
-        elif job.check_run_id is not None:
-            gh = await self.client(job.installation_id)
-            conclusion, output = await self._outcome(gh, job)
-            async with self._check_run_lock(job.id):
-                await github.complete_check_run(
-                    gh, job.repository, job.check_run_id, conclusion, output
-                )
+        async with self._reporting(job):
+            if job.kind == "drift":
+                await self._drift_finished(job)
+            elif job.check_run_id is not None:
+                gh = await self.client(job.installation_id)
+                conclusion, output = await self._outcome(gh, job)
+                async with self._check_run_lock(job.id):
+                    await github.complete_check_run(
+                        gh, job.repository, job.check_run_id, conclusion, output
+                    )
         await self.jobs.mark_notified(job.id)
+
+    @contextlib.asynccontextmanager
+    async def _reporting(self, job: Job) -> AsyncIterator[None]:
+        """Renew the lease of the job's report while it is written (GitHub may keep it
+        waiting past the lease), so that no other instance reports it meanwhile."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.jobs.lease / 3)
+                await self.jobs.renew(job.id)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            renewing.cancel()
 
     async def _outcome(self, gh: GitHubAPI, job: Job) -> tuple[str, CheckRunOutput]:
         """The check run's conclusion and output, after writing the PR's report comment."""
