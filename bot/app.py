@@ -209,10 +209,13 @@ def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
             SQLiteJobStore(path, lease=settings.lease),
             SQLiteDeliveryLog(path, lease=settings.lease),
         )
-    from bot.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
+    from bot.gcsstate import DELIVERY_DEADLINE, Bucket, GCSDeliveryLog, GCSJobStore
 
-    bucket = Bucket(*shared)
-    return GCSJobStore(bucket, lease=settings.lease), GCSDeliveryLog(bucket, lease=settings.lease)
+    on_the_webhook = Bucket(*shared, deadline=DELIVERY_DEADLINE, timeout=DELIVERY_DEADLINE)
+    return (
+        GCSJobStore(Bucket(*shared), lease=settings.lease),
+        GCSDeliveryLog(on_the_webhook, lease=settings.lease),
+    )
 
 
 def _cloud_run_emulator(endpoint: str) -> dict:

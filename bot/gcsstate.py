@@ -33,20 +33,31 @@ from typing import Any, TypeVar
 from bot.jobs import LEASE, MAX_ATTEMPTS, Conclusion, Job, Kind, new_owner
 
 T = TypeVar("T")
+DELIVERY_DEADLINE = 5.0  # seconds the webhook's test-and-set may take, retries included
 FIELDS = {f.name for f in dataclasses.fields(Job)}
 
 
 class Bucket:
-    """Create-only, conditional and plain reads and writes of JSON objects under a prefix."""
+    """Create-only, conditional and plain reads and writes of JSON objects under a prefix;
+    each call retried for ``deadline`` seconds (GCS's default 120), each request given
+    ``timeout`` seconds."""
 
-    def __init__(self, name: str, prefix: str = "", client: Any = None, retry: Any = None):
+    def __init__(
+        self,
+        name: str,
+        prefix: str = "",
+        client: Any = None,
+        deadline: float | None = None,
+        timeout: float = 60.0,
+    ):
         from google.cloud import storage
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         self.name = name
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.client = client or storage.Client()
-        self.retry = retry or DEFAULT_RETRY
+        self.retry = DEFAULT_RETRY if deadline is None else DEFAULT_RETRY.with_timeout(deadline)
+        self.timeout = timeout
         self._bucket = self.client.bucket(name)
         self._executor = ThreadPoolExecutor(8, thread_name_prefix=f"gcs-state:{name}")
 
@@ -63,7 +74,7 @@ class Bucket:
 
         blob = self._bucket.blob(self.prefix + name)
         try:
-            data = blob.download_as_bytes(retry=self.retry)
+            data = blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
         except NotFound:
             return None
         return json.loads(data), int(blob.generation)
@@ -83,6 +94,7 @@ class Bucket:
                 content_type="application/json",
                 if_generation_match=generation,
                 retry=self.retry,
+                timeout=self.timeout,
             )
         except PreconditionFailed:
             return False
@@ -103,7 +115,7 @@ class Bucket:
 
         try:
             self._bucket.blob(self.prefix + name).delete(
-                if_generation_match=generation, retry=self.retry
+                if_generation_match=generation, retry=self.retry, timeout=self.timeout
             )
         except (NotFound, PreconditionFailed):
             return False
@@ -112,7 +124,9 @@ class Bucket:
     def names(self, folder: str) -> list[tuple[str, dict]]:
         """The objects in ``folder`` (their names after it) and their custom metadata."""
         start = self.prefix + folder
-        blobs = self.client.list_blobs(self.name, prefix=start, retry=self.retry)
+        blobs = self.client.list_blobs(
+            self.name, prefix=start, retry=self.retry, timeout=self.timeout
+        )
         return [(blob.name[len(start) :], blob.metadata or {}) for blob in blobs]
 
     def close(self) -> None:
@@ -341,12 +355,14 @@ class GCSJobStore:
         await self.bucket.call(lambda: self.bucket.delete(name))
 
     async def close(self) -> None:
-        """Stop the bucket's threads (shared with the delivery log: either may close)."""
+        """Stop the bucket's threads."""
         self.bucket.close()
 
 
 class GCSDeliveryLog:
-    """``DeliveryLog`` in the bucket: a delivery taken create-only, with a lease."""
+    """``DeliveryLog`` in the bucket: a delivery taken create-only, with a lease. Its
+    bucket should give up within GitHub's 10 s webhook deadline (``DELIVERY_DEADLINE``):
+    the webhook then answers 503, and GitHub's delivery can be redelivered."""
 
     def __init__(self, bucket: Bucket, lease: float = LEASE) -> None:
         self.bucket = bucket
@@ -376,5 +392,5 @@ class GCSDeliveryLog:
         await self.bucket.call(lambda: self.bucket.delete(f"deliveries/{delivery_id}"))
 
     async def close(self) -> None:
-        """Stop the bucket's threads (shared with the job store: either may close)."""
+        """Stop the bucket's threads."""
         self.bucket.close()

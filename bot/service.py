@@ -185,6 +185,7 @@ class RegressionService:
                     gh, job.repository, check_run_id, "cancelled", _waiting(CANCELLED)
                 )
             await self.jobs.mark_notified(job.id)
+            self._forget(job.id)
             return None
         return job
 
@@ -272,18 +273,20 @@ class RegressionService:
         """Report the job's end, then mark it notified: the PR's one report comment and the
         check run's conclusion (a drift run: open, update or close the drift issue). The
         check run is concluded whatever happens to the comment, with the reason."""
-        self._forget(job.id)
-        async with self._reporting(job):
-            if job.kind == "drift":
-                await self._drift_finished(job)
-            elif job.check_run_id is not None:
-                gh = await self.client(job.installation_id)
-                conclusion, output = await self._outcome(gh, job)
-                async with self._check_run_lock(job.id):
-                    await github.complete_check_run(
-                        gh, job.repository, job.check_run_id, conclusion, output
-                    )
-        await self.jobs.mark_notified(job.id)
+        try:
+            async with self._reporting(job):
+                if job.kind == "drift":
+                    await self._drift_finished(job)
+                elif job.check_run_id is not None:
+                    gh = await self.client(job.installation_id)
+                    conclusion, output = await self._outcome(gh, job)
+                    async with self._check_run_lock(job.id):
+                        await github.complete_check_run(
+                            gh, job.repository, job.check_run_id, conclusion, output
+                        )
+            await self.jobs.mark_notified(job.id)
+        finally:
+            self._forget(job.id)
 
     @contextlib.asynccontextmanager
     async def _reporting(self, job: Job) -> AsyncIterator[None]:

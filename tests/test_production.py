@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,3 +127,31 @@ async def test_a_conclusion_github_refused_is_written_later_by_the_reconciler(de
     assert run.conclusion == "success", run.output
     assert len(fake.calls("PATCH", "/repos/*/check-runs/*", status=500)) == 6
     assert len(bot.report_comments(32)) == 1
+
+
+async def test_the_webhook_answers_503_while_the_state_is_unreachable(
+    fake_github, tmp_path, synthetic_set, monkeypatch, gcs_outage_emulator
+):
+    gcs = gcs_outage_emulator
+    monkeypatch.setenv("SCARLET_REGRESSION_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.endpoint)
+    bucket = gcs.client().create_bucket("bot-state")
+    async with aiohttp.ClientSession() as session:
+        deployment = Deployment(
+            fake_github, tmp_path, synthetic_set, f"gs://{bucket.name}", session
+        )
+        bot = await deployment.instance("one")
+        try:
+            pull = fake_github.add_pull(REPO, 33, head_sha=head(bot), base_ref="main")
+            merge = {"repository": {"clone_url": str(deployment.repo)}}
+            headers, body = fake_github.webhook("pull_request", "opened", pull=pull, merge=merge)
+            gcs.stop()
+            started = time.monotonic()
+            assert await bot.deliver(headers, body) == 503
+            assert time.monotonic() - started < 10, "within GitHub's webhook deadline"
+            assert gcs.start()
+            assert await bot.deliver(headers, body) == 202, "GitHub's redelivery runs"
+            (run,) = await bot.completed(pull.head_sha)
+            assert run.conclusion == "success", run.output
+        finally:
+            await bot.server.cleanup()

@@ -15,7 +15,6 @@ import pytest_asyncio
 
 from bot.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
 from bot.jobs import DeliveryLog, Job, JobStore, SQLiteDeliveryLog, SQLiteJobStore
-from support import fast_retry
 
 
 def make_job(sha: str = "a" * 40, pr: int | None = 1, kind: str = "pr") -> Job:
@@ -51,7 +50,7 @@ async def backend(request, tmp_path) -> AsyncIterator[Backend]:
         client = request.getfixturevalue("gcs_client")
 
         def bucket() -> Bucket:
-            return Bucket(name, "state", client=client, retry=fast_retry(5.0))
+            return Bucket(name, "state", client=client, deadline=5.0, timeout=5.0)
 
         yield Backend(
             "gcs",
