@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.dispatch import EmbeddedDispatcher, runner_environment
-from bot.jobs import Job, SQLiteJobStore
+from bot.gcsstate import Bucket, GCSJobStore
+from bot.jobs import Job, JobStore, SQLiteJobStore
 from runner.sandbox import HIDE_VARIABLE
 
 # argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
@@ -85,8 +86,8 @@ class Harness:
     def command(self, job: Job, out: Path) -> list[str]:
         return [sys.executable, str(self.script), job.head_sha, str(out), str(self.tmp)]
 
-    async def open(self) -> EmbeddedDispatcher:
-        self.store = SQLiteJobStore(self.tmp / "jobs.sqlite")
+    async def open(self, store: JobStore | None = None) -> EmbeddedDispatcher:
+        self.store = store or SQLiteJobStore(self.tmp / "jobs.sqlite")
         self.dispatcher = EmbeddedDispatcher(
             self.store,
             self.command,
@@ -340,3 +341,47 @@ async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_job
     new = await store.add(Job("o/r", 1, "b" * 40, "main", "https://x/o/r.git", branch="feature"))
     assert (await store.get(new.id)).branch == "feature"
     await store.close()
+
+
+def shared_store(bucket, client, lease: float = 0.6) -> GCSJobStore:
+    """A job store of another bot instance on the same bucket."""
+    return GCSJobStore(Bucket(bucket.name, "state", client=client, deadline=5.0), lease=lease)
+
+
+async def test_a_job_whose_instance_died_runs_on_another_once_its_lease_ran_out(
+    tmp_path, gcs_bucket, gcs_client
+):
+    dead = shared_store(gcs_bucket, gcs_client)
+    job = await dead.add(make_job("ok"))
+    await dead.claim(job.id)  # ... and its instance dies: the lease is never renewed
+    harness = Harness(tmp_path)
+    await harness.open(shared_store(gcs_bucket, gcs_client))
+    try:
+        await asyncio.sleep(0.3)
+        assert (await harness.store.get(job.id)).state == "running", "its lease holds"
+        await asyncio.sleep(0.5)
+        await harness.dispatcher.resume()  # what the reconciler does every minute
+        done = await harness.outcome(job)
+        assert (done.conclusion, done.attempts) == ("success", 2)
+    finally:
+        await harness.close()
+        await dead.close()
+
+
+async def test_a_job_cancelled_by_another_instance_stops_its_runner_here(
+    tmp_path, gcs_bucket, gcs_client
+):
+    harness = Harness(tmp_path)
+    await harness.open(shared_store(gcs_bucket, gcs_client))
+    other = shared_store(gcs_bucket, gcs_client)
+    try:
+        job = await harness.dispatcher.submit(make_job("hang"))
+        await harness.until(lambda: harness.progress)
+        cancelled = await other.cancel(job.repository, pr=job.pr)  # the PR closed there
+        assert [c.id for c in cancelled] == [job.id]
+        assert await all_gone(tmp_path / "pids", within=5), "stopped once its lease was lost"
+        assert (await harness.store.get(job.id)).conclusion == "cancelled"
+        assert harness.finished == {}, "whoever cancels reports it"
+    finally:
+        await harness.close()
+        await other.close()
