@@ -19,12 +19,12 @@ from typing import Any
 
 from bot import logs
 from bot.dispatch import OnFinished, OnProgress, call_safely
-from bot.jobs import Job, JobStore
+from bot.jobs import MERGE_PENDING, Job, JobStore
 
 log = logging.getLogger(__name__)
 
 JOB_ID_VARIABLE = "SCARLET_REGRESSION_JOB_ID"
-MERGING = "merge:"  # marks a job's execution as the merge of its shards
+MERGING = MERGE_PENDING  # marks a job's execution as the merge of its shards
 DEBLENDING = "deblending on Cloud Run (tasks done)"
 MERGING_PHASE = "merging the shards on Cloud Run"
 
@@ -144,6 +144,9 @@ class CloudRunDispatcher:
     async def _check(self, job: Job) -> Job | None:
         """Look at the job's execution: show its progress, start the merge of its shards,
         or conclude it (returning the job, when this call concluded it)."""
+        if job.execution == MERGE_PENDING:  # being started, or left by a starter that died
+            await self._start_merge(job)
+            return None
         try:
             execution = await asyncio.to_thread(self._execution, job.execution)
         except Exception:
@@ -166,7 +169,10 @@ class CloudRunDispatcher:
         return done
 
     async def _start_merge(self, job: Job) -> None:
-        """All shards succeeded: start one task that merges them and publishes the run."""
+        """All shards succeeded: start one task that merges them and publishes the run,
+        once (the instance that claims the merge starts it)."""
+        if await self.store.claim_merge(job.id, job.execution) is None:
+            return
         try:
             args = list(self.merge_args(job, self.out))
             execution = await asyncio.to_thread(self._run_job, job, args, 1)

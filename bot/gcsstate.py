@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from bot.jobs import LEASE, MAX_ATTEMPTS, Conclusion, Job, Kind, new_owner
+from bot.jobs import LEASE, MAX_ATTEMPTS, MERGE_PENDING, Conclusion, Job, Kind, new_owner
 
 T = TypeVar("T")
 DELIVERY_DEADLINE = 5.0  # seconds the webhook's test-and-set may take, retries included
@@ -344,6 +344,18 @@ class GCSJobStore:
         return await self._update(
             job_id, lambda job: dataclasses.replace(job, execution=execution, lease=None)
         )
+
+    async def claim_merge(self, job_id: str, shards: str) -> Job | None:
+        def claim(job: Job) -> Job | None:
+            if job.state != "running":
+                return None
+            fresh = job.execution == shards != MERGE_PENDING
+            left = job.execution == MERGE_PENDING and (job.lease or 0) < time.time()
+            if not (fresh or left):
+                return None
+            return self._leased(job, execution=MERGE_PENDING)
+
+        return await self._update(job_id, claim)
 
     async def first_of_day(self, repository: str, kind: Kind, day: str) -> bool:
         name = f"schedules/{kind}/{repository}/{day}"

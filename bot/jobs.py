@@ -33,6 +33,7 @@ Conclusion = Literal["success", "failure", "neutral", "cancelled", "timed_out", 
 UNFINISHED: tuple[State, ...] = ("queued", "running")
 MAX_ATTEMPTS = 3
 LEASE = 60.0  # seconds a claim or a conclusion is held without renewal
+MERGE_PENDING = "merge:"  # the execution of a job whose merge is being started
 
 T = TypeVar("T")
 
@@ -154,6 +155,11 @@ class JobStore(Protocol):
 
     async def set_execution(self, job_id: str, execution: str) -> Job | None:
         """Record the Cloud Run execution running the job (its lease is then Cloud Run's)."""
+
+    async def claim_merge(self, job_id: str, shards: str) -> Job | None:
+        """Take the start of the merge of a job's shards, leased to this owner (execution
+        ``MERGE_PENDING``): if its execution is still ``shards``, or is a pending merge
+        whose starter's lease ran out (``shards`` then ``MERGE_PENDING``); else None."""
 
     async def first_of_day(self, repository: str, kind: Kind, day: str) -> bool:
         """Record a scheduled ``kind`` run of ``repository`` on ``day`` (e.g. 2026-11-30);
@@ -491,6 +497,23 @@ class SQLiteJobStore(_Database):
     async def set_execution(self, job_id: str, execution: str) -> Job | None:
         return await self._transaction(
             lambda db: _update(db, job_id, "1", execution=execution, lease=None)
+        )
+
+    async def claim_merge(self, job_id: str, shards: str) -> Job | None:
+        now = time.time()
+        return await self._transaction(
+            lambda db: _update(
+                db,
+                job_id,
+                "state = 'running' AND ((execution = :shards AND :shards != :pending) "
+                "OR (execution = :pending AND lease < :now))",
+                execution=MERGE_PENDING,
+                owner=self.owner,
+                lease=now + self.lease,
+                shards=_Param(shards),
+                pending=_Param(MERGE_PENDING),
+                now=_Param(now),
+            )
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -329,3 +330,22 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
     merge = runs.merge_args(job, runs.out)
     assert merge[:2] == ["merge", "--out"] and merge[merge.index("--shards") + 1] == "8"
     assert runs.task_count == 8
+
+
+async def test_two_instances_seeing_the_shards_succeed_start_one_merge(tmp_path, fake_api):
+    endpoint, requests = fake_api
+
+    def merge_args(job: Job, out: Path) -> list[str]:
+        return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
+
+    stores = [SQLiteJobStore(tmp_path / "jobs.sqlite") for _ in range(2)]
+    one, two = (dispatcher(s, endpoint, task_count=4, merge_args=merge_args) for s in stores)
+    job = await one.submit(make_job("d" * 40))
+    done = "2026-11-25T12:00:00Z"
+    EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 4, "taskCount": 4}
+    await asyncio.gather(one.check(), two.check())
+    merges = [body for path, body in requests if body["overrides"]["taskCount"] == 1]
+    assert len(merges) == 1
+    assert (await stores[0].get(job.id)).execution.startswith("merge:projects/")
+    for store in stores:
+        await store.close()

@@ -14,7 +14,14 @@ import pytest
 import pytest_asyncio
 
 from bot.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
-from bot.jobs import DeliveryLog, Job, JobStore, SQLiteDeliveryLog, SQLiteJobStore
+from bot.jobs import (
+    MERGE_PENDING,
+    DeliveryLog,
+    Job,
+    JobStore,
+    SQLiteDeliveryLog,
+    SQLiteJobStore,
+)
 
 
 def make_job(sha: str = "a" * 40, pr: int | None = 1, kind: str = "pr") -> Job:
@@ -188,3 +195,20 @@ async def test_a_delivery_is_a_duplicate_once_done_and_free_again_when_released(
     assert not await two.begin("guid-2")
     await asyncio.sleep(0.6)
     assert await two.begin("guid-2"), "its lease ran out"
+
+
+async def test_the_merge_of_a_jobs_shards_is_started_by_one_instance(backend):
+    one, two = backend.jobs(lease=0.5), backend.jobs(lease=0.5)
+    job = await one.add(make_job())
+    await one.claim(job.id)
+    await one.set_execution(job.id, "executions/shards")
+    claims = await asyncio.gather(
+        one.claim_merge(job.id, "executions/shards"), two.claim_merge(job.id, "executions/shards")
+    )
+    assert sum(claim is not None for claim in claims) == 1
+    assert (await one.get(job.id)).execution == MERGE_PENDING
+    assert await two.claim_merge(job.id, MERGE_PENDING) is None, "its starter's lease holds"
+    await asyncio.sleep(0.6)
+    assert await two.claim_merge(job.id, MERGE_PENDING) is not None, "its starter died"
+    await two.set_execution(job.id, MERGE_PENDING + "executions/merge")
+    assert await one.claim_merge(job.id, MERGE_PENDING) is None
