@@ -5,7 +5,7 @@ Objects under the bucket's prefix (each a small JSON document):
 - ``jobs/<id>.json``: a job. Every change is a read and a write under a generation
   precondition (``if_generation_match``), started again on a 412, so two instances
   claiming, concluding or cancelling one job never both win.
-- ``active/<sha256 of the key>``: the unfinished job of a key (metadata ``job``), made
+- ``active/<sha256 of the key>``: the id of the unfinished job of a key, made
   create-only (``if_generation_match=0``): of two instances adding the same work, one
   makes it and the other gets that job. Deleted when the job ends.
 - ``open/<id>``: a job not yet reported to GitHub (unfinished or unreported), listed by
@@ -79,15 +79,12 @@ class Bucket:
             return None
         return json.loads(data), int(blob.generation)
 
-    def write(
-        self, name: str, data: dict, generation: int | None = None, metadata: dict | None = None
-    ) -> bool:
+    def write(self, name: str, data: dict, generation: int | None = None) -> bool:
         """Write the object: only if absent (``generation`` 0), only over that generation,
         or unconditionally (None); False when the precondition failed."""
         from google.api_core.exceptions import PreconditionFailed
 
         blob = self._bucket.blob(self.prefix + name)
-        blob.metadata = metadata
         try:
             blob.upload_from_string(
                 json.dumps(data),
@@ -100,10 +97,10 @@ class Bucket:
             return False
         return True
 
-    def create(self, name: str, data: dict, metadata: dict | None = None) -> bool:
+    def create(self, name: str, data: dict) -> bool:
         """Write the object only if absent; True when it now holds ``data`` (which names its
         writer uniquely), also when a retried attempt found its own earlier write."""
-        if self.write(name, data, generation=0, metadata=metadata):
+        if self.write(name, data, generation=0):
             return True
         found = self.read(name)
         return found is not None and found[0] == data
@@ -121,13 +118,13 @@ class Bucket:
             return False
         return True
 
-    def names(self, folder: str) -> list[tuple[str, dict]]:
-        """The objects in ``folder`` (their names after it) and their custom metadata."""
+    def names(self, folder: str) -> list[str]:
+        """The names of the objects in ``folder`` (after it)."""
         start = self.prefix + folder
         blobs = self.client.list_blobs(
             self.name, prefix=start, retry=self.retry, timeout=self.timeout
         )
-        return [(blob.name[len(start) :], blob.metadata or {}) for blob in blobs]
+        return [blob.name[len(start) :] for blob in blobs]
 
     def close(self) -> None:
         """Stop the thread pool."""
@@ -164,7 +161,7 @@ class GCSJobStore:
         self.bucket.create(f"jobs/{new.id}.json", dataclasses.asdict(new))
         self.bucket.create(f"open/{new.id}", {})
         while True:
-            if self.bucket.create(_key_name(new), {"job": new.id}, metadata={"job": new.id}):
+            if self.bucket.create(_key_name(new), {"job": new.id}):
                 self.bucket.write(_latest_name(new.repository, new.pr), {"job": new.id})
                 return new
             found = self.bucket.read(_key_name(new))
@@ -274,7 +271,7 @@ class GCSJobStore:
 
     async def _open(self) -> list[Job]:
         def open_jobs() -> list[Job]:
-            jobs = [self._get(name) for name, _ in self.bucket.names("open/")]
+            jobs = [self._get(name) for name in self.bucket.names("open/")]
             return sorted((job for job in jobs if job is not None), key=lambda job: job.created)
 
         return await self.bucket.call(open_jobs)
