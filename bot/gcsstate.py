@@ -61,9 +61,6 @@ class Bucket:
         self._bucket = self.client.bucket(name)
         self._executor = ThreadPoolExecutor(8, thread_name_prefix=f"gcs-state:{name}")
 
-    def __str__(self) -> str:
-        return f"gs://{self.name}/{self.prefix}"
-
     async def call(self, fn: Callable[[], T]) -> T:
         """Run a blocking client call off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)

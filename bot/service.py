@@ -231,10 +231,10 @@ class RegressionService:
 
     async def stop_installation(
         self, installation_id: int, repositories: set[str] | None = None
-    ) -> list[Job]:
+    ) -> None:
         """Cancel the unfinished jobs of an installation (of ``repositories`` only, when
         given) that is gone: its check runs cannot be written, so none is."""
-        stopped = []
+        stopped = 0
         for job in await self.jobs.unfinished():
             if job.installation_id != installation_id:
                 continue
@@ -243,9 +243,8 @@ class RegressionService:
             await self.dispatcher.cancel(job)
             await self.jobs.mark_notified(job.id)
             self._forget(job.id)
-            stopped.append(job)
-        log.info("installation %s: %d job(s) stopped", installation_id, len(stopped))
-        return stopped
+            stopped += 1
+        log.info("installation %s: %d job(s) stopped", installation_id, stopped)
 
     async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
         """Show progress on the check run, at most every ``progress_interval`` seconds and
