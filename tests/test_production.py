@@ -85,7 +85,10 @@ async def test_two_instances_given_the_same_deliveries_run_once(deployment):
     assert len(one.report_comments(30)) == 1
 
 
-async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(deployment, cloud_run):
+@pytest.mark.parametrize("old_instance", ["gone", "outlives the deploy"])
+async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(
+    deployment, cloud_run, old_instance
+):
     deployment.shared |= {
         "cloud_run_job": JOB,
         "cloud_run_emulator": cloud_run.endpoint,
@@ -101,14 +104,25 @@ async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(depl
     (execution,) = cloud_run.processes.values()
     assert execution.poll() is None, "the run is under way"
 
-    # The instance goes away with its disk (a deploy); the execution goes on.
-    await old.server.cleanup()
-    shutil.rmtree(old.settings.data_dir)
+    # A deploy: the instance goes away with its disk, or it stays a while beside the new
+    # one and both watch the execution; the execution goes on.
+    if old_instance == "gone":
+        await old.server.cleanup()
+        deployment.instances.remove(old)
+        shutil.rmtree(old.settings.data_dir)
     new = await deployment.instance("new")
     (run,) = await new.completed(pull.head_sha, timeout=60)
     assert run.conclusion == "success", run.output
     assert len(new.report_comments(31)) == 1
     assert len(cloud_run.processes) == 1, "the run was not started again"
+    await asyncio.sleep(1.5)  # three more polls of every instance still alive
+    assert len(new.report_comments(31)) == 1
+    completing = [
+        c
+        for c in deployment.fake.calls("PATCH", f"/repos/{REPO}/check-runs/*")
+        if c.json.get("status") == "completed"
+    ]
+    assert len(completing) == 1, "one instance concluded it"
     shown = [c.json for c in deployment.fake.calls("PATCH", f"/repos/{REPO}/check-runs/*")]
     assert any(u["output"]["title"].startswith("deblending on Cloud Run") for u in shown)
     assert len(deployment.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
