@@ -240,13 +240,15 @@ async def branch_head(gh: GitHubAPI, repository: str, branch: str) -> str:
     return str(data["commit"]["sha"])
 
 
-async def find_issue(gh: GitHubAPI, repository: str, marker: str) -> dict[str, Any] | None:
-    """The open issue (not a pull request) an app opened whose body starts with
-    ``marker``, if any (an issue a person wrote with the marker is not the bot's)."""
+async def find_issue(
+    gh: GitHubAPI, repository: str, marker: str, bot_login: str
+) -> dict[str, Any] | None:
+    """The open issue (not a pull request) the App's bot user opened whose body starts
+    with ``marker``, if any (one a person, or another app, wrote with it is not ours)."""
     url = f"/repos/{repository}/issues?state=open&per_page=100"
     async for issue in gh.getiter(url):
-        by_app = (issue.get("user") or {}).get("type") == "Bot"
-        if by_app and "pull_request" not in issue and (issue.get("body") or "").startswith(marker):
+        ours = by_bot(issue, bot_login) and "pull_request" not in issue
+        if ours and (issue.get("body") or "").startswith(marker):
             return issue
     return None
 

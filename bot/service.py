@@ -347,7 +347,7 @@ class RegressionService:
             log.error("the drift run of %s cannot be read: %s", job.repository, error)
             return
         gh = await self.client(job.installation_id)
-        await drift.report(gh, job.repository, result, links)
+        await drift.report(gh, job.repository, result, links, await self.bot_login())
 
     def load(self, job: Job) -> tuple[RunResult, Links]:
         """The compared result the runner stored for ``job`` and the addresses of its parts."""
