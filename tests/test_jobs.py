@@ -343,7 +343,7 @@ async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_job
     await store.close()
 
 
-def shared_store(bucket, client, lease: float = 0.6) -> GCSJobStore:
+def shared_store(bucket, client, lease: float = 1.5) -> GCSJobStore:
     """A job store of another bot instance on the same bucket."""
     return GCSJobStore(Bucket(bucket.name, "state", client=client, deadline=5.0), lease=lease)
 
@@ -357,9 +357,9 @@ async def test_a_job_whose_instance_died_runs_on_another_once_its_lease_ran_out(
     harness = Harness(tmp_path)
     await harness.open(shared_store(gcs_bucket, gcs_client))
     try:
-        await asyncio.sleep(0.3)
-        assert (await harness.store.get(job.id)).state == "running", "its lease holds"
         await asyncio.sleep(0.5)
+        assert (await harness.store.get(job.id)).state == "running", "its lease holds"
+        await asyncio.sleep(1.1)
         await harness.dispatcher.resume()  # what the reconciler does every minute
         done = await harness.outcome(job)
         assert (done.conclusion, done.attempts) == ("success", 2)

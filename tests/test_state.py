@@ -23,6 +23,8 @@ from bot.jobs import (
     SQLiteJobStore,
 )
 
+LEASE = 1.5  # seconds: short, yet long enough for a loaded machine
+
 
 def make_job(sha: str = "a" * 40, pr: int | None = 1, kind: str = "pr") -> Job:
     return Job("pmelchior/scarlet", 7, sha, "main", "https://x/s.git", kind=kind, pr=pr)
@@ -106,14 +108,14 @@ async def test_two_instances_adding_claiming_and_concluding_one_job_each_win_onc
 
 
 async def test_a_running_job_is_recovered_only_once_its_lease_runs_out(backend):
-    alive, other = backend.jobs(lease=0.5), backend.jobs(lease=0.5)
+    alive, other = backend.jobs(lease=LEASE), backend.jobs(lease=LEASE)
     job = await alive.add(make_job())
     await alive.claim(job.id)
     assert await other.recover(time.time()) == []
     assert (await other.get(job.id)).state == "running", "the lease holds"
     assert await alive.renew(job.id) is not None
     assert await other.renew(job.id) is None, "only the owner renews"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(LEASE + 0.1)
     assert await other.recover(time.time()) == []
     requeued = await other.get(job.id)
     assert (requeued.state, requeued.owner) == ("queued", None)
@@ -142,15 +144,15 @@ async def test_a_job_interrupted_three_times_is_concluded_error_and_unreported(b
 
 
 async def test_an_unreported_job_is_reported_by_another_once_the_reporter_is_gone(backend):
-    dead, other = backend.jobs(lease=0.5), backend.jobs(lease=0.5)
+    dead, other = backend.jobs(lease=LEASE), backend.jobs(lease=LEASE)
     job = await dead.add(make_job())
     await dead.claim(job.id)
     await dead.finish(job.id, "success")
     for _ in range(3):  # a slow report renews its lease ...
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(LEASE / 2)
         assert await dead.renew(job.id) is not None
         assert await other.claim_report(job.id) is None, "its reporter's lease holds"
-    await asyncio.sleep(0.6)  # ... until its process dies
+    await asyncio.sleep(LEASE + 0.1)  # ... until its process dies
     claimed = await other.claim_report(job.id)
     assert claimed is not None and claimed.owner == other.owner
     assert await dead.claim_report(job.id) is None
@@ -181,24 +183,24 @@ async def test_a_day_is_scheduled_once_until_forgotten(backend):
 
 
 async def test_a_delivery_is_a_duplicate_once_done_and_free_again_when_released(backend):
-    one, two = backend.deliveries(lease=0.5), backend.deliveries(lease=0.5)
+    one, two = backend.deliveries(lease=LEASE), backend.deliveries(lease=LEASE)
     taken = await asyncio.gather(*(log.begin("guid-1") for log in (one, two, one, two)))
     assert sorted(taken) == [False, False, False, True], "one of concurrent redeliveries"
     await one.release("guid-1")  # its work failed
     assert await two.begin("guid-1"), "a redelivery tries again"
     await two.done("guid-1")
     assert not await one.begin("guid-1")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(LEASE + 0.1)
     assert not await one.begin("guid-1"), "done is done, lease or not"
 
     assert await one.begin("guid-2")  # taken by a process that then died
     assert not await two.begin("guid-2")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(LEASE + 0.1)
     assert await two.begin("guid-2"), "its lease ran out"
 
 
 async def test_the_merge_of_a_jobs_shards_is_started_by_one_instance(backend):
-    one, two = backend.jobs(lease=0.5), backend.jobs(lease=0.5)
+    one, two = backend.jobs(lease=LEASE), backend.jobs(lease=LEASE)
     job = await one.add(make_job())
     await one.claim(job.id)
     await one.set_execution(job.id, "executions/shards")
@@ -208,7 +210,7 @@ async def test_the_merge_of_a_jobs_shards_is_started_by_one_instance(backend):
     assert sum(claim is not None for claim in claims) == 1
     assert (await one.get(job.id)).execution == MERGE_PENDING
     assert await two.claim_merge(job.id, MERGE_PENDING) is None, "its starter's lease holds"
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(LEASE + 0.1)
     assert await two.claim_merge(job.id, MERGE_PENDING) is not None, "its starter died"
     await two.set_execution(job.id, MERGE_PENDING + "executions/merge")
     assert await one.claim_merge(job.id, MERGE_PENDING) is None
