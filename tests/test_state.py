@@ -214,3 +214,16 @@ async def test_the_merge_of_a_jobs_shards_is_started_by_one_instance(backend):
     assert await two.claim_merge(job.id, MERGE_PENDING) is not None, "its starter died"
     await two.set_execution(job.id, MERGE_PENDING + "executions/merge")
     assert await one.claim_merge(job.id, MERGE_PENDING) is None
+
+
+def test_the_state_setting_names_a_private_bucket_or_nothing(tmp_path):
+    from bot.settings import Settings, SettingsError
+
+    def settings(state: str) -> Settings:
+        return Settings("1", "-", "-", tmp_path, (), state=state)
+
+    assert settings("").shared_state is None, "SQLite in the data dir"
+    assert settings("gs://bot-state").shared_state == ("bot-state", "")
+    assert settings("gs://bot-state/prod/v1").shared_state == ("bot-state", "prod/v1")
+    with pytest.raises(SettingsError, match="SCARLET_BOT_STATE"):
+        _ = settings("/var/lib/bot").shared_state
