@@ -136,12 +136,8 @@ async def load(url: str, rate: float, seconds: float, repeat: float) -> None:
     print(f"redeliveries accepted as new: {duplicates_accepted}  (goal 0)")
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--repeat", type=float, default=0.05)
-    args = parser.parse_args()
+async def run(rate: float, seconds: float, repeat: float, env: dict[str, str]) -> None:
+    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it."""
     github_port, bot_port = free_port(), free_port()
     github = await stub_github(github_port)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
@@ -159,6 +155,7 @@ async def main() -> None:
             "SCARLET_BOT_DATASETS": tmp,
             "SCARLET_BOT_DATA": str(Path(tmp) / "bot"),
             "PORT": str(bot_port),
+            **env,
         }
         bot = subprocess.Popen(
             [sys.executable, "-m", "bot"], env=env, stderr=subprocess.DEVNULL,
@@ -175,11 +172,20 @@ async def main() -> None:
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.1)
-            await load(f"{url}/webhook", args.rate, args.seconds, args.repeat)
+            await load(f"{url}/webhook", rate, seconds, repeat)
         finally:
             bot.terminate()
             bot.wait(timeout=10)
             await github.cleanup()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--repeat", type=float, default=0.05)
+    args = parser.parse_args()
+    await run(args.rate, args.seconds, args.repeat, {})
 
 
 if __name__ == "__main__":

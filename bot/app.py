@@ -2,7 +2,10 @@
 
 ``create_app()`` is the factory for ``python -m bot`` and for gunicorn's
 ``aiohttp.GunicornWebWorker`` (App Engine). Webhooks are verified, de-duplicated by
-delivery id and answered at once; their work runs in background tasks.
+delivery id and answered at once; their work runs in background tasks, and a delivery
+counts as handled only once that work has been accepted (a failed one can be
+redelivered). The state lives in SQLite in the data dir, or in a private bucket shared by
+every instance (``SCARLET_BOT_STATE``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import aiohttp
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, sansio
 
-from bot import drift
+from bot import drift, logs, reconcile
 from bot.auth import InstallationClients
-from bot.jobs import DeliveryLog, JobStore
+from bot.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
 from bot.pages import add_routes
 from bot.routers import router
 from bot.service import SERVICE, RegressionService
@@ -28,7 +31,15 @@ from runner.store import KeyNotFound, ObjectInfo, StoreError, open_store
 log = logging.getLogger(__name__)
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
-HANDLED = {"pull_request", "issue_comment", "check_run", "check_suite", "push"}
+HANDLED = {
+    "pull_request",
+    "issue_comment",
+    "check_run",
+    "check_suite",
+    "push",
+    "installation",
+    "installation_repositories",
+}
 # Where each handled event's payload must have data, as (key, key, ...) paths.
 REQUIRED = {
     "pull_request": [("action",), ("pull_request", "number"), ("pull_request", "head", "sha")],
@@ -36,8 +47,13 @@ REQUIRED = {
     "check_run": [("action",), ("check_run", "head_sha"), ("check_run", "pull_requests")],
     "check_suite": [("action",), ("check_suite", "head_sha"), ("check_suite", "pull_requests")],
     "push": [("ref",), ("before",), ("after",)],
+    "installation": [("action",)],
+    "installation_repositories": [("action",), ("repositories_removed",)],
 }
 COMMON = [("repository", "full_name"), ("repository", "clone_url"), ("installation", "id")]
+# Events about the installation itself: no repository, and no token to ask for (a deleted
+# or suspended installation has none).
+OF_INSTALLATION = {"installation", "installation_repositories"}
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", InstallationClients)
@@ -49,7 +65,8 @@ def malformed(event: sansio.Event) -> str | None:
     """Why a signed payload of a handled event cannot be processed, if it cannot."""
     if not isinstance(event.data, dict):
         return "the payload is not a JSON object"
-    for path in [*REQUIRED[event.event], *COMMON]:
+    common = [("installation", "id")] if event.event in OF_INSTALLATION else COMMON
+    for path in [*REQUIRED[event.event], *common]:
         value = event.data
         for key in path:
             if not isinstance(value, dict) or key not in value:
@@ -75,21 +92,49 @@ async def webhook(request: web.Request) -> web.Response:
     reason = malformed(event)
     if reason:
         return web.Response(status=400, text=reason)
-    if await app[DELIVERIES].seen(event.delivery_id):
+    try:
+        taken = await app[DELIVERIES].begin(event.delivery_id)
+    except Exception:
+        log.exception("delivery %s: the delivery log failed", event.delivery_id)
+        return web.Response(status=503, text="the bot's state is unavailable; redeliver later")
+    if not taken:
         return web.Response(status=200, text="duplicate delivery")
-    task = asyncio.create_task(process(app, event))
+    with logs.context(**about(event)):
+        task = asyncio.create_task(process(app, event))
     app[TASKS].add(task)
     task.add_done_callback(app[TASKS].discard)
     return web.Response(status=202, text="accepted")
 
 
+def about(event: sansio.Event) -> dict[str, object]:
+    """What a delivery's log lines are about: its id, event, repository and PR."""
+    data = event.data
+    return {
+        "delivery": event.delivery_id,
+        "event": event.event,
+        "repository": (data.get("repository") or {}).get("full_name"),
+        "pr": (data.get("pull_request") or data.get("issue") or {}).get("number"),
+    }
+
+
 async def process(app: web.Application, event: sansio.Event) -> None:
-    """Dispatch one event to the routers with a client of its installation."""
+    """Dispatch one event to the routers with a client of its installation; then record
+    the delivery done, or release it for a redelivery when its work failed."""
+    deliveries = app[DELIVERIES]
     try:
-        gh = await app[CLIENTS].client(event.data["installation"]["id"])
+        gh = None
+        if event.event not in OF_INSTALLATION:
+            gh = await app[CLIENTS].client(event.data["installation"]["id"])
         await router.dispatch(event, gh, app[SERVICE])
     except Exception:
         log.exception("processing %s delivery %s failed", event.event, event.delivery_id)
+        finish = deliveries.release
+    else:
+        finish = deliveries.done
+    try:
+        await finish(event.delivery_id)
+    except Exception:
+        log.exception("delivery %s: the delivery log failed", event.delivery_id)
 
 
 async def schedule_drift(request: web.Request) -> web.Response:
@@ -140,6 +185,7 @@ async def artifact(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings | None = None) -> web.Application:
     """The bot's aiohttp application (settings from the environment by default)."""
+    logs.configure()
     settings = settings or Settings.from_env()
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
@@ -151,6 +197,45 @@ def create_app(settings: Settings | None = None) -> web.Application:
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
+    """The job store and delivery log: in the shared bucket when one is configured, else
+    in SQLite in the data dir."""
+    shared = settings.shared_state
+    if shared is None:
+        path = settings.data_dir / "jobs.sqlite"
+        return (
+            SQLiteJobStore(path, lease=settings.lease),
+            SQLiteDeliveryLog(path, lease=settings.lease),
+        )
+    from bot.gcsstate import DELIVERY_DEADLINE, Bucket, GCSDeliveryLog, GCSJobStore
+
+    on_the_webhook = Bucket(*shared, deadline=DELIVERY_DEADLINE, timeout=DELIVERY_DEADLINE)
+    return (
+        GCSJobStore(Bucket(*shared), lease=settings.lease),
+        GCSDeliveryLog(on_the_webhook, lease=settings.lease),
+    )
+
+
+def _cloud_run_emulator(endpoint: str) -> dict:
+    """Clients of an emulated Run Admin API (REST at ``endpoint``, no credentials), as
+    ``STORAGE_EMULATOR_HOST`` is for GCS; none (Cloud Run's own) when not set."""
+    if not endpoint:
+        return {}
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import run_v2
+
+    options = {"api_endpoint": endpoint}
+    credentials = AnonymousCredentials()
+    return {
+        "jobs_client": run_v2.JobsClient(
+            transport="rest", client_options=options, credentials=credentials
+        ),
+        "executions_client": run_v2.ExecutionsClient(
+            transport="rest", client_options=options, credentials=credentials
+        ),
+    }
 
 
 def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
@@ -169,6 +254,9 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             task_count=settings.cloud_run_tasks,
             merge_args=merge_arguments(settings),
             on_finished=service.on_finished,
+            on_progress=service.on_progress,
+            poll_interval=settings.cloud_run_poll,
+            **_cloud_run_emulator(settings.cloud_run_emulator),
         )
     from bot.dispatch import EmbeddedDispatcher
 
@@ -188,17 +276,20 @@ async def _lifecycle(app: web.Application):
     settings = app[SETTINGS]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     session = aiohttp.ClientSession()
-    jobs = JobStore(settings.data_dir / "jobs.sqlite")
-    app[DELIVERIES] = DeliveryLog(settings.data_dir / "jobs.sqlite")
+    jobs, app[DELIVERIES] = open_state(settings)
     app[CLIENTS] = InstallationClients(session, settings)
     store = open_store(
         settings.store_spec, base_url=settings.store_url, deadline=settings.store_deadline
     )
-    service = RegressionService(settings, jobs, store, app[CLIENTS].client)
+    clients = app[CLIENTS]
+    service = RegressionService(settings, jobs, store, clients.client, clients.bot_login)
     service.dispatcher = _dispatcher(settings, jobs, service)
     app[SERVICE] = service
     await service.dispatcher.start()
+    reconciler = asyncio.create_task(reconcile.run_forever(service, settings.reconcile_interval))
     yield
+    reconciler.cancel()
+    await asyncio.gather(reconciler, return_exceptions=True)
     await service.dispatcher.stop()
     for task in list(app[TASKS]):
         task.cancel()

@@ -24,6 +24,7 @@ class InstallationClients:
         self.settings = settings
         self._tokens: dict[int, tuple[str, float]] = {}
         self._lock = asyncio.Lock()
+        self._bot_login: str | None = None
 
     def app_client(self) -> ResilientGitHubAPI:
         """A client that authenticates as the app itself (JWT)."""
@@ -35,6 +36,17 @@ class InstallationClients:
             base_url=self.settings.api_url,
             backoff=self.settings.github_backoff,
         )
+
+    async def bot_login(self) -> str:
+        """The login of the App's bot user, ``<slug>[bot]`` (the slug asked of GitHub once:
+        every installation names its app's)."""
+        if self._bot_login is None:
+            async for installation in self.app_client().getiter("/app/installations"):
+                self._bot_login = f"{installation['app_slug']}[bot]"
+                break
+            else:
+                raise LookupError("the App has no installation")
+        return self._bot_login
 
     async def token(self, installation_id: int) -> str:
         """An installation token valid for at least REFRESH_MARGIN seconds."""

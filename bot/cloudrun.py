@@ -11,17 +11,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.dispatch import OnFinished, call_safely
-from bot.jobs import Job, JobStore
+from bot import logs
+from bot.dispatch import OnFinished, OnProgress, call_safely
+from bot.jobs import MERGE_PENDING, Job, JobStore
 
 log = logging.getLogger(__name__)
 
 JOB_ID_VARIABLE = "SCARLET_REGRESSION_JOB_ID"
-MERGING = "merge:"  # marks a job's execution as the merge of its shards
+MERGING = MERGE_PENDING  # marks a job's execution as the merge of its shards
+DEBLENDING = "deblending on Cloud Run (tasks done)"
+MERGING_PHASE = "merging the shards on Cloud Run"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What Cloud Run says of an execution: its tasks, and whether it has ended."""
+
+    tasks: int
+    succeeded: int
+    failed: int
+    completed: bool
+    reasons: str = ""
+
+    @property
+    def outcome(self) -> tuple[str, str | None]:
+        """The job's conclusion once ended ("success" when every task succeeded, else
+        "error"), and why it failed."""
+        if self.succeeded >= max(self.tasks, 1) and not self.failed:
+            return "success", None
+        return "error", self.reasons or f"{self.failed} task(s) failed"
 
 
 class CloudRunDispatcher:
@@ -40,7 +64,8 @@ class CloudRunDispatcher:
     succeeded, one more execution runs ``merge_args`` (``runner merge`` from the store),
     and its end concludes the job. Cloud Run retries failed tasks (the job's
     ``maxRetries``); a shard that still fails fails the execution and so the job, with
-    Cloud Run's reason.
+    Cloud Run's reason. While an execution runs, ``on_progress`` hears its phase and
+    its tasks done of all (Cloud Run's counts).
     """
 
     def __init__(
@@ -57,6 +82,7 @@ class CloudRunDispatcher:
         jobs_client: Any = None,
         executions_client: Any = None,
         on_finished: OnFinished | None = None,
+        on_progress: OnProgress | None = None,
         poll_interval: float = 30.0,
         merge_args: Callable[[Job, Path], Sequence[str]] | None = None,
     ) -> None:
@@ -69,6 +95,7 @@ class CloudRunDispatcher:
         self.task_count = task_count
         self.timeout = timeout
         self.on_finished = on_finished
+        self.on_progress = on_progress
         self._jobs = jobs_client
         self._executions = executions_client
         self.poll_interval = poll_interval
@@ -80,10 +107,20 @@ class CloudRunDispatcher:
     async def start(self) -> None:
         """Start the jobs a previous process stored but never dispatched, and watch the
         executions of running ones (also those started before a restart)."""
+        await self.resume()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def resume(self) -> list[Job]:
+        """``Dispatcher.resume``: a job claimed by a process that died before Cloud Run
+        named its execution (lease run out) is started again; queued jobs are started.
+        The executions themselves are Cloud Run's, looked at by ``check``."""
+        given_up = await self.store.recover(time.time())
+        for job in given_up:
+            await self._notify(job)
         for job in await self.store.unfinished():
             if job.state == "queued":
                 await self.submit(job)
-        self._watcher = asyncio.create_task(self._watch())
+        return given_up
 
     async def stop(self) -> None:
         """Stop watching: executions go on without the bot and are watched after a restart."""
@@ -98,32 +135,52 @@ class CloudRunDispatcher:
         for job in await self.store.unfinished():
             if job.state != "running" or not job.execution:
                 continue
-            try:
-                outcome = await asyncio.to_thread(self._outcome, job.execution)
-            except Exception:
-                log.exception("job %s: could not look at %s", job.id, job.execution)
-                continue
-            if outcome is None:
-                continue
-            conclusion, error = outcome
-            if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
-                await self._start_merge(job)
-                continue
-            done = await self.store.finish(job.id, conclusion, error=error)
-            if done is not None and done.conclusion == conclusion:
+            with logs.context(job=job.id, repository=job.repository, pr=job.pr):
+                done = await self._check(job)
+            if done is not None:
                 finished.append(done)
-                await self._notify(done)
         return finished
 
+    async def _check(self, job: Job) -> Job | None:
+        """Look at the job's execution: show its progress, start the merge of its shards,
+        or conclude it (returning the job, when this call concluded it)."""
+        if job.execution == MERGE_PENDING:  # being started, or left by a starter that died
+            await self._start_merge(job)
+            return None
+        try:
+            execution = await asyncio.to_thread(self._execution, job.execution)
+        except Exception:
+            log.exception("job %s: could not look at %s", job.id, job.execution)
+            return None
+        if not execution.completed:
+            if self.on_progress is not None:
+                merging = _merging(job)
+                phase = MERGING_PHASE if merging else DEBLENDING
+                done, total = (0, 0) if merging else (execution.succeeded, execution.tasks)
+                await call_safely(self.on_progress, job, phase, done, total)
+            return None
+        conclusion, error = execution.outcome
+        if conclusion == "success" and self._tasks(job) > 1 and not _merging(job):
+            await self._start_merge(job)
+            return None
+        done = await self.store.finish(job.id, conclusion, error=error)
+        if done is not None:  # None: another instance concluded it first
+            await self._notify(done)
+        return done
+
     async def _start_merge(self, job: Job) -> None:
-        """All shards succeeded: start one task that merges them and publishes the run."""
+        """All shards succeeded: start one task that merges them and publishes the run,
+        once (the instance that claims the merge starts it)."""
+        if await self.store.claim_merge(job.id, job.execution) is None:
+            return
         try:
             args = list(self.merge_args(job, self.out))
             execution = await asyncio.to_thread(self._run_job, job, args, 1)
         except Exception as error:
             log.exception("job %s: Cloud Run did not start the merge", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run merge: {error}")
-            await self._notify(done)
+            if done is not None:
+                await self._notify(done)
             return
         await self.store.set_execution(job.id, MERGING + execution)
 
@@ -145,8 +202,9 @@ class CloudRunDispatcher:
         except Exception as error:
             log.exception("job %s: Cloud Run did not start an execution", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
-            await self._notify(done)
-            return done
+            if done is not None:
+                await self._notify(done)
+            return done or job
         return await self.store.set_execution(job.id, execution)
 
     def _tasks(self, job: Job) -> int:
@@ -156,7 +214,7 @@ class CloudRunDispatcher:
 
     async def cancel(self, job: Job) -> None:
         """Conclude the job "cancelled" (unless it has finished) and cancel its execution."""
-        stored = await self.store.finish(job.id, "cancelled")
+        stored = await self.store.finish(job.id, "cancelled") or await self.store.get(job.id)
         if stored is None or stored.conclusion != "cancelled" or not stored.execution:
             return
         try:
@@ -190,20 +248,21 @@ class CloudRunDispatcher:
             raise RuntimeError("the run operation names no execution")
         return metadata.name
 
-    def _outcome(self, name: str) -> tuple[str, str | None] | None:
-        """None while the execution runs; else its conclusion and, if it failed, why."""
+    def _execution(self, name: str) -> Execution:
+        """The execution as Cloud Run reports it."""
         from google.cloud import run_v2
 
         if self._executions is None:
             self._executions = run_v2.ExecutionsClient()
         request = run_v2.GetExecutionRequest(name=name.removeprefix(MERGING))
         execution = self._executions.get_execution(request=request)
-        if not execution.completion_time:
-            return None
-        if execution.succeeded_count >= max(execution.task_count, 1) and not execution.failed_count:
-            return "success", None
-        reasons = [c.message for c in execution.conditions if c.message]
-        return "error", "; ".join(reasons) or f"{execution.failed_count} task(s) failed"
+        return Execution(
+            tasks=execution.task_count,
+            succeeded=execution.succeeded_count,
+            failed=execution.failed_count,
+            completed=bool(execution.completion_time),
+            reasons="; ".join(c.message for c in execution.conditions if c.message),
+        )
 
     def _cancel_execution(self, name: str) -> None:
         from google.cloud import run_v2

@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bot import logs
 from bot.jobs import Conclusion, Job, JobStore
 from runner.sandbox import HIDE_VARIABLE, secret_paths
 
@@ -57,6 +60,12 @@ class Dispatcher(Protocol):
 
     async def start(self) -> None:
         """Recover what a previous process left and start taking jobs."""
+
+    async def resume(self) -> list[Job]:
+        """Take up what bot processes that died left in the store: their running jobs
+        whose lease ran out go back to the queue (or are concluded "error" and passed to
+        ``on_finished`` after three attempts), and every queued job is got run. Returns
+        the jobs it concluded."""
 
     async def stop(self) -> None:
         """Stop taking jobs; queued ones stay queued in the store."""
@@ -103,9 +112,9 @@ class _Active:
 
     job: Job
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: Literal["cancelled", "stopping"] | None = None
+    reason: Literal["cancelled", "stopping", "lost"] | None = None
 
-    def interrupt(self, reason: Literal["cancelled", "stopping"]) -> None:
+    def interrupt(self, reason: Literal["cancelled", "stopping", "lost"]) -> None:
         self.reason = self.reason or reason
         self.stop.set()
 
@@ -129,8 +138,10 @@ class EmbeddedDispatcher:
     ``workdir/<job id>/`` as its ``--out``; ``command(job, out)`` is the full command
     line, run in its own process group with ``env`` (default: ``runner_environment()``).
     A process that outlives ``timeout`` seconds concludes "timed_out"; stopping one is
-    SIGTERM to its group, then SIGKILL after ``grace`` seconds. ``on_finished`` follows
-    every conclusion but "cancelled" (whoever cancels knows).
+    SIGTERM to its group, then SIGKILL after ``grace`` seconds. While a job runs, its
+    lease is renewed every third of the store's ``lease``; a job whose lease was lost
+    (cancelled by another instance, or taken over after this one stalled) is stopped.
+    ``on_finished`` follows every conclusion but "cancelled" (whoever cancels knows).
     """
 
     def __init__(
@@ -156,18 +167,36 @@ class EmbeddedDispatcher:
         self.on_progress = on_progress
         self.on_finished = on_finished
         self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task] = set()
         self._puller: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Requeue jobs a previous process left running (concluding "error" those started
-        three times already), queue every unfinished job and start running them."""
-        for job in await self.store.recover():
+        three times already), queue every unfinished job and start running them. A store
+        of this process alone (not ``shared``) gives back every running job at once; a
+        shared one only those whose lease has run out."""
+        await self._resume(time.time() if self.store.shared else math.inf)
+        self._puller = asyncio.create_task(self._pull(), name="dispatcher")
+
+    async def resume(self) -> list[Job]:
+        """``Dispatcher.resume``."""
+        return await self._resume(time.time())
+
+    async def _resume(self, stale_before: float) -> list[Job]:
+        given_up = await self.store.recover(stale_before)
+        for job in given_up:
             await self._notify(job)
         for job in await self.store.unfinished():
-            self._queue.put_nowait(job.id)
-        self._puller = asyncio.create_task(self._pull(), name="dispatcher")
+            if job.state == "queued":
+                self._enqueue(job.id)
+        return given_up
+
+    def _enqueue(self, job_id: str) -> None:
+        if job_id not in self._queued:
+            self._queued.add(job_id)
+            self._queue.put_nowait(job_id)
 
     async def stop(self) -> None:
         """Stop starting jobs; end running processes and put their jobs back in the queue
@@ -185,7 +214,7 @@ class EmbeddedDispatcher:
         """Store the job (idempotent on its key) and queue it to run."""
         job = await self.store.add(job)
         if job.state == "queued":
-            self._queue.put_nowait(job.id)
+            self._enqueue(job.id)
         return job
 
     async def cancel(self, job: Job) -> None:
@@ -200,7 +229,9 @@ class EmbeddedDispatcher:
         slots = asyncio.Semaphore(self.concurrency)
         while True:
             await slots.acquire()
-            job = await self.store.claim(await self._queue.get())
+            job_id = await self._queue.get()
+            self._queued.discard(job_id)
+            job = await self.store.claim(job_id)
             if job is None:  # cancelled, or a duplicate submission
                 slots.release()
                 continue
@@ -211,6 +242,10 @@ class EmbeddedDispatcher:
             task.add_done_callback(lambda _: slots.release())
 
     async def _run(self, job: Job) -> None:
+        with logs.context(job=job.id, repository=job.repository, pr=job.pr):
+            await self._run_logged(job)
+
+    async def _run_logged(self, job: Job) -> None:
         try:
             done = await self._execute(self._active[job.id])
         except Exception as error:
@@ -264,8 +299,10 @@ class EmbeddedDispatcher:
 
         work = asyncio.gather(read_stdout(), read_stderr(), process.wait())
         stop = asyncio.create_task(active.stop.wait())
+        heartbeat = asyncio.create_task(self._renew(active))
         await asyncio.wait({work, stop}, timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
+        heartbeat.cancel()
         interrupted = not work.done()
         if interrupted or process.returncode is None:
             await self._terminate(process)
@@ -278,7 +315,7 @@ class EmbeddedDispatcher:
         if interrupted and active.reason == "stopping":
             await self.store.requeue(job.id)
             return None
-        if interrupted and active.reason == "cancelled":
+        if interrupted and active.reason in ("cancelled", "lost"):
             return None
         if interrupted:
             return await self.store.finish(
@@ -306,6 +343,20 @@ class EmbeddedDispatcher:
         return await self.store.finish(
             job.id, conclusion, result_path=str(result), published_path=finished.get("published")
         )
+
+    async def _renew(self, active: _Active) -> None:
+        """Renew the job's lease while it runs; stop it once the lease is lost."""
+        while True:
+            await asyncio.sleep(self.store.lease / 3)
+            try:
+                renewed = await self.store.renew(active.job.id)
+            except Exception:
+                log.exception("job %s: could not renew its lease", active.job.id)
+                continue
+            if renewed is None:
+                log.warning("job %s: lease lost (cancelled or taken over)", active.job.id)
+                active.interrupt("lost")
+                return
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
         _killpg(process.pid, signal.SIGTERM)

@@ -78,10 +78,12 @@ async def _submit(gh: GitHubAPI, service: RegressionService, installation: int, 
     return job
 
 
-async def report(gh: GitHubAPI, repository: str, result: RunResult, links: Links) -> None:
-    """Open or update the drift issue for a failing run; comment on and close it once a
-    run is clean. A clean run with no open issue says nothing."""
-    existing = await github.find_issue(gh, repository, DRIFT_MARKER)
+async def report(
+    gh: GitHubAPI, repository: str, result: RunResult, links: Links, bot_login: str
+) -> None:
+    """Open or update the drift issue (the App's bot user's) for a failing run; comment on
+    and close it once a run is clean. A clean run with no open issue says nothing."""
+    existing = await github.find_issue(gh, repository, DRIFT_MARKER, bot_login)
     if drift_failed(result):
         title, body = drift_issue(result, links)
         if existing is None:
@@ -89,7 +91,7 @@ async def report(gh: GitHubAPI, repository: str, result: RunResult, links: Links
                 await github.open_issue(gh, repository, title, body)
                 return
             except GitHubBroken:  # GitHub may have opened it after all: look again
-                existing = await github.find_issue(gh, repository, DRIFT_MARKER)
+                existing = await github.find_issue(gh, repository, DRIFT_MARKER, bot_login)
                 if existing is None:
                     await github.open_issue(gh, repository, title, body)
                     return

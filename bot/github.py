@@ -15,6 +15,7 @@ from runner.report import MARKER, CheckRunOutput
 log = logging.getLogger(__name__)
 
 WRITERS = ("admin", "write")
+CHECK_BYTES = 65_535  # GitHub: "summary exceeds a maximum bytesize of 65535"
 
 
 def now() -> str:
@@ -22,38 +23,73 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def clip(text: str, limit: int = CHECK_BYTES) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, on a character boundary."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 def _output(output: CheckRunOutput) -> dict[str, str]:
-    return {"title": output.title, "summary": output.summary, "text": output.text}
+    """The output as GitHub takes it: summary and text within its limit in bytes (the
+    report measures characters; multi-byte text may exceed it)."""
+    return {"title": output.title, "summary": clip(output.summary), "text": clip(output.text)}
+
+
+APPROVE = "approve"
+# A button of a fork's waiting check run (GitHub: label ≤ 20, description ≤ 40 characters).
+APPROVE_ACTION = {
+    "label": "Approve and run",
+    "description": "Run this fork's code (maintainers only)",
+    "identifier": APPROVE,
+}
 
 
 async def create_check_run(
-    gh: GitHubAPI, repository: str, head_sha: str, details_url: str, output: CheckRunOutput
+    gh: GitHubAPI,
+    repository: str,
+    head_sha: str,
+    details_url: str,
+    output: CheckRunOutput,
+    external_id: str,
+    approvable: bool = False,
 ) -> int:
-    """Create the queued check run on ``head_sha``; return its id. After a 502 or 504
-    GitHub may have created it: look for it before creating it again."""
+    """Create the queued check run on ``head_sha`` for the job ``external_id`` (with the
+    "Approve and run" button when ``approvable``); return its id. After a 5xx GitHub may
+    have created it: look for it before creating it again."""
+    data = {
+        "name": CHECK_NAME,
+        "head_sha": head_sha,
+        "status": "queued",
+        "details_url": details_url,
+        "external_id": external_id,
+        "output": _output(output),
+        "actions": [APPROVE_ACTION] if approvable else [],
+    }
     try:
-        return await _create_check_run(gh, repository, head_sha, details_url, output)
+        created = await gh.post(f"/repos/{repository}/check-runs", data=data)
     except GitHubBroken:
         existing = await waiting_check_run(gh, repository, head_sha)
         if existing is not None:
             return existing
-        return await _create_check_run(gh, repository, head_sha, details_url, output)
+        created = await gh.post(f"/repos/{repository}/check-runs", data=data)
+    return int(created["id"])
 
 
-async def _create_check_run(
-    gh: GitHubAPI, repository: str, head_sha: str, details_url: str, output: CheckRunOutput
-) -> int:
-    data = await gh.post(
-        f"/repos/{repository}/check-runs",
-        data={
-            "name": CHECK_NAME,
-            "head_sha": head_sha,
-            "status": "queued",
-            "details_url": details_url,
-            "output": _output(output),
-        },
-    )
-    return int(data["id"])
+async def adopt_check_run(
+    gh: GitHubAPI, repository: str, check_run_id: int, job_id: str, approvable: bool = False
+) -> None:
+    """Point a check run made for an earlier job (a fork's, waiting) at the job ``job_id``,
+    with the "Approve and run" button only while it waits (``approvable``)."""
+    data = {"external_id": job_id, "actions": [APPROVE_ACTION] if approvable else []}
+    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
+
+
+async def check_run_job(gh: GitHubAPI, repository: str, head_sha: str) -> str | None:
+    """The job id (``external_id``) of the newest check run of ours on ``head_sha``."""
+    url = f"/repos/{repository}/commits/{head_sha}/check-runs?check_name={CHECK_NAME}"
+    async for run in gh.getiter(url, iterable_key="check_runs"):
+        if run.get("external_id"):
+            return str(run["external_id"])
+    return None
 
 
 async def waiting_check_run(gh: GitHubAPI, repository: str, head_sha: str) -> int | None:
@@ -66,13 +102,14 @@ async def waiting_check_run(gh: GitHubAPI, repository: str, head_sha: str) -> in
 
 
 async def start_check_run(
-    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput
+    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput, first: bool
 ) -> None:
-    """Mark the check run in progress with ``output`` (phase and blends done)."""
-    await gh.patch(
-        f"/repos/{repository}/check-runs/{check_run_id}",
-        data={"status": "in_progress", "started_at": now(), "output": _output(output)},
-    )
+    """Mark the check run in progress with ``output`` (phase and blends done); its
+    ``started_at`` only with the ``first`` progress, so that its duration runs on."""
+    data = {"status": "in_progress", "output": _output(output)}
+    if first:
+        data["started_at"] = now()
+    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
 
 
 async def complete_check_run(
@@ -90,24 +127,36 @@ async def complete_check_run(
     )
 
 
-async def find_comment(gh: GitHubAPI, repository: str, number: int) -> dict[str, Any] | None:
-    """The bot's report comment on a PR, found by its hidden marker (all pages)."""
+def by_bot(item: dict[str, Any], bot_login: str) -> bool:
+    """Whether a comment or issue was written by the App's own bot user (``<slug>[bot]``,
+    of type ``Bot``): not by a person, even one acting through the App."""
+    user = item.get("user") or {}
+    return user.get("login") == bot_login and user.get("type") == "Bot"
+
+
+async def find_comment(
+    gh: GitHubAPI, repository: str, number: int, bot_login: str
+) -> dict[str, Any] | None:
+    """The bot's report comment on a PR: by the bot user, behind the hidden marker (all
+    pages). Anyone may copy the marker; only the bot's own comment counts."""
     url = f"/repos/{repository}/issues/{number}/comments?per_page=100"
     async for comment in gh.getiter(url):
-        if (comment.get("body") or "").startswith(MARKER):
+        if by_bot(comment, bot_login) and (comment.get("body") or "").startswith(MARKER):
             return comment
     return None
 
 
-async def upsert_comment(gh: GitHubAPI, repository: str, number: int, body: str) -> int:
+async def upsert_comment(
+    gh: GitHubAPI, repository: str, number: int, body: str, bot_login: str
+) -> int:
     """Edit the report comment in place, or create it the first time; return its id.
-    After a 502 or 504 on creating it, GitHub may have: look again before posting."""
-    existing = await find_comment(gh, repository, number)
+    After a 5xx on creating it, GitHub may have: look again before posting."""
+    existing = await find_comment(gh, repository, number, bot_login)
     if existing is None:
         try:
             return await _post_comment(gh, repository, number, body)
         except GitHubBroken:
-            existing = await find_comment(gh, repository, number)
+            existing = await find_comment(gh, repository, number, bot_login)
             if existing is None:
                 return await _post_comment(gh, repository, number, body)
     await gh.patch(f"/repos/{repository}/issues/comments/{existing['id']}", data={"body": body})
@@ -191,13 +240,15 @@ async def branch_head(gh: GitHubAPI, repository: str, branch: str) -> str:
     return str(data["commit"]["sha"])
 
 
-async def find_issue(gh: GitHubAPI, repository: str, marker: str) -> dict[str, Any] | None:
-    """The open issue (not a pull request) an app opened whose body starts with
-    ``marker``, if any (an issue a person wrote with the marker is not the bot's)."""
+async def find_issue(
+    gh: GitHubAPI, repository: str, marker: str, bot_login: str
+) -> dict[str, Any] | None:
+    """The open issue (not a pull request) the App's bot user opened whose body starts
+    with ``marker``, if any (one a person, or another app, wrote with it is not ours)."""
     url = f"/repos/{repository}/issues?state=open&per_page=100"
     async for issue in gh.getiter(url):
-        by_app = (issue.get("user") or {}).get("type") == "Bot"
-        if by_app and "pull_request" not in issue and (issue.get("body") or "").startswith(marker):
+        ours = by_bot(issue, bot_login) and "pull_request" not in issue
+        if ours and (issue.get("body") or "").startswith(marker):
             return issue
     return None
 

@@ -40,7 +40,23 @@ class Settings:
     github_backoff: float = 1.0
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
+    cloud_run_poll: float = 30.0
+    cloud_run_emulator: str = ""
     scheduler_secret: str = ""
+    state: str = ""
+    reconcile_interval: float = 60.0
+    lease: float = 60.0
+
+    @property
+    def shared_state(self) -> tuple[str, str] | None:
+        """The private bucket and prefix of the state shared by every instance
+        (``SCARLET_BOT_STATE=gs://bucket/prefix``); None: SQLite in the data dir."""
+        if not self.state:
+            return None
+        if not self.state.startswith("gs://"):
+            raise SettingsError(f"SCARLET_BOT_STATE must be gs://bucket/prefix, not {self.state}")
+        bucket, _, prefix = self.state.removeprefix("gs://").partition("/")
+        return bucket, prefix
 
     @property
     def store_spec(self) -> str:
@@ -91,6 +107,8 @@ class Settings:
             run_forks=env.get("SCARLET_BOT_RUN_FORKS", "") == "1",
             cloud_run_job=env.get("SCARLET_BOT_CLOUD_RUN_JOB", ""),
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
+            cloud_run_emulator=env.get("SCARLET_BOT_CLOUD_RUN_EMULATOR_HOST", ""),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
             scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
+            state=env.get("SCARLET_BOT_STATE", ""),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -108,13 +109,10 @@ class Bot:
         return [c for c in self.fake.comments(REPO, number) if c.body.startswith(MARKER)]
 
 
-@contextlib.asynccontextmanager
-async def running_bot(
-    fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
-) -> AsyncIterator[Bot]:
-    """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
-    ``feature`` whose models are 0.1 % brighter, within every tolerance) and two
-    synthetic blends; ``settings`` override its defaults."""
+def scarlet_repository(fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path):
+    """A tiny scarlet repository (a PR branch ``feature`` whose models are 0.1 % brighter,
+    within every tolerance) installed on the fake GitHub, and two synthetic blends:
+    (repository folder, blend set, installation id)."""
     repo, _ = tiny_repository(tmp_path / "scarlet")
     tiny_pull_request(repo)
     dataset = two_blends(synthetic_set, tmp_path / "blends")
@@ -124,11 +122,18 @@ async def running_bot(
         installation_id=installation.id,
         collaborators={"maintainer": "maintain", "reader": "read"},
     )
+    return repo, dataset, installation.id
+
+
+def bot_settings(
+    fake_github: FakeGitHub, data_dir: Path, dataset: Path, port: int, **settings
+) -> Settings:
+    """The test bot's settings on 127.0.0.1:``port``; ``settings`` override its defaults."""
     defaults = {
         "app_id": str(fake_github.app_id),
         "private_key": fake_github.private_key_pem,
         "webhook_secret": fake_github.webhook_secret,
-        "data_dir": tmp_path / "bot",
+        "data_dir": data_dir,
         "datasets": (dataset,),
         "api_url": fake_github.url,
         "public_url": f"http://127.0.0.1:{port}",
@@ -137,9 +142,19 @@ async def running_bot(
         "github_backoff": 0.01,
         "runner": (sys.executable, str(TINY_RUNNER)),
     }
-    bot_settings = Settings(**{**defaults, **settings})
+    return Settings(**{**defaults, **settings})
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    fake_github: FakeGitHub, tmp_path: Path, synthetic_set: Path, port: int, **settings
+) -> AsyncIterator[Bot]:
+    """The bot on 127.0.0.1:``port`` with a tiny scarlet repository (a PR branch
+    ``feature``) and two synthetic blends; ``settings`` override its defaults."""
+    repo, dataset, installation = scarlet_repository(fake_github, tmp_path, synthetic_set)
+    configured = bot_settings(fake_github, tmp_path / "bot", dataset, port, **settings)
     async with aiohttp.ClientSession() as session:
-        bot = Bot(bot_settings, fake_github, repo, session, installation.id)
+        bot = Bot(configured, fake_github, repo, session, installation)
         await bot.serve()
         try:
             yield bot
@@ -487,3 +502,275 @@ async def test_a_bot_restarted_mid_run_runs_the_job_again_to_one_comment(bot):
     assert run.conclusion == "success", run.output
     assert len(bot.report_comments(17)) == 1
     assert len(bot.fake.calls("POST", f"/repos/{REPO}/check-runs")) == 1
+
+
+async def test_a_500_on_reading_the_comments_is_retried_to_one_comment(bot):
+    bot.fake.fail_next("GET", "/repos/*/issues/*/comments", 500)
+    pull = bot.fake.add_pull(REPO, 18, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success" and "could not be written" not in run.output["summary"]
+    assert len(bot.report_comments(18)) == 1
+    assert bot.fake.calls("GET", "/repos/*/issues/*/comments", status=500)
+
+
+async def test_a_comment_that_cannot_be_written_still_concludes_the_check_run(bot):
+    # Creating the comment fails twice with a 500 (the bot looks, then tries once more).
+    bot.fake.fail_next("POST", "/repos/*/issues/*/comments", 500, times=2)
+    pull = bot.fake.add_pull(REPO, 19, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success", "the verdict, whatever happened to the comment"
+    assert run.output["summary"].startswith("**The PR's report comment could not be written**")
+    assert "/rerun-regression" in run.output["summary"]
+    assert not bot.report_comments(19)
+
+
+async def test_the_re_run_of_an_older_commit_reruns_that_commit_only(bot):
+    pull = bot.fake.add_pull(REPO, 20, head_sha=head(bot), base_ref="main")
+    old = pull.head_sha
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (old_run,) = await bot.completed(old)
+    assert old_run.external_id, "the check run names its job"
+    (bot.repo / "NOTES").write_text("a newer head\n")
+    pull.head_sha = commit(bot.repo, "newer head")
+    assert await bot.send("pull_request", "synchronize", pull=pull) == 202
+    (new_run,) = await bot.completed(pull.head_sha)
+    (report,) = bot.report_comments(20)
+    assert pull.head_sha[:10] in report.body
+
+    # The older commit's re-run button: its check suite lists the PR, whose head moved on.
+    assert await bot.send(
+        "check_run",
+        "rerequested",
+        repo=REPO,
+        installation_id=bot.installation,
+        head_sha=old,
+        check_name=CHECK_NAME,
+        pull_requests=[pull],
+        merge={"check_run": {"external_id": old_run.external_id}},
+    )
+    runs = await bot.completed(old, count=2)
+    (rerun,) = [run for run in runs if run.id != old_run.id]
+    assert rerun.conclusion == "success"
+    assert "no longer the pull request's head" in rerun.output["summary"]
+    assert rerun.external_id not in (old_run.external_id, new_run.external_id)
+    assert (new_run.status, new_run.conclusion) == ("completed", "success"), "left alone"
+    (kept,) = bot.report_comments(20)
+    assert kept.body == report.body, "the head's report stays"
+
+
+async def test_only_the_bot_users_own_comment_is_the_report(bot):
+    pull = bot.fake.add_pull(REPO, 21, head_sha=head(bot), base_ref="main")
+    fake = f"{MARKER}\n## ✅ scarlet regression: pass (trust me)"
+    by_person = bot.fake.add_comment(REPO, 21, fake, user="eve")
+    through_app = bot.fake.add_comment(REPO, 21, fake, user="mallory", via_app=True)
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert "could not be written" not in run.output["summary"]
+    mine = [c for c in bot.report_comments(21) if c.user == bot.fake.bot_login]
+    assert len(mine) == 1 and "scarlet regression: pass" in mine[0].body
+    assert by_person.body == fake and through_app.body == fake, "theirs untouched"
+
+
+async def test_a_delivery_whose_work_failed_can_be_redelivered(bot):
+    # GitHub refuses the installation token: the work fails; GitHub's "Redeliver" then
+    # sends the same delivery again, which must run.
+    bot.fake.fail_next("POST", "/app/installations/*/access_tokens", 500)
+    pull = bot.fake.add_pull(REPO, 22, head_sha=head(bot), base_ref="main")
+    merge = {"repository": {"clone_url": str(bot.repo)}}
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, merge=merge)
+    assert await bot.deliver(headers, body) == 202
+    for _ in range(100):
+        if bot.fake.calls("POST", "/app/installations/*/access_tokens", status=500):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    assert not bot.fake.check_runs(REPO, pull.head_sha)
+    assert await bot.deliver(headers, body) == 202, "redelivered, not a duplicate"
+    (run,) = await bot.completed(pull.head_sha)
+    assert run.conclusion == "success"
+    assert await bot.deliver(headers, body) == 200, "now it is a duplicate"
+
+
+@pytest.mark.parametrize("then", ["closed", "synchronize"])
+async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sha(bot, then):
+    pull = bot.fake.add_pull(REPO, 23, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    waiting = pull.head_sha
+    if then == "synchronize":
+        (bot.repo / "NOTES").write_text("the fork pushes again\n")
+        pull.head_sha = commit(bot.repo, "fork push")
+    assert await bot.send("pull_request", then, pull=pull) == 202
+    (run,) = await bot.completed(waiting, timeout=30)
+    assert run.conclusion == "cancelled"
+    expected = "The PR was closed." if then == "closed" else "Superseded by a newer push."
+    assert run.output["summary"] == expected
+    if then == "synchronize":  # the new head waits in a check run of its own
+        await asyncio.sleep(0.5)
+        (new,) = bot.fake.check_runs(REPO, pull.head_sha)
+        assert new.status == "queued"
+
+
+async def test_the_check_run_is_started_once_and_its_duration_runs_on(bot):
+    pull = bot.fake.add_pull(REPO, 24, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (run,) = await bot.completed(pull.head_sha)
+    progress = [
+        call.json
+        for call in bot.fake.calls("PATCH", f"/repos/{REPO}/check-runs/{run.id}")
+        if call.json.get("status") == "in_progress"
+    ]
+    assert len(progress) > 2, "the runner reported progress several times"
+    assert ["started_at" in update for update in progress] == [True] + [False] * (len(progress) - 1)
+
+
+async def test_the_re_run_of_a_forks_check_run_is_a_run_of_its_pr(bot):
+    pull = bot.fake.add_pull(REPO, 25, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    assert await bot.comment(pull, COMMAND, "maintainer") == 202
+    (first,) = await bot.completed(pull.head_sha)
+    (report,) = bot.report_comments(25)
+    # Its check suite lists no PR (a fork), and GET /commits/{sha}/pulls neither.
+    assert await bot.send(
+        "check_run",
+        "rerequested",
+        repo=REPO,
+        installation_id=bot.installation,
+        head_sha=pull.head_sha,
+        check_name=CHECK_NAME,
+        pull_requests=[],
+        merge={"check_run": {"external_id": first.external_id}},
+    )
+    runs = await bot.completed(pull.head_sha, count=2)
+    (rerun,) = [run for run in runs if run.id != first.id]
+    assert rerun.conclusion == "success"
+    assert rerun.details_url == f"{bot.url}/{REPO}/pr/25", "the PR's run, not a baseline"
+    (edited,) = bot.report_comments(25)
+    assert edited.id == report.id
+
+
+async def test_logs_are_json_lines_about_their_delivery(bot, capsys):
+    bot.fake.fail_next("POST", "/app/installations/*/access_tokens", 500)
+    pull = bot.fake.add_pull(REPO, 26, head_sha=head(bot), base_ref="main")
+    merge = {"repository": {"clone_url": str(bot.repo)}}
+    headers, body = bot.fake.webhook("pull_request", "opened", pull=pull, merge=merge)
+    assert await bot.deliver(headers, body) == 202
+    out = ""
+    for _ in range(100):
+        out += capsys.readouterr().out
+        if "processing pull_request delivery" in out:
+            break
+        await asyncio.sleep(0.1)
+    lines = [json.loads(line) for line in out.splitlines() if line]
+    assert all({"severity", "message", "time"} <= set(line) for line in lines)
+
+    # A failed delivery says which delivery, repository and PR, with its traceback.
+    (failed,) = [line for line in lines if line["message"].startswith("processing")]
+    assert failed["severity"] == "ERROR" and "Traceback" in failed["message"]
+    assert (failed["delivery"], failed["repository"], failed["pr"]) == (
+        headers["X-GitHub-Delivery"],
+        REPO,
+        26,
+    )
+
+
+async def test_a_maintainer_approves_a_forks_run_with_the_check_runs_button(bot):
+    pull = bot.fake.add_pull(REPO, 27, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    for _ in range(100):
+        if bot.fake.check_runs(REPO, pull.head_sha):
+            break
+        await asyncio.sleep(0.1)
+    (waiting,) = bot.fake.check_runs(REPO, pull.head_sha)
+    assert [action["identifier"] for action in waiting.actions] == ["approve"]
+
+    async def press(user: str) -> int:
+        return await bot.send(
+            "check_run",
+            "requested_action",
+            repo=REPO,
+            installation_id=bot.installation,
+            head_sha=pull.head_sha,
+            check_name=CHECK_NAME,
+            check_run_id=waiting.id,
+            sender=user,
+            merge={
+                "check_run": {"external_id": waiting.external_id},
+                "requested_action": {"identifier": "approve"},
+            },
+        )
+
+    assert await press("reader") == 202
+    for _ in range(100):
+        if bot.fake.comments(REPO, 27):
+            break
+        await asyncio.sleep(0.1)
+    (refusal,) = bot.fake.comments(REPO, 27)
+    assert refusal.body.startswith("Sorry @reader")
+    await asyncio.sleep(0.5)
+    assert waiting.status == "queued", "a reader's press runs nothing"
+
+    assert await press("maintainer") == 202
+    (done,) = await bot.completed(pull.head_sha)
+    assert done.id == waiting.id and done.conclusion == "success"
+    assert done.actions == [], "the button is gone once approved"
+    assert len(bot.report_comments(27)) == 1
+
+
+async def test_a_new_base_branch_runs_the_pr_again_against_it(bot):
+    git(bot.repo, "branch", "develop", "main")
+    pull = bot.fake.add_pull(REPO, 28, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    (first,) = await bot.completed(pull.head_sha)
+    pull.base_ref = "develop"
+    changes = {"base": {"ref": {"from": "main"}, "sha": {"from": "0" * 40}}}
+    assert await bot.send("pull_request", "edited", pull=pull, merge={"changes": changes}) == 202
+    runs = await bot.completed(pull.head_sha, count=2)
+    (second,) = [run for run in runs if run.id != first.id]
+    assert second.conclusion == "success", second.output
+    job = await bot.server.app[SERVICE].jobs.latest(REPO, 28)
+    assert (job.base, job.check_run_id) == ("develop", second.id)
+    # An edit of the title alone (the example's change) runs nothing.
+    assert await bot.send("pull_request", "edited", pull=pull) == 202
+    await asyncio.sleep(1.0)
+    assert len(bot.fake.check_runs(REPO, pull.head_sha)) == 2
+
+
+@pytest.mark.parametrize("event", ["installation.deleted", "installation_repositories.removed"])
+async def test_an_uninstalled_repository_stops_its_runs(bot, event):
+    source = sorted(bot.dataset.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = 1002.0  # the tiny deblender hangs on this blend: the run stays busy
+    write_blend_with(bot.dataset / "hangs.npz", source, images=images)
+    pull = bot.fake.add_pull(REPO, 29, head_sha=head(bot), base_ref="main")
+    assert await bot.send("pull_request", "opened", pull=pull) == 202
+    await bot.started(pull.head_sha)
+    calls = len(bot.fake.calls())
+    name, action = event.split(".")
+    removed = {"id": 1, "node_id": "R_1", "name": "scarlet", "full_name": REPO, "private": False}
+    merge = {"repositories_removed": [removed]} if name == "installation_repositories" else {}
+    headers, body = bot.fake.webhook(name, action, installation_id=bot.installation, merge=merge)
+    assert await bot.deliver(headers, body) == 202
+    service = bot.server.app[SERVICE]
+    for _ in range(100):
+        job = await service.jobs.latest(REPO, 29)
+        if job.finished:
+            break
+        await asyncio.sleep(0.1)
+    assert (job.state, job.conclusion) == ("cancelled", "cancelled")
+    for _ in range(100):
+        if not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")), "runner stopped"
+    assert len(bot.fake.calls()) == calls, "nothing written to an installation that is gone"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import threading
@@ -15,7 +16,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
 from bot.cloudrun import CloudRunDispatcher
-from bot.jobs import Job, JobStore
+from bot.jobs import Job, SQLiteJobStore
 
 JOB_NAME = "projects/demo/locations/us-central1/jobs/runner"
 
@@ -81,7 +82,7 @@ def fake_api() -> Iterator[tuple[str, list[tuple[str, dict]]]]:
     server.server_close()
 
 
-def dispatcher(store: JobStore, endpoint: str, job_name: str = JOB_NAME, **options):
+def dispatcher(store: SQLiteJobStore, endpoint: str, job_name: str = JOB_NAME, **options):
     client_options = {"api_endpoint": endpoint}
     credentials = AnonymousCredentials()
     return CloudRunDispatcher(
@@ -119,7 +120,7 @@ def make_job(sha: str = "a1b2c3") -> Job:
 
 async def test_one_execution_per_job_with_its_overrides(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     cloud = dispatcher(store, endpoint)
     try:
         job = await cloud.submit(make_job())
@@ -150,7 +151,7 @@ async def test_one_execution_per_job_with_its_overrides(tmp_path, fake_api):
 
 async def test_cancel_cancels_the_execution(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     cloud = dispatcher(store, endpoint)
     try:
         job = await cloud.submit(make_job())
@@ -165,7 +166,7 @@ async def test_cancel_cancels_the_execution(tmp_path, fake_api):
 
 async def test_a_refused_execution_concludes_error(tmp_path, fake_api):
     endpoint, _ = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     finished: list[Job] = []
 
     async def on_finished(job: Job) -> None:
@@ -185,7 +186,7 @@ async def test_a_refused_execution_concludes_error(tmp_path, fake_api):
 
 async def test_start_dispatches_jobs_left_queued(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     try:
         job = await store.add(make_job())
         await dispatcher(store, endpoint).start()
@@ -202,7 +203,7 @@ async def test_finished_executions_conclude_their_jobs(tmp_path, fake_api):
     async def on_finished(job: Job) -> None:
         finished.append(job)
 
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, on_finished=on_finished)
     good = await runs.submit(make_job("a" * 40))
     bad = await runs.submit(make_job("b" * 40))
@@ -233,11 +234,26 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     def merge_args(job: Job, out: Path) -> list[str]:
         return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
 
-    store = JobStore(tmp_path / "jobs.sqlite")
-    runs = dispatcher(store, endpoint, task_count=4, merge_args=merge_args, on_finished=on_finished)
+    progress: list[tuple[str, int, int]] = []
+
+    async def on_progress(job: Job, phase: str, done: int, total: int) -> None:
+        progress.append((phase, done, total))
+
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    runs = dispatcher(
+        store,
+        endpoint,
+        task_count=4,
+        merge_args=merge_args,
+        on_finished=on_finished,
+        on_progress=on_progress,
+    )
     job = await runs.submit(make_job("c" * 40))
     path, body = requests[-1]
     assert path.endswith(":run") and body["overrides"]["taskCount"] == 4
+    EXECUTIONS[job.execution] = {"taskCount": 4, "runningCount": 2, "succeededCount": 2}
+    assert await runs.check() == []
+    assert progress == [("deblending on Cloud Run (tasks done)", 2, 4)]
     done = "2026-11-25T12:00:00Z"
     EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 4, "taskCount": 4}
     assert await runs.check() == [], "the merge still has to run"
@@ -246,6 +262,8 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
     assert body["overrides"]["containerOverrides"][0]["args"][:2] == ["merge", "--out"]
     merging = await store.get(job.id)
     assert merging.execution.startswith("merge:") and merging.state == "running"
+    assert await runs.check() == []
+    assert progress[-1] == ("merging the shards on Cloud Run", 0, 0)
     EXECUTIONS[merging.execution.removeprefix("merge:")] = {
         "completionTime": done,
         "succeededCount": 1,
@@ -257,7 +275,7 @@ async def test_shards_run_as_tasks_and_then_one_merge(tmp_path, fake_api):
 
 async def test_a_drift_run_is_one_task_and_concludes_without_a_merge(tmp_path, fake_api):
     endpoint, requests = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, task_count=4, merge_args=lambda job, out: ["merge"])
     job = await runs.submit(dataclasses.replace(make_job("d" * 40), kind="drift", pr=None))
     (_, body), *_ = requests
@@ -271,7 +289,7 @@ async def test_a_drift_run_is_one_task_and_concludes_without_a_merge(tmp_path, f
 
 async def test_a_shard_that_fails_after_its_retries_fails_the_job(tmp_path, fake_api):
     endpoint, _ = fake_api
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     runs = dispatcher(store, endpoint, task_count=2, merge_args=lambda job, out: ["merge"])
     job = await runs.submit(make_job("d" * 40))
     EXECUTIONS[job.execution] = {
@@ -302,8 +320,8 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
         cloud_run_job=JOB_NAME,
         cloud_run_tasks=8,
     )
-    jobs = JobStore(tmp_path / "jobs.sqlite")
-    service = RegressionService(settings, jobs, LocalStore(tmp_path / "store"), None)
+    jobs = SQLiteJobStore(tmp_path / "jobs.sqlite")
+    service = RegressionService(settings, jobs, LocalStore(tmp_path / "store"), None, None)
     runs = _dispatcher(settings, jobs, service)
     job = make_job("e" * 40)
     run_args = runs.args(job, runs.out)
@@ -312,3 +330,22 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
     merge = runs.merge_args(job, runs.out)
     assert merge[:2] == ["merge", "--out"] and merge[merge.index("--shards") + 1] == "8"
     assert runs.task_count == 8
+
+
+async def test_two_instances_seeing_the_shards_succeed_start_one_merge(tmp_path, fake_api):
+    endpoint, requests = fake_api
+
+    def merge_args(job: Job, out: Path) -> list[str]:
+        return ["merge", "--out", str(out), "--sha", job.head_sha, "--shards", "4"]
+
+    stores = [SQLiteJobStore(tmp_path / "jobs.sqlite") for _ in range(2)]
+    one, two = (dispatcher(s, endpoint, task_count=4, merge_args=merge_args) for s in stores)
+    job = await one.submit(make_job("d" * 40))
+    done = "2026-11-25T12:00:00Z"
+    EXECUTIONS[job.execution] = {"completionTime": done, "succeededCount": 4, "taskCount": 4}
+    await asyncio.gather(one.check(), two.check())
+    merges = [body for path, body in requests if body["overrides"]["taskCount"] == 1]
+    assert len(merges) == 1
+    assert (await stores[0].get(job.id)).execution.startswith("merge:projects/")
+    for store in stores:
+        await store.close()

@@ -46,13 +46,13 @@ def test_app_yaml_runs_the_aiohttp_factory_under_gunicorn() -> None:
     assert argv[0] == "gunicorn" and "-b" in argv and argv[argv.index("-b") + 1] == ":$PORT"
     assert argv[argv.index("--worker-class") + 1] == "aiohttp.GunicornWebWorker"
     assert argv[-1] == "bot.app:create_app()"
-    assert argv[argv.index("--workers") + 1] == "1"  # one dispatcher, one SQLite writer
+    assert argv[argv.index("--workers") + 1] == "1"  # one dispatcher and reconciler each
     module, factory = argv[-1].removesuffix("()").split(":")
     assert callable(getattr(importlib.import_module(module), factory))
     importlib.import_module("aiohttp.worker")
     assert app["instance_class"].startswith("F")
     scaling = app["automatic_scaling"]
-    assert 1 <= scaling["min_instances"] <= scaling["max_instances"] == 1
+    assert 1 <= scaling["min_instances"] <= scaling["max_instances"]
     assert "@" in app["service_account"]
 
 
@@ -67,6 +67,9 @@ def test_app_yaml_holds_no_secrets() -> None:
     assert SECRET_RESOURCE.fullmatch(env["GITHUB_WEBHOOK_SECRET_SECRET"])
     assert env["SCARLET_BOT_STORE"].startswith("gs://")
     assert env["SCARLET_BOT_DATA"].startswith("/tmp/")  # App Engine's only writable place
+    # Several instances: the state is in a bucket of its own, not the public artifacts'.
+    state, store = env["SCARLET_BOT_STATE"], env["SCARLET_BOT_STORE"]
+    assert state.startswith("gs://") and state.split("/")[2] != store.split("/")[2]
     assert env["SCARLET_BOT_PUBLIC_URL"].startswith("https://")
     assert env["SCARLET_BOT_CLOUD_RUN_JOB"].endswith("/jobs/scarlet-runner")
 
@@ -141,6 +144,15 @@ def test_app_yaml_datasets_are_inside_the_job_volume() -> None:
 
 
 # -- the bucket
+
+
+def test_the_state_bucket_forgets_deliveries_and_days_but_not_unfinished_work() -> None:
+    rules = json.loads((DEPLOY / "state-lifecycle.json").read_text())["rule"]
+    ages = {p: r["condition"]["age"] for r in rules for p in r["condition"]["matchesPrefix"]}
+    assert ages["deliveries/"] >= 14  # past GitHub's redelivery window
+    assert ages["schedules/"] >= 2
+    assert not any(prefix.startswith(("open/", "active/")) for prefix in ages)
+    assert all(r["action"]["type"] == "Delete" for r in rules)
 
 
 def test_lifecycle_deletes_pr_runs_only() -> None:

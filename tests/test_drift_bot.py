@@ -111,8 +111,11 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     assert drift_jobs(bot) == [("completed", "success")]
     assert not fake.issues(REPO)
 
-    # Someone pastes the bot's marker into an issue of their own: the bot leaves it alone.
+    # Someone, and another app, paste the bot's marker into issues of their own: the bot
+    # leaves them alone.
     decoy = fake.add_issue(REPO, "copied", user="someone", body=DRIFT_MARKER + " not mine")
+    other = DRIFT_MARKER + " another app's"
+    bot_decoy = fake.add_issue(REPO, "copied", user="other[bot]", user_type="Bot", body=other)
 
     # Day 2: tinyscale 2.0 is released and breaks every deblend. The scheduler calls
     # twice (a retry): one run, one issue naming the package, with the errors.
@@ -122,7 +125,7 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     await reported(bot, 2)
     assert len(drift_jobs(bot)) == 2 and drift_jobs(bot)[1] == ("completed", "failure")
     assert len(fake.calls("GET", f"/repos/{REPO}/branches/main")) == 2
-    (issue,) = [i for i in fake.issues(REPO) if i is not decoy]
+    (issue,) = [i for i in fake.issues(REPO) if i not in (decoy, bot_decoy)]
     assert issue.state == "open" and issue.body.startswith(DRIFT_MARKER)
     assert "tinyscale" in issue.title
     assert "| `tinyscale` | 1.0 | 2.0 |" in issue.body and "TypeError" in issue.body
@@ -132,7 +135,7 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     monkeypatch.setattr(drift, "today", lambda: "2026-12-02")
     assert await bot.schedule() == 202
     await reported(bot, 3)
-    assert fake.issues(REPO) == [decoy, issue] and issue.state == "open"
+    assert fake.issues(REPO) == [decoy, bot_decoy, issue] and issue.state == "open"
     assert len(fake.calls("POST", f"/repos/{REPO}/issues")) == 1
     assert len(fake.calls("PATCH", f"/repos/{REPO}/issues/{issue.number}")) == 1
 
@@ -143,6 +146,7 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     await reported(bot, 4)
     assert issue.state == "closed" and issue.state_reason == "completed"
     assert decoy.state == "open" and decoy.body.endswith("not mine")
+    assert bot_decoy.state == "open" and bot_decoy.body == other
     (cleared,) = fake.comments(REPO, issue.number)
     assert cleared.body.startswith("✅ Drift is clean again")
     assert len(fake.calls("POST", f"/repos/{REPO}/issues")) == 1

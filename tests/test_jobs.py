@@ -1,9 +1,10 @@
-"""The job store, the delivery log and the embedded dispatcher, with a stand-in runner
+"""The embedded dispatcher on the SQLite job store, with a stand-in runner
 (a small script that prints progress lines, sleeps, fails or hangs as told)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import textwrap
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.dispatch import EmbeddedDispatcher, runner_environment
-from bot.jobs import DeliveryLog, Job, JobStore
+from bot.gcsstate import Bucket, GCSJobStore
+from bot.jobs import Job, JobStore, SQLiteJobStore
 from runner.sandbox import HIDE_VARIABLE
 
 # argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
@@ -84,8 +86,8 @@ class Harness:
     def command(self, job: Job, out: Path) -> list[str]:
         return [sys.executable, str(self.script), job.head_sha, str(out), str(self.tmp)]
 
-    async def open(self) -> EmbeddedDispatcher:
-        self.store = JobStore(self.tmp / "jobs.sqlite")
+    async def open(self, store: JobStore | None = None) -> EmbeddedDispatcher:
+        self.store = store or SQLiteJobStore(self.tmp / "jobs.sqlite")
         self.dispatcher = EmbeddedDispatcher(
             self.store,
             self.command,
@@ -281,9 +283,9 @@ async def test_graceful_stop_keeps_the_job_and_a_new_dispatcher_completes_it(tmp
 
 
 async def test_crash_mid_job_is_recovered_on_restart(tmp_path):
-    crashed = JobStore(tmp_path / "jobs.sqlite")
+    crashed = SQLiteJobStore(tmp_path / "jobs.sqlite")
     job = await crashed.add(make_job("ok"))
-    assert (await crashed.claim_next()).id == job.id  # a bot that died mid-run
+    assert (await crashed.claim(job.id)).id == job.id  # a bot that died mid-run
     await crashed.close()
 
     harness = Harness(tmp_path)
@@ -296,12 +298,12 @@ async def test_crash_mid_job_is_recovered_on_restart(tmp_path):
 
 
 async def test_a_job_interrupted_three_times_concludes_error(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     job = await store.add(make_job("ok"))
     for attempt in (1, 2):
-        assert (await store.claim_next()).attempts == attempt
-        assert await store.recover() == []
-    assert (await store.claim_next()).attempts == 3
+        assert (await store.claim(job.id)).attempts == attempt
+        assert await store.recover(math.inf) == []
+    assert (await store.claim(job.id)).attempts == 3
     await store.close()
 
     harness = Harness(tmp_path)
@@ -312,40 +314,6 @@ async def test_a_job_interrupted_three_times_concludes_error(tmp_path):
         assert "interrupted 3 times" in done.error
     finally:
         await harness.close()
-
-
-async def test_store_dedupes_by_key_while_unfinished(tmp_path):
-    store = JobStore(tmp_path / "jobs.sqlite")
-    try:
-        first = await store.add(make_job("ok"))
-        assert (await store.add(make_job("ok"))).id == first.id
-        assert (await store.add(make_job("ok", pr=2))).id != first.id
-        other_kind = make_job("ok")
-        other_kind.kind = "baseline"
-        assert (await store.add(other_kind)).id != first.id
-        await store.finish(first.id, "success", result_path="/r.json")
-        assert (await store.add(make_job("ok"))).id != first.id
-        assert (await store.get(first.id)).result_path == "/r.json"
-        await store.set_check_run(first.id, 42)
-        assert (await store.get(first.id)).check_run_id == 42
-        newest = await store.add(make_job("def456"))
-        assert (await store.latest("pmelchior/scarlet", pr=1)).id == newest.id
-        assert await store.latest("pmelchior/scarlet") is None
-    finally:
-        await store.close()
-
-
-async def test_delivery_log_dedupes_across_a_reopen(tmp_path):
-    log = DeliveryLog(tmp_path / "bot.sqlite")
-    assert not await log.seen("guid-1")
-    assert await log.seen("guid-1")
-    await log.close()
-    log = DeliveryLog(tmp_path / "bot.sqlite")
-    try:
-        assert await log.seen("guid-1")
-        assert not await log.seen("guid-2")
-    finally:
-        await log.close()
 
 
 async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_jobs(tmp_path):
@@ -367,9 +335,53 @@ async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_job
     db.commit()
     db.close()
 
-    store = JobStore(tmp_path / "jobs.sqlite")
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite")
     (kept,) = await store.unfinished()
     assert (kept.id, kept.branch, kept.merged_at) == ("old-job", None, None)
     new = await store.add(Job("o/r", 1, "b" * 40, "main", "https://x/o/r.git", branch="feature"))
     assert (await store.get(new.id)).branch == "feature"
     await store.close()
+
+
+def shared_store(bucket, client, lease: float = 1.5) -> GCSJobStore:
+    """A job store of another bot instance on the same bucket."""
+    return GCSJobStore(Bucket(bucket.name, "state", client=client, deadline=5.0), lease=lease)
+
+
+async def test_a_job_whose_instance_died_runs_on_another_once_its_lease_ran_out(
+    tmp_path, gcs_bucket, gcs_client
+):
+    dead = shared_store(gcs_bucket, gcs_client)
+    job = await dead.add(make_job("ok"))
+    await dead.claim(job.id)  # ... and its instance dies: the lease is never renewed
+    harness = Harness(tmp_path)
+    await harness.open(shared_store(gcs_bucket, gcs_client))
+    try:
+        await asyncio.sleep(0.5)
+        assert (await harness.store.get(job.id)).state == "running", "its lease holds"
+        await asyncio.sleep(1.1)
+        await harness.dispatcher.resume()  # what the reconciler does every minute
+        done = await harness.outcome(job)
+        assert (done.conclusion, done.attempts) == ("success", 2)
+    finally:
+        await harness.close()
+        await dead.close()
+
+
+async def test_a_job_cancelled_by_another_instance_stops_its_runner_here(
+    tmp_path, gcs_bucket, gcs_client
+):
+    harness = Harness(tmp_path)
+    await harness.open(shared_store(gcs_bucket, gcs_client))
+    other = shared_store(gcs_bucket, gcs_client)
+    try:
+        job = await harness.dispatcher.submit(make_job("hang"))
+        await harness.until(lambda: harness.progress)
+        cancelled = await other.cancel(job.repository, pr=job.pr)  # the PR closed there
+        assert [c.id for c in cancelled] == [job.id]
+        assert await all_gone(tmp_path / "pids", within=5), "stopped once its lease was lost"
+        assert (await harness.store.get(job.id)).conclusion == "cancelled"
+        assert harness.finished == {}, "whoever cancels reports it"
+    finally:
+        await harness.close()
+        await other.close()

@@ -2,6 +2,8 @@
 
 from gidgethub import routing
 
-from bot.routers import checks, comments, pull_requests, pushes
+from bot.routers import checks, comments, installations, pull_requests, pushes
 
-router = routing.Router(pull_requests.router, comments.router, checks.router, pushes.router)
+router = routing.Router(
+    pull_requests.router, comments.router, checks.router, pushes.router, installations.router
+)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from gidgethub import routing
 from gidgethub.sansio import Event
 
@@ -18,9 +20,25 @@ REFUSAL = (
 )
 
 
+FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+HTML_COMMENT = re.compile(r"<!--.*?(-->|\Z)", re.DOTALL)
+
+
 def asks_for_rerun(body: str | None) -> bool:
-    """Whether a line of the comment is exactly the command."""
-    return any(line.strip() == COMMAND for line in (body or "").splitlines())
+    """Whether a line of the comment's own text is the command (any case): not inside a
+    fenced or indented code block, a quote (``> /rerun-regression``) or an HTML comment."""
+    fence = None
+    for line in HTML_COMMENT.sub("", body or "").splitlines():
+        opening = FENCE.match(line)
+        if fence is not None:
+            if opening and opening.group(1)[0] == fence[0] and len(opening.group(1)) >= len(fence):
+                fence = None
+            continue
+        if opening:
+            fence = opening.group(1)
+        elif not line.startswith(("    ", "\t")) and line.strip().lower() == COMMAND:
+            return True
+    return False
 
 
 @router.register("issue_comment", action="created")

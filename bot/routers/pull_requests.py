@@ -8,6 +8,7 @@ from gidgethub.sansio import Event
 from bot.service import RegressionService, RunRequest
 
 router = routing.Router()
+BASE_CHANGED = "The PR's base branch changed: it runs against the new one."
 
 
 def run_request(data: dict, approved: bool = False) -> RunRequest:
@@ -36,6 +37,20 @@ async def pull_request_pushed(event: Event, gh, service: RegressionService) -> N
     if event.data["pull_request"].get("draft") and not service.settings.run_drafts:
         return
     await service.request_run(gh, run_request(event.data))
+
+
+@router.register("pull_request", action="edited")
+async def base_changed(event: Event, gh, service: RegressionService) -> None:
+    """A new base branch: the PR's runs against the old one are cancelled, and its head
+    runs against the new one."""
+    data = event.data
+    if "base" not in (data.get("changes") or {}) or data["pull_request"]["state"] != "open":
+        return
+    if data["pull_request"].get("draft") and not service.settings.run_drafts:
+        return
+    repository, number = data["repository"]["full_name"], data["pull_request"]["number"]
+    await service.cancel_pr(gh, repository, number, reason=BASE_CHANGED)
+    await service.request_run(gh, run_request(data))
 
 
 @router.register("pull_request", action="closed")

@@ -9,7 +9,7 @@ a temporary directory and writes, next to this script:
   ``event$action``, ``push$event`` for push);
 - ``webhooks/<event>.<action>.json`` (``push.json``): one example delivery per event and
   action in ``WEBHOOKS``, valid against its schema definition, adapted minimally (see
-  ``adapt``).
+  ``adapt``); an action without an example is made from another's (``DERIVED``).
 
 Needs ``npm`` on the ``PATH`` and network access to the npm registry.
 """
@@ -58,12 +58,18 @@ OPERATIONS: list[tuple[str, str]] = [
 
 # event -> actions (None: the event has no action). File name: ``event.action.json``.
 WEBHOOKS: dict[str, list[str | None]] = {
-    "pull_request": ["opened", "synchronize", "reopened", "closed", "ready_for_review"],
+    "pull_request": ["opened", "synchronize", "reopened", "closed", "ready_for_review", "edited"],
     "issue_comment": ["created", "edited"],
-    "check_run": ["rerequested"],
+    "check_run": ["rerequested", "requested_action"],
     "check_suite": ["rerequested"],
     "push": [None],
-    "installation": ["created"],
+    "installation": ["created", "deleted", "suspend"],
+    "installation_repositories": ["removed"],
+}
+
+# Actions the examples lack, made from another action's example: (source action, changes).
+DERIVED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    ("pull_request", "edited"): ("opened", {"title": {"from": "An older title"}}),
 }
 
 # Every delivery to a GitHub App carries its installation; examples without one get this.
@@ -148,6 +154,13 @@ def pick_example(
         return ("installation" not in example, tag)
 
     candidates = [e for e in examples if e.get("action") == action]
+    if not candidates and (event, action) in DERIVED:
+        source, changes = DERIVED[(event, action)]
+        candidates = [
+            {**e, "action": action, "changes": changes}
+            for e in examples
+            if e.get("action") == source
+        ]
     for example in sorted(candidates, key=rank):
         adapted = adapt(event, example)
         if not list(validator.iter_errors(adapted)):
