@@ -45,7 +45,9 @@ def local_repository(repo: str, cache: Path) -> Path:
         return path.resolve()
     mirror = cache / "repos" / hashlib.sha256(repo.encode()).hexdigest()[:16]
     if mirror.exists():
-        git(mirror, "fetch", "--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*")
+        # Branches, tags and pull requests' heads (a fork's PR exists upstream only there).
+        refs = ("+refs/heads/*:refs/heads/*", "+refs/pull/*/head:refs/pull/*/head")
+        git(mirror, "fetch", "--prune", "--tags", "origin", *refs)
     else:
         mirror.parent.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(

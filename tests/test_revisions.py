@@ -63,6 +63,20 @@ def test_a_url_is_cloned_into_the_cache_and_updated(repo, tmp_path):
     assert resolve_pair(mirror, "main", "v1").head == new
 
 
+def test_a_pull_request_head_that_came_after_the_clone_is_fetched(repo, tmp_path):
+    # A fork's PR exists in the upstream repository only as refs/pull/N/head.
+    path, shas = repo
+    url = f"file://{path}"
+    mirror = local_repository(url, tmp_path / "cache")
+    git(path, "checkout", "--quiet", "--detach", shas["C"])
+    (path / "fork.txt").write_text("from a fork")
+    fork = commit(path, "a fork's commit")
+    git(path, "update-ref", "refs/pull/2/head", fork)
+    git(path, "checkout", "--quiet", "main")
+    local_repository(url, tmp_path / "cache")
+    assert resolve_pair(mirror, "refs/pull/2/head", "main").head == fork
+
+
 def test_checkout_gives_the_tree_of_the_sha_with_its_tags(repo, tmp_path):
     path, shas = repo
     tree = checkout(path, shas["C"], tmp_path / "co")
