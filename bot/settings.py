@@ -12,8 +12,12 @@ from bot.secrets import load_secrets
 CHECK_NAME = "scarlet regression"
 
 
+# Settings without a default; the App's private key comes from either of two variables.
+REQUIRED = ("GITHUB_APP_ID", "GITHUB_WEBHOOK_SECRET", "SCARLET_BOT_DATASETS")
+
+
 class SettingsError(ValueError):
-    """A missing or invalid setting, naming the variable."""
+    """A missing or invalid setting, naming the variable (every missing one at once)."""
 
 
 @dataclass(frozen=True)
@@ -77,23 +81,22 @@ class Settings:
         names a Secret Manager version holding the value)."""
         env = load_secrets(dict(os.environ if environ is None else environ))
 
-        def need(name: str) -> str:
-            if not env.get(name):
-                raise SettingsError(f"{name} is not set")
-            return env[name]
-
+        missing = [name for name in REQUIRED if not env.get(name)]
         key = env.get("GITHUB_APP_PRIVATE_KEY")
+        if not key and not env.get("GITHUB_APP_PRIVATE_KEY_FILE"):
+            missing.insert(1, "GITHUB_APP_PRIVATE_KEY (or GITHUB_APP_PRIVATE_KEY_FILE)")
+        if missing:
+            raise SettingsError(f"not set: {', '.join(missing)} (see python -m bot --help)")
         if not key:
-            path = need("GITHUB_APP_PRIVATE_KEY_FILE")
             try:
-                key = Path(path).read_text()
+                key = Path(env["GITHUB_APP_PRIVATE_KEY_FILE"]).read_text()
             except OSError as error:
                 raise SettingsError(f"GITHUB_APP_PRIVATE_KEY_FILE: {error}") from None
-        datasets = tuple(Path(p) for p in need("SCARLET_BOT_DATASETS").split(os.pathsep) if p)
+        datasets = tuple(Path(p) for p in env["SCARLET_BOT_DATASETS"].split(os.pathsep) if p)
         return cls(
-            app_id=need("GITHUB_APP_ID"),
+            app_id=env["GITHUB_APP_ID"],
             private_key=key,
-            webhook_secret=need("GITHUB_WEBHOOK_SECRET"),
+            webhook_secret=env["GITHUB_WEBHOOK_SECRET"],
             data_dir=Path(env.get("SCARLET_BOT_DATA", "bot-data")),
             datasets=datasets,
             api_url=env.get("GITHUB_API_URL", "https://api.github.com"),
