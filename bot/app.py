@@ -1,6 +1,6 @@
 """The web app: ``POST /webhook``, ``GET /healthz``, report and artifact pages.
 
-``create_app()`` is the factory for ``python -m bot`` and for gunicorn's
+``create_app()`` is the factory for ``python -m bot``, ``gunicorn_app()`` for gunicorn's
 ``aiohttp.GunicornWebWorker`` (App Engine). Webhooks are verified, de-duplicated by
 delivery id and answered at once; their work runs in background tasks, and a delivery
 counts as handled only once that work has been accepted (a failed one can be
@@ -25,11 +25,13 @@ from bot.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
 from bot.pages import add_routes
 from bot.routers import router
 from bot.service import SERVICE, RegressionService
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
 from runner.store import KeyNotFound, ObjectInfo, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
+# gunicorn's exit code for a worker that failed to boot: its master stops, not respawns.
+WORKER_BOOT_ERROR = 3
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 HANDLED = {
     "pull_request",
@@ -158,7 +160,7 @@ async def schedule_drift(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness."""
+    """Liveness, and App Engine's ``/_ah/start`` for a manually scaled instance."""
     return web.json_response({"ok": True})
 
 
@@ -193,10 +195,21 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.router.add_post("/webhook", webhook)
     app.router.add_post("/schedule/drift", schedule_drift)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/_ah/start", healthz)
     app.router.add_get("/artifacts/{key:.+}", artifact)
     add_routes(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def gunicorn_app() -> web.Application:
+    """App Engine's entrypoint (``app.yaml``): ``create_app()``, or, when a setting or a
+    required secret is missing, one log line naming it and :data:`WORKER_BOOT_ERROR`."""
+    try:
+        return create_app()
+    except SettingsError as error:
+        log.critical("the bot cannot start: %s", error)
+        raise SystemExit(WORKER_BOOT_ERROR) from None
 
 
 def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:

@@ -6,12 +6,16 @@ names their Secret Manager versions instead, and :func:`load_secrets` fills them
     GITHUB_APP_PRIVATE_KEY_SECRET=projects/P/secrets/S/versions/latest  -> GITHUB_APP_PRIVATE_KEY
     GITHUB_WEBHOOK_SECRET_SECRET=projects/P/secrets/S/versions/latest   -> GITHUB_WEBHOOK_SECRET
 
-The Google client library is imported only when a secret is actually referenced, so
-local runs and tests need neither it nor credentials; tests pass a fake ``client``.
+The private key and the webhook secret are required: one that cannot be read fails the
+start. The scheduler token is optional: unreadable, it only disables ``/schedule/drift``
+(a warning names it). The Google client library is imported only when a secret is
+actually referenced, so local runs and tests need neither it nor credentials; tests pass
+a fake ``client``.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +27,11 @@ SECRET_VARIABLES: dict[str, str] = {
 }
 """Variable naming a secret version -> the variable it fills."""
 
+OPTIONAL = {"SCARLET_BOT_SCHEDULER_SECRET_SECRET": "drift scheduling (POST /schedule/drift)"}
+"""References whose secret only enables a feature -> that feature."""
+
+log = logging.getLogger(__name__)
+
 VERSION_NAME = re.compile(r"projects/[^/]+/secrets/[A-Za-z0-9_-]+/versions/[A-Za-z0-9_-]+")
 SECRET_NAME = re.compile(r"projects/[^/]+/secrets/[A-Za-z0-9_-]+")
 
@@ -31,12 +40,17 @@ class SecretsError(ValueError):
     """A secret reference that is malformed, ambiguous or could not be read."""
 
 
-def _client(client: Any) -> Any:
+def _client(client: Any, doing: str) -> Any:
+    """``client``, or Secret Manager's; a failure to make one (no credentials) is a
+    :class:`SecretsError` about ``doing``."""
     if client is not None:
         return client
-    from google.cloud import secretmanager
+    try:
+        from google.cloud import secretmanager
 
-    return secretmanager.SecretManagerServiceClient()
+        return secretmanager.SecretManagerServiceClient()
+    except Exception as error:
+        raise SecretsError(f"{doing}: {error}") from error
 
 
 def access_secret(name: str, client: Any = None) -> str:
@@ -44,8 +58,9 @@ def access_secret(name: str, client: Any = None) -> str:
     (``projects/P/secrets/S/versions/V``), its CRC32C checked when the service sent one."""
     if not VERSION_NAME.fullmatch(name):
         raise SecretsError(f"{name!r} is not projects/P/secrets/S/versions/V")
+    client = _client(client, f"reading {name}")
     try:
-        response = _client(client).access_secret_version(request={"name": name})
+        response = client.access_secret_version(request={"name": name})
     except Exception as error:
         raise SecretsError(f"reading {name}: {error}") from error
     data: bytes = response.payload.data
@@ -65,7 +80,8 @@ def load_secrets(environ: Mapping[str, str], client: Any = None) -> dict[str, st
     """A copy of ``environ`` with every referenced secret read into its variable.
 
     A variable set both directly and through its ``*_SECRET`` reference is an error
-    (one source of truth). Without references, nothing is imported and nothing read.
+    (one source of truth). Without references, nothing is imported and nothing read. An
+    optional secret that cannot be read is left unset, with a warning.
     """
     env = dict(environ)
     for reference, target in SECRET_VARIABLES.items():
@@ -74,8 +90,13 @@ def load_secrets(environ: Mapping[str, str], client: Any = None) -> dict[str, st
             continue
         if env.get(target):
             raise SecretsError(f"set {target} or {reference}, not both")
-        client = _client(client)
-        env[target] = access_secret(name, client)
+        try:
+            client = _client(client, f"reading {name}")
+            env[target] = access_secret(name, client)
+        except SecretsError as error:
+            if reference not in OPTIONAL:
+                raise
+            log.warning("%s is disabled: %s", OPTIONAL[reference], error)
     return env
 
 
@@ -84,10 +105,9 @@ def add_secret_version(secret: str, data: bytes, client: Any = None) -> str:
     exist); returns the new version's name."""
     if not SECRET_NAME.fullmatch(secret):
         raise SecretsError(f"{secret!r} is not projects/P/secrets/S")
+    client = _client(client, f"adding a version to {secret}")
     try:
-        version = _client(client).add_secret_version(
-            request={"parent": secret, "payload": {"data": data}}
-        )
+        version = client.add_secret_version(request={"parent": secret, "payload": {"data": data}})
     except Exception as error:
         raise SecretsError(f"adding a version to {secret}: {error}") from error
     return str(version.name)

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.secrets import load_secrets
+from bot.secrets import SecretsError, load_secrets
 
 CHECK_NAME = "scarlet regression"
 
@@ -78,8 +78,12 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Read ``SCARLET_BOT_*`` and ``GITHUB_APP_*`` variables (a ``*_SECRET`` variable
-        names a Secret Manager version holding the value)."""
-        env = load_secrets(dict(os.environ if environ is None else environ))
+        names a Secret Manager version holding the value; one that cannot be read is a
+        :class:`SettingsError`, unless optional)."""
+        try:
+            env = load_secrets(dict(os.environ if environ is None else environ))
+        except SecretsError as error:
+            raise SettingsError(str(error)) from None
 
         missing = [name for name in REQUIRED if not env.get(name)]
         key = env.get("GITHUB_APP_PRIVATE_KEY")

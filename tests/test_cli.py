@@ -103,8 +103,8 @@ def test_setup_installs_again_only_when_pyproject_changes(tmp_path):
         log.unlink(missing_ok=True)
         return calls
 
-    assert any("install" in call and "-e .[test]" in call for call in setup())
+    assert any("install" in call and "-e .[runner,test]" in call for call in setup())
     assert setup() == []
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\nversion = '2'\n")
-    assert any("-e .[test]" in call for call in setup())
+    assert any("-e .[runner,test]" in call for call in setup())
     assert setup() == []
