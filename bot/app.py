@@ -139,13 +139,9 @@ async def process(app: web.Application, event: sansio.Event) -> None:
         log.exception("delivery %s: the delivery log failed", event.delivery_id)
 
 
-async def schedule_drift(request: web.Request) -> web.Response:
-    """The scheduler's daily call: a drift run for every installed repository, at most
-    one per repository and day (401 without the scheduler token; the work runs after
-    the answer)."""
-    app = request.app
-    if not drift.authorised(app[SETTINGS].scheduler_secret, request):
-        return web.Response(status=401, text="the scheduler token is missing or wrong")
+def _start_drift(app: web.Application) -> web.Response:
+    """A drift run for every installed repository, at most one per repository and day;
+    the work runs after the answer."""
 
     async def run() -> None:
         try:
@@ -157,6 +153,20 @@ async def schedule_drift(request: web.Request) -> web.Response:
     app[TASKS].add(task)
     task.add_done_callback(app[TASKS].discard)
     return web.Response(status=202, text="accepted")
+
+
+async def schedule_drift(request: web.Request) -> web.Response:
+    """A scheduler's daily call with the scheduler token (401 without it)."""
+    if not drift.authorised(request.app[SETTINGS].scheduler_secret, request):
+        return web.Response(status=401, text="the scheduler token is missing or wrong")
+    return _start_drift(request.app)
+
+
+async def cron_drift(request: web.Request) -> web.Response:
+    """App Engine cron's daily call (``cron.yaml``); 403 from anyone else."""
+    if not drift.from_cron(request.app[SETTINGS].app_engine, request):
+        return web.Response(status=403, text="only App Engine's cron service may call this")
+    return _start_drift(request.app)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -194,6 +204,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[TASKS] = set()
     app.router.add_post("/webhook", webhook)
     app.router.add_post("/schedule/drift", schedule_drift)
+    app.router.add_get("/schedule/drift", cron_drift)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_ah/start", healthz)
     app.router.add_get("/artifacts/{key:.+}", artifact)

@@ -1,9 +1,13 @@
-"""Scheduled drift runs: ``POST /schedule/drift`` starts one per installed repository
-and day; a failing one opens (or updates) one issue, a clean one closes it.
+"""Scheduled drift runs: ``/schedule/drift`` starts one per installed repository and
+day; a failing one opens (or updates) one issue, a clean one closes it.
 
-The scheduler (Cloud Scheduler in production, ``curl`` locally) authenticates with a
-shared secret in the ``X-Scheduler-Token`` header, compared in constant time with
-``SCARLET_BOT_SCHEDULER_SECRET``; without that setting the endpoint refuses every call.
+In production App Engine's cron service calls ``GET /schedule/drift`` (``cron.yaml``)
+with the header ``X-Appengine-Cron: true``, which App Engine removes from every request
+that does not come from it: no token to share or rotate. The header is trusted only on
+App Engine (``GAE_APPLICATION`` set). Elsewhere (``curl`` locally) ``POST
+/schedule/drift`` takes a shared secret in the ``X-Scheduler-Token`` header, compared in
+constant time with ``SCARLET_BOT_SCHEDULER_SECRET``; without that setting it refuses
+every call.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-Scheduler-Token"
+CRON_HEADER = "X-Appengine-Cron"
 
 
 def today() -> str:
@@ -41,6 +46,11 @@ def authorised(secret: str, request: web.Request) -> bool:
     """Whether the request carries the scheduler secret (never, when none is set)."""
     given = request.headers.get(TOKEN_HEADER, "")
     return bool(secret) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+def from_cron(on_app_engine: bool, request: web.Request) -> bool:
+    """Whether App Engine's cron service sent the request (only App Engine can say so)."""
+    return on_app_engine and request.headers.get(CRON_HEADER) == "true"
 
 
 async def schedule(clients: InstallationClients, service: RegressionService, day: str) -> list[Job]:

@@ -47,6 +47,7 @@ class Settings:
     cloud_run_poll: float = 30.0
     cloud_run_emulator: str = ""
     scheduler_secret: str = ""
+    app_engine: bool = False
     state: str = ""
     reconcile_interval: float = 60.0
     lease: float = 60.0
@@ -117,5 +118,7 @@ class Settings:
             cloud_run_emulator=env.get("SCARLET_BOT_CLOUD_RUN_EMULATOR_HOST", ""),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
             scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
+            # App Engine's runtime sets GAE_APPLICATION; its cron header is trusted there only.
+            app_engine=bool(env.get("GAE_APPLICATION")),
             state=env.get("SCARLET_BOT_STATE", ""),
         )

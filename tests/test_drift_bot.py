@@ -57,6 +57,7 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
         github_backoff=0.01,
         runner=(sys.executable, str(TINY_RUNNER), "--tiny-drift"),
         scheduler_secret=SECRET,
+        app_engine=True,  # as on App Engine, where only its cron service sends the header
     )
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
@@ -69,8 +70,17 @@ async def bot(fake_github: FakeGitHub, tmp_path, synthetic_set, monkeypatch):
             async with session.post(url, headers=headers) as response:
                 return response.status
 
+        async def cron(headers: dict[str, str]) -> int:
+            async with session.get(f"{settings.public_url}/schedule/drift", headers=headers) as r:
+                return r.status
+
         yield SimpleNamespace(
-            fake=fake_github, schedule=schedule, index=index, broken=broken, settings=settings
+            fake=fake_github,
+            schedule=schedule,
+            cron=cron,
+            index=index,
+            broken=broken,
+            settings=settings,
         )
     await runner.cleanup()
 
@@ -100,6 +110,21 @@ async def test_the_scheduler_endpoint_refuses_calls_without_its_token(bot):
     assert len(bot.fake.calls()) == before and not drift_jobs(bot)
     request = make_mocked_request("POST", "/schedule/drift", headers={drift.TOKEN_HEADER: ""})
     assert not drift.authorised("", request), "no secret configured: nobody gets in"
+
+
+async def test_app_engine_cron_is_let_in_by_its_header_and_nobody_else(bot):
+    assert await bot.cron({}) == 403
+    assert await bot.cron({drift.CRON_HEADER: "false"}) == 403
+    assert not drift_jobs(bot)
+    assert await bot.cron({drift.CRON_HEADER: "true"}) == 202
+    for _ in range(100):
+        if drift_jobs(bot):
+            break
+        await asyncio.sleep(0.1)
+    assert drift_jobs(bot), "the cron call scheduled the day's drift run"
+    # Off App Engine anyone could send the header: it is not trusted there.
+    request = make_mocked_request("GET", "/schedule/drift", headers={drift.CRON_HEADER: "true"})
+    assert not drift.from_cron(False, request)
 
 
 async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot, monkeypatch):
