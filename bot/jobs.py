@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import sqlite3
 import time
 import uuid
@@ -249,12 +250,16 @@ class _Database:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL may answer "database is locked" at once, without
+            # waiting the timeout, while another connection sets it up: one at a time.
+            with open(self.path.with_name(self.path.name + ".setup"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(SCHEMA)
+                _add_new_fields(db)
             # Commits survive the bot's process dying (what the store is for) without an
             # fsync each: only a crash of the machine itself may lose the last ones.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(SCHEMA)
-            _add_new_fields(db)
             self._db = db
         return self._db
 

@@ -90,6 +90,15 @@ class Bot:
             await asyncio.sleep(0.1)
         raise AssertionError(f"no completed check run on {sha} after {timeout} s")
 
+    async def queued(self, sha: str, timeout: float = 10) -> list:
+        """Wait until a check run on ``sha`` exists; return the check runs on it."""
+        for _ in range(int(timeout * 10)):
+            runs = self.fake.check_runs(REPO, sha)
+            if runs:
+                return runs
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no check run on {sha} after {timeout} s")
+
     async def started(self, sha: str, timeout: float = 60) -> None:
         """Wait until the check run on ``sha`` shows the run's first progress."""
         for _ in range(int(timeout * 10)):
@@ -278,11 +287,7 @@ async def test_bad_deliveries_get_a_clear_status(bot, content_type, status):
 async def test_a_fork_waits_for_a_maintainer_and_then_runs_in_the_same_check_run(bot):
     pull = bot.fake.add_pull(REPO, 11, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
-    for _ in range(100):
-        if bot.fake.check_runs(REPO, pull.head_sha):
-            break
-        await asyncio.sleep(0.1)
-    (waiting,) = bot.fake.check_runs(REPO, pull.head_sha)
+    (waiting,) = await bot.queued(pull.head_sha)
     assert waiting.status == "queued" and "/rerun-regression" in waiting.output["summary"]
     await asyncio.sleep(1.0)
     assert waiting.status == "queued", "fork code does not run by itself"
@@ -598,10 +603,7 @@ async def test_a_delivery_whose_work_failed_can_be_redelivered(bot):
 async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sha(bot, then):
     pull = bot.fake.add_pull(REPO, 23, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
-    for _ in range(100):
-        if bot.fake.check_runs(REPO, pull.head_sha):
-            break
-        await asyncio.sleep(0.1)
+    await bot.queued(pull.head_sha)
     waiting = pull.head_sha
     if then == "synchronize":
         (bot.repo / "NOTES").write_text("the fork pushes again\n")
@@ -633,10 +635,7 @@ async def test_the_check_run_is_started_once_and_its_duration_runs_on(bot):
 async def test_the_re_run_of_a_forks_check_run_is_a_run_of_its_pr(bot):
     pull = bot.fake.add_pull(REPO, 25, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
-    for _ in range(100):
-        if bot.fake.check_runs(REPO, pull.head_sha):
-            break
-        await asyncio.sleep(0.1)
+    await bot.queued(pull.head_sha)
     assert await bot.comment(pull, COMMAND, "maintainer") == 202
     (first,) = await bot.completed(pull.head_sha)
     (report,) = bot.report_comments(25)
@@ -687,11 +686,7 @@ async def test_logs_are_json_lines_about_their_delivery(bot, capsys):
 async def test_a_maintainer_approves_a_forks_run_with_the_check_runs_button(bot):
     pull = bot.fake.add_pull(REPO, 27, head_sha=head(bot), base_ref="main", head_repo="eve/scarlet")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
-    for _ in range(100):
-        if bot.fake.check_runs(REPO, pull.head_sha):
-            break
-        await asyncio.sleep(0.1)
-    (waiting,) = bot.fake.check_runs(REPO, pull.head_sha)
+    (waiting,) = await bot.queued(pull.head_sha)
     assert [action["identifier"] for action in waiting.actions] == ["approve"]
 
     async def press(user: str) -> int:
