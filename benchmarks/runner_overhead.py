@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner import revisions
-from runner.adapters import detect_adapter
-from runner.environments import build_environment
-from runner.pool import Side, worker_environment
+from runner.deblend import revisions
+from runner.deblend.adapters import detect_adapter
+from runner.deblend.environments import build_environment
+from runner.deblend.pool import Side, worker_environment
+from runner.deblend.run import RunConfig, compilation_cache, deblender_variables, default_cache, run
 from runner.release import release_repository
-from runner.run import RunConfig, compilation_cache, deblender_variables, default_cache, run
 from runner.synth import write_synthetic_set
 
 BARE_LOOP = """

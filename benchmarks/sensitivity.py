@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.deblend.run import RunConfig, run
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
 from runner.result import RunResult
-from runner.run import RunConfig, run
 
 ROOT = Path(__file__).resolve().parent.parent
 HSC = ROOT / "data" / "hsc"

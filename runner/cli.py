@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runner.adapters import ADAPTERS
-from runner.run import (
+from runner.deblend.adapters import ADAPTERS
+from runner.deblend.run import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIMEOUT,
     Progress,
@@ -225,8 +225,8 @@ def _drift(args: argparse.Namespace) -> int:
 def _adopt(args: argparse.Namespace) -> int:
     import hashlib
 
-    from runner.adapters import get_adapter
-    from runner.lockfile import adopt
+    from runner.deblend.adapters import get_adapter
+    from runner.deblend.lockfile import adopt
     from runner.result import RunResult
 
     try:
@@ -484,7 +484,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    from runner.pool import kill_all_workers
+    from runner.deblend.pool import kill_all_workers
 
     kill_all_workers()
     os._exit(128 + signum)

@@ -15,13 +15,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from runner import revisions
-from runner.adapters import Adapter
-from runner.environments import BuildError, Environment, build_files, build_newest_environment
-from runner.lockfile import normalise
+from runner.deblend import revisions
+from runner.deblend.adapters import Adapter
+from runner.deblend.environments import (
+    BuildError,
+    Environment,
+    build_files,
+    build_newest_environment,
+)
+from runner.deblend.lockfile import normalise
+from runner.deblend.run import Progress, Run, RunConfig, _environment
+from runner.deblend.sandbox import isolation
 from runner.result import Drift, PackageChange, RunResult
-from runner.run import Progress, Run, RunConfig, _environment
-from runner.sandbox import isolation
 
 
 def package_changes(locked: dict[str, str], newest: dict[str, str]) -> list[PackageChange]:

@@ -14,7 +14,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from runner.revisions import git
+from runner.deblend.revisions import git
 
 COMMIT_ENV = {
     "GIT_AUTHOR_NAME": "scarlet-regression",

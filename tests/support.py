@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.adapters import Adapter
-from runner.environments import uv_binary
+from runner.deblend.adapters import Adapter
+from runner.deblend.environments import uv_binary
+from runner.deblend.revisions import git
 from runner.npzio import write_npz
 from runner.release import commit
 from runner.result import (
@@ -23,7 +24,6 @@ from runner.result import (
     RevisionInfo,
     RunResult,
 )
-from runner.revisions import git
 
 ROOT = Path(__file__).resolve().parent.parent
 HSC = ROOT / "data" / "hsc"

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from runner.adapters import Adapter
-from runner.environments import BuildError, build_environment
+from runner.deblend.adapters import Adapter
+from runner.deblend.environments import BuildError, build_environment
+from runner.deblend.revisions import checkout
 from runner.release import commit
-from runner.revisions import checkout
 from support import TINY_LOCK, tiny_adapter, tiny_repository
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runner.datasets import BANDS, Blend, Truth
-from runner.measure import MeasurementError, chi2_per_dof, magnitude, measure, model_hash
+from runner.deblend.measure import MeasurementError, chi2_per_dof, magnitude, measure, model_hash
 
 
 def blend_with_one_source(flux=100.0):

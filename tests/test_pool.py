@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from runner.pool import Side, Task, run_tasks
-from runner.sandbox import HIDE_VARIABLE, isolation
+from runner.deblend.pool import Side, Task, run_tasks
+from runner.deblend.sandbox import HIDE_VARIABLE, isolation
 from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}

@@ -17,13 +17,13 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runner import adapters
 from runner.cli import main
+from runner.deblend import adapters
+from runner.deblend.revisions import git
+from runner.deblend.run import BUILD_SPLIT
 from runner.release import commit
 from runner.report import MARKER
 from runner.result import SCHEMA_FILE, RunResult
-from runner.revisions import git
-from runner.run import BUILD_SPLIT
 from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository, write_blend_with
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.adapters import get_adapter
 from runner.cli import main
-from runner.environments import build_environment
-from runner.pool import Side, Task, run_tasks
+from runner.deblend.adapters import get_adapter
+from runner.deblend.environments import build_environment
+from runner.deblend.pool import Side, Task, run_tasks
+from runner.deblend.revisions import checkout, git, resolve
 from runner.release import commit
 from runner.report import what_changed
 from runner.result import RunResult
-from runner.revisions import checkout, git, resolve
 from support import HSC
 
 pytestmark = pytest.mark.scarlet1

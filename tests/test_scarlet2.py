@@ -15,14 +15,14 @@ import shutil
 import numpy as np
 import pytest
 
-from runner.adapters import get_adapter
 from runner.cli import main
-from runner.environments import build_environment
-from runner.pool import Side, Task, run_tasks
+from runner.deblend.adapters import get_adapter
+from runner.deblend.environments import build_environment
+from runner.deblend.pool import Side, Task, run_tasks
+from runner.deblend.revisions import checkout, git, resolve
+from runner.deblend.run import compilation_cache, deblender_variables
 from runner.release import commit, release_repository
 from runner.result import RunResult
-from runner.revisions import checkout, git, resolve
-from runner.run import compilation_cache, deblender_variables
 from support import HSC
 
 pytestmark = pytest.mark.scarlet2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.adapters import WORKER_DIR
+from runner.deblend.adapters import WORKER_DIR
 from support import FAULTY_ADAPTER
 
 

@@ -33,7 +33,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 
-from runner.revisions import RevisionError, git
+from runner.deblend.revisions import RevisionError, git
 
 CONFIG_PATH = ".github/scarlet-regression.toml"
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from runner import revisions
-from runner.adapters import Adapter, detect_adapter, get_adapter
 from runner.datasets import (
     BANDS,
     Blend,
@@ -26,7 +24,12 @@ from runner.datasets import (
     load_blend,
     open_datasets,
 )
-from runner.environments import BuildError, Environment, build_environment
+from runner.deblend import revisions
+from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
+from runner.deblend.environments import BuildError, Environment, build_environment
+from runner.deblend.measure import MeasurementError, measure
+from runner.deblend.pool import Outcome, Side, Task, run_tasks
+from runner.deblend.sandbox import Isolation, isolation
 from runner.judge.compare import compare
 from runner.judge.metrics import metric_names
 from runner.judge.policy import (
@@ -37,8 +40,6 @@ from runner.judge.policy import (
     parse_config,
     read_repository_config,
 )
-from runner.measure import MeasurementError, measure
-from runner.pool import Outcome, Side, Task, run_tasks
 from runner.result import (
     BlendResult,
     BlendRun,
@@ -50,7 +51,6 @@ from runner.result import (
     RunResult,
     Shard,
 )
-from runner.sandbox import Isolation, isolation
 
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0

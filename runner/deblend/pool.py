@@ -5,7 +5,7 @@ a persistent worker per revision with that revision's own interpreter. Tasks com
 the order given, so base and head of a blend interleave and machine drift cancels in
 timing comparisons; with two or more slots, each slot keeps to one revision where it
 can, so base and head of a blend run side by side. Workers see a scrubbed environment
-and run behind their side's sandbox (``runner.sandbox``: no network, no secret files, and
+and run behind their side's sandbox (``runner.deblend.sandbox``: no network, no secret files, and
 where the machine allows it nothing writable but their own scratch folder and their
 side's ``writable`` folders). A worker writes its arrays into its scratch folder; the pool
 copies them to the task's ``out`` (a regular file only), where no worker can write. A
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.sandbox import Isolation
+from runner.deblend.sandbox import Isolation
 
 WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
@@ -101,7 +101,7 @@ class Side:
     adapter_file: Path
     environment: dict[str, str] = field(default_factory=dict)
     memory_limit: int | None = None  # bytes of resident memory a worker may use
-    sandbox: Isolation | None = None  # how a worker is isolated (runner.sandbox)
+    sandbox: Isolation | None = None  # how a worker is isolated (runner.deblend.sandbox)
     writable: tuple[Path, ...] = ()  # folders its workers may write beyond their scratch
 
 

@@ -7,7 +7,7 @@ Environments are built with uv when it is available, with venv and pip otherwise
 
 The build is split by trust: the runner creates the environment and installs the lock
 itself, with network; the revision, whose build runs its own code (``setup.py``), is then
-installed behind the sandbox (``runner.sandbox``) without network, without dependencies
+installed behind the sandbox (``runner.deblend.sandbox``) without network, without dependencies
 and without a cache, able to write only its environment and a scratch folder holding a
 copy of its tree.
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from runner.adapters import Adapter
-from runner.sandbox import Isolation
+from runner.deblend.adapters import Adapter
+from runner.deblend.sandbox import Isolation
 
 RECIPE_VERSION = 2  # 2: the revision built offline behind the read-only sandbox
 LOG_TAIL_LINES = 25
