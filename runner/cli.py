@@ -17,6 +17,7 @@ from runner.deblend.adapters import ADAPTERS
 from runner.deblend.run import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIMEOUT,
+    DEFAULT_TIMING_SAMPLE,
     Progress,
     RunConfig,
     RunError,
@@ -170,6 +171,10 @@ def _run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> R
         memory_limit=args.memory_limit * 2**20,
         config_from=args.config_from,
         cache=args.cache,
+        store=args.store,
+        store_deadline=args.store_deadline,
+        shortcuts=not args.full,
+        timing_sample=args.timing_sample,
     )
 
 
@@ -400,6 +405,18 @@ def _run_options(command: argparse.ArgumentParser) -> None:
         type=Path,
         default=default_cache(),
         help="environments and checkouts; $SCARLET_REGRESSION_CACHE sets the default",
+    )
+    command.add_argument(
+        "--full",
+        action="store_true",
+        help="do all the work: build and deblend both sides even where head cannot change a"
+        " model or base's outcomes are stored",
+    )
+    command.add_argument(
+        "--timing-sample",
+        type=positive,
+        default=DEFAULT_TIMING_SAMPLE,
+        help="blends timed on both sides in this run when base's outcomes are reused",
     )
 
 

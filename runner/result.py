@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -54,7 +54,9 @@ class SourceModel:
 
 @dataclass
 class BlendRun:
-    """One revision's outcome on one blend."""
+    """One revision's outcome on one blend; ``reused_from``: the run that measured it,
+    when it was read from the store instead of deblended in this run (its timings then
+    belong to that run's job and are not paired with the other side's)."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
@@ -70,6 +72,7 @@ class BlendRun:
     arrays: str | None = None
     sources: list[SourceModel] = field(default_factory=list)
     injected: list[InjectedSource] = field(default_factory=list)
+    reused_from: str | None = None
 
 
 @dataclass
@@ -89,7 +92,11 @@ class BlendResult:
 
 @dataclass
 class Build:
-    """How the revision's environment came about."""
+    """How the revision's environment came about: ``reused`` from this machine's cache,
+    ``fetched_from`` the store (built by another task or run), or built here;
+    ``compiler_cache`` how its compiled code came about (hits and misses of the compiler
+    cache, and whether this build could write it); ``installed`` the hash of the files
+    installed for the deblender, version files and metadata aside."""
 
     status: Literal["ok", "failed"]
     seconds: float | None = None
@@ -97,6 +104,9 @@ class Build:
     environment: str | None = None
     log_tail: str | None = None
     error: str | None = None
+    fetched_from: str | None = None
+    compiler_cache: str | None = None
+    installed: str | None = None
 
 
 @dataclass
@@ -143,8 +153,45 @@ class Drift:
 
 
 @dataclass
+class Machine:
+    """The kind of machine a run's timings and results come from: CPU model, a hash of
+    its feature flags, and cores."""
+
+    cpu: str
+    features: str
+    cores: int
+
+
+@dataclass
+class Skip:
+    """Why head was not deblended: "no installed file changed" (decided from the git diff
+    and base's installed files, before building head) or "identical build" (head's
+    installed files hash as base's); ``changed``: the files changed between base and head."""
+
+    reason: Literal["no installed file changed", "identical build"]
+    changed: list[str]
+
+
+@dataclass
+class Reuse:
+    """Base's outcomes read from the store instead of deblended again: ``key`` what they
+    were stored under (environment, blend-set contents, options, machine), ``runs`` the
+    runs that measured them, ``blends`` how many were reused; ``checked`` the blends
+    deblended afresh to compare with the stored outcomes bit for bit, ``mismatched``
+    those that differed (then nothing was reused and base was deblended in full)."""
+
+    side: Literal["base"]
+    key: str
+    runs: list[str]
+    blends: int
+    checked: list[str]
+    mismatched: list[str]
+
+
+@dataclass
 class Provenance:
-    """Where the numbers come from; ``drift`` is set on a drift run only."""
+    """Where the numbers come from; ``drift`` is set on a drift run only; ``skipped`` when
+    head was not deblended, ``reuse`` when base's outcomes came from the store."""
 
     repository: str
     adapter: str
@@ -160,6 +207,9 @@ class Provenance:
     finished: str
     drift: Drift | None = None
     isolation: dict[str, str] = field(default_factory=dict)
+    machine: Machine | None = None
+    skipped: Skip | None = None
+    reuse: Reuse | None = None
 
 
 Status = Literal["improved", "unchanged", "regressed", "changed", "inconclusive"]

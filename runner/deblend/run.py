@@ -55,6 +55,7 @@ from runner.result import (
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
+DEFAULT_TIMING_SAMPLE = 12
 BUILD_SPLIT = "environment and lock installed by the runner, with network; the revision's build: "
 
 
@@ -73,7 +74,12 @@ class Progress:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know."""
+    """Everything a run needs to know. ``store``: where environments and measured outcomes
+    are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
+    only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
+    change a model, base outcomes already measured); off, both sides are built and
+    deblended in full. ``timing_sample``: blends timed on both sides in this run when base
+    is reused (the timing metrics rest on them)."""
 
     repo: str
     head: str
@@ -88,6 +94,10 @@ class RunConfig:
     shard: Shard | None = None
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
     config_from: str = "base"
+    store: str | None = None
+    store_deadline: float | None = None
+    shortcuts: bool = True
+    timing_sample: int = DEFAULT_TIMING_SAMPLE
 
 
 def default_cache() -> Path:
