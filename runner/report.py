@@ -146,6 +146,18 @@ def what_changed(result: RunResult) -> str:
     worst: set/id (why)", or that everything measured is identical."""
     comparison = _comparison(result)
     tally = comparison.tally
+    skipped = result.provenance.skipped
+    if skipped is not None:
+        shown = f" on {tally.blends} blends" if tally.blends else ""
+        if skipped.reason == "identical build":
+            return (
+                "Head's build installs exactly base's files (version files aside): its"
+                f" results are base's{shown}, so nothing was deblended."
+            )
+        return (
+            "This PR does not change the installed scarlet: no file it changes goes into"
+            f" the package. Head was not built and its results are base's{shown}."
+        )
     if comparison.identical_models:
         return (
             f"All {tally.blends} blends are bit-identical to base's in everything measured"
@@ -189,11 +201,38 @@ def notes(result: RunResult) -> list[str]:
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
         )
+    lines += reuse_notes(result)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
         counts = ", ".join(f"{n} {side}" for side, n in capped.items())
         lines.append(f"Fits that stopped at their iteration cap (not converged): {counts}.")
     return lines
+
+
+def reuse_notes(result: RunResult) -> list[str]:
+    """What was reused from earlier runs, how it was checked, what the timings rest on."""
+    reuse = result.provenance.reuse
+    if reuse is None:
+        return []
+    checked = len(reuse.checked)
+    if reuse.mismatched:
+        shown = ", ".join(f"`{m}`" for m in reuse.mismatched[:10])
+        return [
+            f"Base's stored outcomes did not match a fresh deblend of {shown}: base was"
+            " deblended again in full, and the stored outcomes were not used."
+        ]
+    runs = "; ".join(reuse.runs[:3]) + (
+        f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+    )
+    timed = sum(
+        b.base.status == b.head.status == "ok" and not (b.base.reused_from or b.head.reused_from)
+        for b in result.blends
+    )
+    return [
+        f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
+        f" {runs}); {checked} blends deblended afresh matched them bit for bit.",
+        f"Timings rest on the {timed} blends deblended by both sides in this run.",
+    ]
 
 
 def _comparison(result: RunResult) -> Comparison:
@@ -207,6 +246,8 @@ def _provenance_line(result: RunResult) -> str:
     merge = " (merge-base)" if p.merge_base else ""
     sets = ", ".join(f"{d.name} ({d.blends})" for d in p.datasets)
     version = p.head.deblender_version or p.head.build.status
+    if p.head.build.status == "skipped":
+        version = f"{p.base.deblender_version} (base's; head not built)"
     errored = sum(b.head.status == "errored" or b.base.status == "errored" for b in result.blends)
     revisions = f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge}"
     if p.drift is not None:

@@ -92,13 +92,14 @@ class BlendResult:
 
 @dataclass
 class Build:
-    """How the revision's environment came about: ``reused`` from this machine's cache,
+    """How the revision's environment came about ("skipped": not built, as it cannot
+    change a model, see ``Provenance.skipped``): ``reused`` from this machine's cache,
     ``fetched_from`` the store (built by another task or run), or built here;
     ``compiler_cache`` how its compiled code came about (hits and misses of the compiler
     cache, and whether this build could write it); ``installed`` the hash of the files
     installed for the deblender, version files and metadata aside."""
 
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "skipped"]
     seconds: float | None = None
     reused: bool = False
     environment: str | None = None
@@ -369,7 +370,7 @@ class RunResult:
         if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
             found = f"{data.get('schema')} v{data.get('schema_version')}"
             raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} document (found {found})")
-        return _build(cls, data)
+        return plain_to(cls, data)
 
     @classmethod
     def read(cls, path: Path) -> RunResult:
@@ -377,19 +378,19 @@ class RunResult:
         return cls.from_json(Path(path).read_text())
 
 
-def _build(kind: Any, value: Any) -> Any:
+def plain_to(kind: Any, value: Any) -> Any:
     """Rebuild typed dataclasses from the plain values ``asdict`` produced."""
     if value is None:
         return None
     if dataclasses.is_dataclass(kind):
         hints = typing.get_type_hints(kind)
         names = {f.name for f in dataclasses.fields(kind)}
-        return kind(**{k: _build(hints[k], v) for k, v in value.items() if k in names})
+        return kind(**{k: plain_to(hints[k], v) for k, v in value.items() if k in names})
     origin = typing.get_origin(kind)
     if origin is list:
         (item,) = typing.get_args(kind)
-        return [_build(item, v) for v in value]
+        return [plain_to(item, v) for v in value]
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]
-        return _build(options[0], value) if len(options) == 1 else value
+        return plain_to(options[0], value) if len(options) == 1 else value
     return value

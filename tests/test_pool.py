@@ -130,6 +130,19 @@ def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set,
     assert started == ["worker-0-base.log", "worker-1-head.log"]
 
 
+def test_a_slot_with_nothing_left_for_its_revision_helps_with_the_other(synthetic_set, tmp_path):
+    """Base reused but for one blend: both slots end up deblending head."""
+    sides = {name: Side(name, sys.executable, FAULTY_ADAPTER) for name in ("base", "head")}
+    blends = sorted(synthetic_set.glob("*.npz")) * 3
+    tasks = [Task("base", blends[0], tmp_path / "0.base.npz", {})]
+    tasks += [Task("head", path, tmp_path / f"{i}.head.npz", {}) for i, path in enumerate(blends)]
+    outcomes = []
+    run_tasks(tasks, sides, tmp_path, 2, 10.0, outcomes.append)
+    assert len(outcomes) == len(tasks) and all(o.error is None for o in outcomes)
+    started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
+    assert started == ["worker-0-base.log", "worker-0-head.log", "worker-1-head.log"]
+
+
 MALICIOUS = """
 import json, os, pathlib, socket, subprocess
 exec(open({faulty!r}).read())

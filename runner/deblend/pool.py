@@ -34,6 +34,7 @@ WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between looks at a busy worker's memory
 STDERR_TAIL_LINES = 12
+SWITCH_AT = 8  # tasks of another revision waiting before an idle slot takes them on
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -250,12 +251,16 @@ class Worker:
         if self.process.stdout:
             self.process.stdout.close()
         LIVE_WORKERS.discard(self)
+        self.process = None
 
 
 class TaskQueue:
     """Tasks in their given order, where a slot takes the next task for a revision whose
     worker it already runs: with as many slots as revisions each slot keeps to one
-    revision and no worker imports a deblender only to idle."""
+    revision and no worker imports a deblender only to idle. A slot left with nothing for
+    its revision takes another's once ``SWITCH_AT`` tasks wait (when base's outcomes are
+    reused, head has nearly all the work); for fewer, starting a worker costs more than
+    it saves."""
 
     def __init__(self, tasks: Iterable[Task]):
         self.tasks = list(tasks)
@@ -266,9 +271,11 @@ class TaskQueue:
         with ``only_preferred``); None when there is none."""
         with self.lock:
             index = next((i for i, t in enumerate(self.tasks) if t.side in preferred), None)
-            if index is None and (only_preferred or not self.tasks):
-                return None
-            return self.tasks.pop(index or 0)
+            if index is None:
+                if not self.tasks or (only_preferred and len(self.tasks) < SWITCH_AT):
+                    return None
+                index = 0
+            return self.tasks.pop(index)
 
 
 def run_tasks(
@@ -302,6 +309,9 @@ def run_tasks(
                 task = pending.take(preferred, only_preferred=bool(started) and slots > 1)
                 if task is None:
                     return
+                if task.side not in started:  # switching: the idle workers go
+                    for name in started:
+                        workers[name].stop()
                 outcome = _run_one(task, workers[task.side], timeout, broken)
                 with report:
                     on_outcome(outcome)

@@ -27,9 +27,20 @@ from runner.datasets import (
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
 from runner.deblend.environments import BuildError, Environment, build_environment
+from runner.deblend.installed import (
+    InstalledError,
+    changed_files,
+    installed_hash,
+    reaching,
+    record,
+    site_packages,
+)
+from runner.deblend.machine import this_machine
 from runner.deblend.measure import MeasurementError, measure
+from runner.deblend.outcomes import Outcomes, Stored, outcome_key, spot_sample
 from runner.deblend.pool import Outcome, Side, Task, run_tasks
 from runner.deblend.sandbox import Isolation, isolation
+from runner.judge.blends import measured
 from runner.judge.compare import compare
 from runner.judge.metrics import metric_names
 from runner.judge.policy import (
@@ -47,10 +58,13 @@ from runner.result import (
     DatasetInfo,
     Policy,
     Provenance,
+    Reuse,
     RevisionInfo,
     RunResult,
     Shard,
+    Skip,
 )
+from runner.store import ArtifactStore, LocalStore, StoreError, open_store
 
 SIDES = ("base", "head")
 DEFAULT_TIMEOUT = 600.0
@@ -146,11 +160,15 @@ def _environment(
         return error
 
 
-def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> RevisionInfo:
+def _revision_info(
+    rev: str, sha: str, env: Environment | BuildError | None, installed: str | None
+) -> RevisionInfo:
+    if env is None:
+        return RevisionInfo(rev, sha, Build("skipped"))
     if isinstance(env, BuildError):
         build = Build("failed", error=str(env), log_tail=env.log_tail)
         return RevisionInfo(rev, sha, build)
-    build = Build("ok", env.build_seconds, env.reused, env.key)
+    build = Build("ok", env.build_seconds, env.reused, env.key, installed=installed)
     return RevisionInfo(
         rev,
         sha,
@@ -202,6 +220,10 @@ class Run:
         self.done = 0
         self.total = 0
         self.isolation: dict[str, Isolation] = {}
+        self.installed: dict[str, str] = {}
+        self.skipped: Skip | None = None
+        self.reuse: Reuse | None = None
+        self.identity = ""  # names this run in the outcomes it stores
 
     def isolate(self, adapter: Adapter) -> None:
         """Choose how the revisions' own builds and their workers run: without network,
@@ -221,6 +243,13 @@ class Run:
             for name, way in self.isolation.items()
         }
 
+    def store(self) -> ArtifactStore:
+        """Where outcomes are shared: the run's store, or this machine's cache."""
+        config = self.config
+        if config.store:
+            return open_store(config.store, deadline=config.store_deadline)
+        return LocalStore(config.cache / "store")
+
     def execute(self) -> RunResult:
         """Do the run and return its result (also written to ``out/result.json``)."""
         config = self.config
@@ -230,6 +259,7 @@ class Run:
         try:
             repo = revisions.local_repository(config.repo, config.cache)
             revs = revisions.resolve_pair(repo, config.head, config.base)
+            self.identity = f"{config.repo} head {revs.head[:12]} base {revs.base[:12]} {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
@@ -238,9 +268,12 @@ class Run:
             envs = self._environments(repo, revs, adapter)
         except (revisions.RevisionError, ValueError) as error:
             raise RunError(str(error)) from None
-        if all(isinstance(env, BuildError) for env in envs.values()):
+        if not any(isinstance(env, Environment) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
-        blends = self._deblend(datasets, envs, adapter)
+        try:
+            blends = self._deblend(datasets, envs, adapter, revs.head)
+        except StoreError as error:
+            raise RunError(f"the store failed: {error}") from None
         settings = {
             "workers": config.workers,
             "timeout": config.timeout,
@@ -252,8 +285,12 @@ class Run:
                 repository=config.repo,
                 adapter=adapter.name,
                 lock=adapter.lock_hash,
-                head=_revision_info(config.head, revs.head, envs["head"]),
-                base=_revision_info(config.base, revs.base, envs["base"]),
+                head=_revision_info(
+                    config.head, revs.head, envs["head"], self.installed.get("head")
+                ),
+                base=_revision_info(
+                    config.base, revs.base, envs["base"], self.installed.get("base")
+                ),
                 merge_base=revs.merge_base,
                 datasets=[
                     DatasetInfo(d.name, str(d.path), d.content_hash, len(d.blends))
@@ -261,6 +298,8 @@ class Run:
                 ],
                 config={
                     **settings,
+                    "timing_sample": config.timing_sample,
+                    "shortcuts": config.shortcuts,
                     "comparison": compare_config.as_dict(),
                     "policy": dataclasses.asdict(policy),
                 },
@@ -269,6 +308,9 @@ class Run:
                 platform=platform.platform(),
                 started=started,
                 finished=now(),
+                machine=this_machine(),
+                skipped=self.skipped,
+                reuse=self.reuse,
             ),
             bands=list(BANDS),
             blends=blends,
@@ -283,24 +325,115 @@ class Run:
 
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
-    ) -> dict[str, Environment | BuildError]:
-        """Base's and head's environments, each from the lock (cached)."""
-        envs: dict[str, Environment | BuildError] = {}
+    ) -> dict[str, Environment | BuildError | None]:
+        """Base's and head's environments, each from the lock (cached); head's is not
+        built (None) when no file that goes into the installed package changed."""
         sandbox = self.isolation["build"]
-        for side, sha in (("base", revs.base), ("head", revs.head)):
-            self.progress(Progress(f"building {side} environment"))
-            envs[side] = _environment(repo, sha, adapter, self.config.cache, sandbox)
+        self.progress(Progress("building base environment"))
+        base = _environment(repo, revs.base, adapter, self.config.cache, sandbox)
+        envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}
+        installed = self._installed("base", base, adapter)
+        if installed is not None and self.config.shortcuts and revs.head != revs.base:
+            changed = changed_files(repo, revs.base, revs.head)
+            if not reaching(changed, installed):
+                self.skipped = Skip("no installed file changed", changed)
+                return envs
+        self.progress(Progress("building head environment"))
+        head = _environment(repo, revs.head, adapter, self.config.cache, sandbox)
+        envs["head"] = head
+        self._installed("head", head, adapter)
+        same = "head" in self.installed and self.installed["head"] == self.installed.get("base")
+        if self.config.shortcuts and same and revs.head != revs.base:
+            self.skipped = Skip("identical build", changed_files(repo, revs.base, revs.head))
         return envs
+
+    def _installed(
+        self, side: str, env: Environment | BuildError, adapter: Adapter
+    ) -> list[str] | None:
+        """The files ``env`` installed for the deblender (recording their hash as
+        ``side``'s), None where that cannot be told."""
+        if not isinstance(env, Environment):
+            return None
+        try:
+            files = record(site_packages(env.path), adapter.module)
+            self.installed[side] = installed_hash(env.path, adapter.module)
+        except (InstalledError, OSError):
+            return None
+        return files
+
+    def _outcomes(self, env: Environment | BuildError | None, adapter: Adapter) -> Outcomes | None:
+        """Where an environment's outcomes are kept (None for one not kept: not built, or
+        the drift run's newest, which is never the same twice)."""
+        if not isinstance(env, Environment) or env.key.startswith("newest-"):
+            return None
+        key = outcome_key(env.key, self.config.options, this_machine(), adapter)
+        return Outcomes(self.store(), key)
 
     def _deblend(
         self,
         datasets: list[Dataset],
-        envs: dict[str, Environment | BuildError],
+        envs: dict[str, Environment | BuildError | None],
         adapter: Adapter,
+        seed: str,
     ) -> list[BlendResult]:
+        """Deblend and measure every blend with both sides, but what need not be: base's
+        outcomes found in the store (spot-checked), head's where it cannot change a model."""
         config = self.config
-        workdir = config.out / "logs"
-        workdir.mkdir(parents=True, exist_ok=True)
+        files = self._blend_files(datasets)
+        loaded: dict[tuple[str, str], Blend | BlendError] = {}
+        for blend_file in files:
+            try:
+                loaded[(blend_file.dataset, blend_file.id)] = load_blend(blend_file.path)
+            except BlendError as error:
+                loaded[(blend_file.dataset, blend_file.id)] = error
+        good = [b for b in files if not isinstance(loaded[(b.dataset, b.id)], BlendError)]
+        base_outcomes = self._outcomes(envs["base"], adapter)
+        stored: dict[BlendFile, Stored] = {}
+        if base_outcomes is not None and (config.shortcuts or self.skipped):
+            self.progress(Progress("reading stored outcomes"))
+            stored = base_outcomes.get_many(good)
+        if self.skipped:
+            if len(stored) < len(good):  # nothing to show but what cannot have changed
+                return []
+            for blend in good:
+                run = self._place(blend, stored[blend], "base")
+                self.outcomes[(blend.dataset, blend.id, "head")] = run
+            return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for b in files]
+        checked = spot_sample(list(stored), seed, config.timing_sample) if stored else []
+        fresh = {b for b in good if b not in stored or b in checked}
+        sides = self._sides(envs, adapter)
+        plan = [(b, side) for b in good for side in SIDES if side in sides]
+        self._run([(b, side) for b, side in plan if side == "head" or b in fresh], sides, loaded)
+        mismatched = [
+            f"{b.dataset}/{b.id}"
+            for b in checked
+            if measured(self.outcomes[(b.dataset, b.id, "base")]) != measured(stored[b].run)
+        ]
+        if stored and "base" in sides:
+            reused = [b for b in stored if b not in fresh]
+            if mismatched:  # the stored outcomes cannot be trusted: deblend them all again
+                self._run([(b, "base") for b in reused], sides, loaded)
+            else:
+                for blend in reused:
+                    self._place(blend, stored[blend], "base")
+            runs = sorted({stored[b].measured_by for b in reused}) if not mismatched else []
+            self.reuse = Reuse(
+                "base",
+                base_outcomes.key,
+                runs,
+                0 if mismatched else len(reused),
+                [f"{b.dataset}/{b.id}" for b in checked],
+                mismatched,
+            )
+        self._keep(good, envs, adapter)
+        shutil.rmtree(config.out / "logs" / "scratch", ignore_errors=True)
+        return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for b in files]
+
+    def _sides(
+        self, envs: dict[str, Environment | BuildError | None], adapter: Adapter
+    ) -> dict[str, Side]:
+        """How to start workers for each side whose environment built."""
+        config = self.config
         sides: dict[str, Side] = {}
         for name, env in envs.items():
             if isinstance(env, Environment):
@@ -315,24 +448,40 @@ class Run:
                     self.isolation["workers"],
                     (compiled,),
                 )
-        loaded: dict[tuple[str, str], Blend | BlendError] = {}
-        tasks = []
-        for blend_file in self._blend_files(datasets):
-            key = (blend_file.dataset, blend_file.id)
-            try:
-                loaded[key] = load_blend(blend_file.path)
-            except BlendError as error:
-                loaded[key] = error
-                continue
-            folder = config.out / "blends" / blend_file.dataset
-            folder.mkdir(parents=True, exist_ok=True)
-            for side in SIDES:
-                if side in sides:
-                    out = folder / f"{blend_file.id}.{side}.npz"
-                    tasks.append(Task(side, blend_file.path, out, config.options))
-        self.total = len(tasks)
-        self.progress(Progress("deblending", 0, self.total))
-        by_path = {b.path: b for d in datasets for b in d.blends}
+        return sides
+
+    def _arrays(self, blend: BlendFile, side: str) -> Path:
+        folder = self.config.out / "blends" / blend.dataset
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{blend.id}.{side}.npz"
+
+    def _place(self, blend: BlendFile, stored: Stored, side: str) -> BlendRun:
+        """Put a stored outcome in this run as ``side``'s, its arrays where a fresh one's go."""
+        out = self._arrays(blend, side)
+        out.write_bytes(stored.arrays)
+        run = dataclasses.replace(
+            stored.run,
+            arrays=str(out.relative_to(self.config.out)),
+            reused_from=stored.measured_by,
+        )
+        self.outcomes[(blend.dataset, blend.id, side)] = run
+        return run
+
+    def _run(
+        self,
+        plan: list[tuple[BlendFile, str]],
+        sides: dict[str, Side],
+        loaded: dict[tuple[str, str], Blend | BlendError],
+    ) -> None:
+        """Deblend and measure ``plan``'s (blend, side) pairs, in order (so base and head
+        of a blend interleave and machine drift cancels in their timings)."""
+        config = self.config
+        workdir = config.out / "logs"
+        workdir.mkdir(parents=True, exist_ok=True)
+        tasks = [Task(side, b.path, self._arrays(b, side), config.options) for b, side in plan]
+        by_path = {b.path: b for b, _ in plan}
+        self.total += len(tasks)
+        self.progress(Progress("deblending", self.done, self.total))
 
         def on_outcome(outcome: Outcome) -> None:
             blend_file = by_path[outcome.task.blend]
@@ -343,12 +492,27 @@ class Run:
             self.done += 1
             self.progress(Progress("deblending", self.done, self.total))
 
-        run_tasks(tasks, sides, workdir, config.workers, config.timeout, on_outcome)
-        shutil.rmtree(workdir / "scratch", ignore_errors=True)
-        return [
-            self._blend_result(b, loaded[(b.dataset, b.id)], envs)
-            for b in self._blend_files(datasets)
-        ]
+        if tasks:
+            run_tasks(tasks, sides, workdir, config.workers, config.timeout, on_outcome)
+
+    def _keep(
+        self,
+        good: list[BlendFile],
+        envs: dict[str, Environment | BuildError | None],
+        adapter: Adapter,
+    ) -> None:
+        """Store the outcomes deblended afresh without error, for later runs to reuse."""
+        self.progress(Progress("storing outcomes"))
+        for side in SIDES:
+            outcomes = self._outcomes(envs[side], adapter)
+            fresh = [(b, self.outcomes.get((b.dataset, b.id, side))) for b in good]
+            items = [
+                (b, run, self.config.out / run.arrays)
+                for b, run in fresh
+                if run and run.status == "ok" and run.reused_from is None and run.arrays
+            ]
+            if outcomes is not None and items:
+                outcomes.put_many(items, self.identity)
 
     def _blend_files(self, datasets: list[Dataset]) -> list[BlendFile]:
         """Every blend of the sets in order, or this run's shard of them."""
@@ -371,16 +535,17 @@ class Run:
         self,
         blend_file: BlendFile,
         blend: Blend | BlendError,
-        envs: dict[str, Environment | BuildError],
+        envs: dict[str, Environment | BuildError | None],
     ) -> BlendResult:
         runs = {}
         for side in SIDES:
+            key = (blend_file.dataset, blend_file.id, side)
             if isinstance(blend, BlendError):
                 runs[side] = BlendRun("errored", f"bad blend file: {blend}")
-            elif isinstance(envs[side], BuildError):
-                runs[side] = BlendRun("errored", f"{side} revision did not build: {envs[side]}")
+            elif key in self.outcomes:
+                runs[side] = self.outcomes[key]
             else:
-                runs[side] = self.outcomes[(blend_file.dataset, blend_file.id, side)]
+                runs[side] = BlendRun("errored", f"{side} revision did not build: {envs[side]}")
         bad = isinstance(blend, BlendError)
         n_sources = 0 if bad else len(blend.centers)
         shape = [] if bad else list(blend.images.shape[1:])

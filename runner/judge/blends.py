@@ -18,11 +18,12 @@ from runner.judge.paired import binomial_p
 from runner.judge.policy import BlendPolicy
 from runner.result import BlendChange, BlendResult, BlendRun, BlendTally, InjectedSource, Status
 
-UNMEASURED_FIELDS = ("wall_time", "init_time", "fit_time", "arrays")
+UNMEASURED_FIELDS = ("wall_time", "init_time", "fit_time", "arrays", "reused_from")
 
 
 def measured(run: BlendRun) -> dict:
-    """Everything one side measured on a blend, timings and file names aside."""
+    """Everything one side measured on a blend, timings, file names and where a stored
+    outcome came from aside."""
     data = dataclasses.asdict(run)
     for key in UNMEASURED_FIELDS:
         data.pop(key)

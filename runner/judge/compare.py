@@ -36,11 +36,13 @@ from runner.judge.metrics import Metric, metrics, paired_values
 from runner.judge.paired import median_interval, paired_change
 from runner.judge.policy import CompareConfig
 from runner.result import (
+    BlendResult,
     BlendTally,
     Comparison,
     MetricComparison,
     Policy,
     RunResult,
+    Skip,
     Status,
     finite,
 )
@@ -52,6 +54,12 @@ def identical_measurements(result: RunResult) -> bool:
     ok = both_ok(result.blends)
     same_errors = all((b.base.status == "ok") == (b.head.status == "ok") for b in result.blends)
     return bool(ok) and same_errors and all(measured(b.base) == measured(b.head) for b in ok)
+
+
+def timed_pairs(blends: list[BlendResult]) -> list[BlendResult]:
+    """The blends both sides deblended in this run: timings are compared on them only
+    (a stored outcome's timings come from another job, on another load)."""
+    return [b for b in blends if b.base.reused_from is None and b.head.reused_from is None]
 
 
 def _summary(values: np.ndarray, metric: Metric, quantile: float) -> float | None:
@@ -218,10 +226,17 @@ def excluded(result: RunResult) -> list[str]:
 
 def compare(result: RunResult, config: CompareConfig, policy: Policy | None = None) -> Comparison:
     """Compare head with base on every metric and blend by blend, and reach a verdict."""
-    identical = identical_measurements(result)
+    # Head not deblended as it cannot change a model: identical by construction.
+    identical = identical_measurements(result) or result.provenance.skipped is not None
     paired = both_ok(result.blends)
+    timed = timed_pairs(paired)
     measured_metrics = [
-        (metric, _measure_metric(metric, paired, config, identical))
+        (
+            metric,
+            _measure_metric(
+                metric, timed if metric.kind == "timing" else paired, config, identical
+            ),
+        )
         for metric in metrics(result.bands, config.tail_quantile)
     ]
     # A metric neither side measured on any blend (e.g. an adapter without logL) has
@@ -256,6 +271,16 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
     )
 
 
+def skip_reason(skip: Skip) -> str:
+    """Why head was not deblended, in a line."""
+    if skip.reason == "identical build":
+        return "head's build is identical to base's: nothing it installs differs"
+    shown = ", ".join(skip.changed[:5]) + (
+        f" and {len(skip.changed) - 5} more" if len(skip.changed) > 5 else ""
+    )
+    return f"this PR does not change the installed scarlet (changed: {shown or 'nothing'})"
+
+
 def _labels(
     comparisons: list[MetricComparison], status: str, kinds=("science", "timing", "errors")
 ):
@@ -266,6 +291,8 @@ def _verdict(
     result: RunResult, comparisons: list[MetricComparison], blend_tally: BlendTally
 ) -> tuple[str, list[str]]:
     provenance = result.provenance
+    if provenance.skipped is not None:
+        return "pass", [skip_reason(provenance.skipped)]
     if provenance.head.build.status == "failed":
         return "fail", [f"head {provenance.head.sha[:12]} does not build"]
     if provenance.base.build.status == "failed":
