@@ -161,12 +161,12 @@ def test_the_state_bucket_forgets_deliveries_and_days_but_not_unfinished_work() 
     assert all(r["action"]["type"] == "Delete" for r in rules)
 
 
-def test_lifecycle_deletes_pr_runs_only() -> None:
+def test_lifecycle_deletes_pr_runs_and_stored_outcomes_only() -> None:
     rules = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
     deleting = [r for r in rules if r["action"]["type"] == "Delete"]
     assert deleting
     prefixes = [p for r in deleting for p in r["condition"].get("matchesPrefix", [])]
-    assert prefixes == ["runs/pr/"]
+    assert prefixes == ["runs/pr/", "outcomes/"]  # outcomes: a miss is only work redone
     for rule in deleting:
         condition = rule["condition"]
         assert condition.get("matchesPrefix"), "a Delete rule without a prefix hits everything"

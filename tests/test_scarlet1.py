@@ -19,7 +19,7 @@ import pytest
 
 from runner.cli import main
 from runner.deblend.adapters import get_adapter
-from runner.deblend.environments import build_environment
+from runner.deblend.environments import build_environment, environment_key
 from runner.deblend.pool import Side, Task, run_tasks
 from runner.deblend.revisions import checkout, git, resolve
 from runner.release import commit
@@ -71,9 +71,9 @@ def scarlet1(tmp_path_factory):
     return root, blends
 
 
-def run(root, blends, head, base, name, repo=MIRROR):
+def run(root, blends, head, base, name, repo=MIRROR, *extra):
     out = root / name
-    argv = ["run", "--repo", str(repo), "--head", head, "--base", base]
+    argv = ["run", "--repo", str(repo), "--head", head, "--base", base, *extra]
     argv += ["--dataset", str(blends), "--out", str(out), "--cache", str(root / "cache")]
     assert main(argv) == 0
     return RunResult.read(out / "result.json")
@@ -98,6 +98,23 @@ def test_a_commit_that_changes_the_fit_changes_every_model(scarlet1):
     top = comparison.blends[0]
     assert what_changed(result).startswith("4 of 4 blends changed;")
     assert f"{top.dataset}/{top.id}" in what_changed(result)
+    # Again with base's outcomes from the store but for one blend: the same verdict.
+    reused = run(root, blends, AFTER_284, BEFORE_284, "reused", "--timing-sample", "1")
+    assert reused.provenance.reuse.blends == 3 and not reused.provenance.reuse.mismatched
+    assert reused.comparison.verdict == comparison.verdict
+    assert what_changed(reused) == what_changed(result)
+
+
+def test_a_docs_only_commit_is_neither_built_nor_deblended(scarlet1, pull_request):
+    root, blends = scarlet1
+    clone, head = pull_request("Docs: the CI badge", "README.md", BADGE, "ci.svg")
+    result = run(root, blends, head, BEFORE_284, "docs", clone)
+    assert result.provenance.skipped.changed == ["README.md"]
+    assert result.provenance.head.build.status == "skipped"
+    environment = environment_key(head, get_adapter("scarlet1"))
+    assert not (root / "cache" / "envs" / environment).exists()
+    assert not list((root / "docs").glob("logs/worker-*"))
+    assert result.comparison.verdict == "pass" and result.comparison.identical_models
 
 
 def test_commits_that_do_not_touch_the_fit_give_identical_models(scarlet1):
@@ -136,6 +153,7 @@ def set1(scarlet1):
 
 
 RENDER = "        return self.renderer(model, *parameters)\n"
+BADGE = "https://travis-ci.org/pmelchior/scarlet.svg?branch=master"
 
 
 def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet1, pull_request, set1):
@@ -147,7 +165,11 @@ def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet1, pull_r
         "        scale = 1.5 if model.shape[-1] >= 60 else 1.0\n"
         "        return scale * self.renderer(model, *parameters)\n",
     )  # fmt: skip
-    result = run(root, set1, head, BEFORE_284, "wide", clone)
+    full = run(root, set1, head, BEFORE_284, "wide", clone, "--full")
+    result = run(root, set1, head, BEFORE_284, "wide-reused", clone)  # base from the store
+    assert full.provenance.reuse is None and result.provenance.reuse.blends == 88
+    assert result.comparison.verdict == full.comparison.verdict
+    assert what_changed(result) == what_changed(full)
     comparison = result.comparison
     wide = {b.id for b in result.blends if b.shape[1] >= 60}
     assert len(wide) == 7
@@ -169,6 +191,11 @@ def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request
         "    return model.sum(axis=(1, 2)) * np.array([1, 0.98, 1, 1, 1])[: len(model)]\n",
     )  # fmt: skip
     result = run(root, set1, head, BEFORE_284, "measure", clone)
+    assert result.provenance.reuse.blends == 88, "base's set1 outcomes are stored"
+    full = run(root, set1, head, BEFORE_284, "measure-full", clone, "--full")
+    assert full.comparison.verdict == result.comparison.verdict
+    science = [(m.name, m.status) for m in full.comparison.metrics if m.kind != "timing"]
+    assert science == [(m.name, m.status) for m in result.comparison.metrics if m.kind != "timing"]
     base_r = [s.mag_error[1] for b in result.blends for s in b.base.injected]
     assert np.median(base_r) < 0, "base's r errors lean negative on set1"
     for blend in result.blends:
