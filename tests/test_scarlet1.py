@@ -99,7 +99,7 @@ def test_a_commit_that_changes_the_fit_changes_every_model(scarlet1):
     assert what_changed(result).startswith("4 of 4 blends changed;")
     assert f"{top.dataset}/{top.id}" in what_changed(result)
     # Again with base's outcomes from the store but for one blend: the same verdict.
-    reused = run(root, blends, AFTER_284, BEFORE_284, "reused", "--timing-sample", "1")
+    reused = run(root, blends, AFTER_284, BEFORE_284, "reused", MIRROR, "--timing-sample", "1")
     assert reused.provenance.reuse.blends == 3 and not reused.provenance.reuse.mismatched
     assert reused.comparison.verdict == comparison.verdict
     assert what_changed(reused) == what_changed(result)
