@@ -154,9 +154,10 @@ def what_changed(result: RunResult) -> str:
                 "Head's build installs exactly base's files (version files aside): its"
                 f" results are base's{shown}, so nothing was deblended."
             )
+        outcome = f"its results are base's{shown}" if tally.blends else "nothing was deblended"
         return (
             "This PR does not change the installed scarlet: no file it changes goes into"
-            f" the package. Head was not built and its results are base's{shown}."
+            f" the package. Head was not built and {outcome}."
         )
     if comparison.identical_models:
         return (
@@ -255,7 +256,8 @@ def _provenance_line(result: RunResult) -> str:
             f"`{p.drift.rev}` at `{p.drift.sha[:10]}`: newest allowed releases (head)"
             " vs the lock (base)"
         )
-    return f"{revisions} · {p.adapter} {version} · {len(result.blends)} blends: {sets}" + (
+    measured = f"{len(result.blends)} blends" if result.blends else "nothing deblended"
+    return f"{revisions} · {p.adapter} {version} · {measured}: {sets}" + (
         f" · {errored} errored" if errored else ""
     )
 
@@ -483,12 +485,12 @@ def comment(result: RunResult, links: Links) -> str:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     if changed:
         parts.append(metric_table(changed) + f"\n\n<sub>{DELTA_NOTE}</sub>")
-    else:
+    elif result.blends:
         parts.append("No metric changed beyond its tolerance.")
     worse = worse_list(comparison)
     if worse:
         parts.append(worse)
-    if unchanged:
+    if unchanged and result.blends:
         parts.append(
             f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
             + metric_table(unchanged)
