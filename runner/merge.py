@@ -16,7 +16,7 @@ from pathlib import Path
 from runner.judge.compare import compare
 from runner.judge.metrics import metric_names
 from runner.judge.policy import CompareConfig, config_from_dict
-from runner.result import Policy, RunResult
+from runner.result import Policy, Reuse, RunResult
 from runner.store import ArtifactStore, KeyNotFound, run_prefix
 
 
@@ -63,6 +63,7 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
         first.provenance,
         started=min(r.provenance.started for r, _ in parts),
         finished=max(r.provenance.finished for r, _ in parts),
+        reuse=merged_reuse([r.provenance.reuse for r, _ in parts]),
     )
     merged = RunResult(provenance=provenance, bands=first.bands, blends=blends)
     settings = provenance.config.get("comparison")
@@ -73,6 +74,24 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     merged.write(out / "result.json")
     return merged
+
+
+def merged_reuse(reuses: list[Reuse | None]) -> Reuse | None:
+    """The shards' reuse of base's stored outcomes as one (keys differ where tasks ran
+    on different kinds of machine)."""
+    found = [r for r in reuses if r is not None]
+    if not found:
+        return None
+    keys = ", ".join(dict.fromkeys(r.key for r in found))
+    runs = sorted({run for r in found for run in r.runs})
+    return Reuse(
+        "base",
+        keys,
+        runs,
+        sum(r.blends for r in found),
+        [c for r in found for c in r.checked],
+        [m for r in found for m in r.mismatched],
+    )
 
 
 def shard_prefix(repository: str, pr: int | None, sha: str, index: int, count: int) -> str:

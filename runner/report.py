@@ -215,25 +215,29 @@ def reuse_notes(result: RunResult) -> list[str]:
     reuse = result.provenance.reuse
     if reuse is None:
         return []
-    checked = len(reuse.checked)
+    lines = []
     if reuse.mismatched:
         shown = ", ".join(f"`{m}`" for m in reuse.mismatched[:10])
-        return [
+        where = " in their shard" if reuse.blends else ""
+        lines.append(
             f"Base's stored outcomes did not match a fresh deblend of {shown}: base was"
-            " deblended again in full, and the stored outcomes were not used."
+            f" deblended afresh{where} and those stored outcomes were not used."
+        )
+    if reuse.blends:
+        more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+        timed = sum(
+            b.base.status == b.head.status == "ok"
+            and not (b.base.reused_from or b.head.reused_from)
+            for b in result.blends
+        )
+        lines += [
+            f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
+            f" {'; '.join(reuse.runs[:3])}{more});"
+            f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh matched"
+            " them bit for bit.",
+            f"Timings rest on the {timed} blends deblended by both sides in this run.",
         ]
-    runs = "; ".join(reuse.runs[:3]) + (
-        f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
-    )
-    timed = sum(
-        b.base.status == b.head.status == "ok" and not (b.base.reused_from or b.head.reused_from)
-        for b in result.blends
-    )
-    return [
-        f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
-        f" {runs}); {checked} blends deblended afresh matched them bit for bit.",
-        f"Timings rest on the {timed} blends deblended by both sides in this run.",
-    ]
+    return lines
 
 
 def _comparison(result: RunResult) -> Comparison:

@@ -18,9 +18,10 @@ from runner.deblend.installed import reaching
 from runner.deblend.machine import this_machine
 from runner.deblend.outcomes import PREFIX, outcome_key, spot_sample
 from runner.deblend.revisions import git
+from runner.merge import merged_reuse
 from runner.release import commit
 from runner.report import Links, comment
-from runner.result import SCHEMA_FILE, Machine, RunResult
+from runner.result import SCHEMA_FILE, Machine, Reuse, RunResult
 from support import tiny_adapter, tiny_repository
 
 HERE = Machine("Test CPU", "0123456789abcdef", 2)
@@ -221,3 +222,12 @@ def test_the_outcome_key_covers_environment_lock_options_machine(tmp_path):
 )
 def test_which_changed_files_reach_the_install(changed, reaches):
     assert reaching(changed, SCARLET_RECORD) == reaches
+
+
+def test_shards_reuse_merges_into_one():
+    one = Reuse("base", "k1", ["run a"], 40, ["set1/1", "set1/2"], [])
+    other = Reuse("base", "k2", ["run a", "run b"], 0, ["set1/3"], ["set1/3"])
+    merged = merged_reuse([one, None, other])
+    assert merged == Reuse("base", "k1, k2", ["run a", "run b"], 40,
+                           ["set1/1", "set1/2", "set1/3"], ["set1/3"])  # fmt: skip
+    assert merged_reuse([None, None]) is None
