@@ -218,6 +218,7 @@ def test_the_outcome_key_covers_environment_lock_options_machine(tmp_path):
         ),
         (["tests/__init__.py", "extra.pth"], ["tests/__init__.py", "extra.pth"]),
         (["src/scarlet/blend.py"], ["src/scarlet/blend.py"]),  # a src layout
+        (["data/lookup.db", "extern/eigen/"], ["data/lookup.db", "extern/eigen/"]),
     ],
 )
 def test_which_changed_files_reach_the_install(changed, reaches):

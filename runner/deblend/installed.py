@@ -7,9 +7,10 @@ Two questions decide that head cannot change a model, so that it need not be deb
   its deblender's distribution), never by running head's build. A changed file reaches
   the install when it is a build input (``setup.py``, ``pyproject.toml``, a C or C++
   source, ...), lies in a directory of an installed package (which also covers a file
-  head adds there), is an installed top-level module, or is a ``.pth`` file or an
-  ``__init__.py`` anywhere. Everything else (documentation, CI files, tests outside the
-  package) cannot change what is installed.
+  head adds there), has the name of an installed file (data files may be installed
+  elsewhere than they lie), is a ``.pth`` file, an ``__init__.py`` or a submodule.
+  Everything else (documentation, CI files, tests outside the package) cannot change
+  what is installed.
 - after building head: are the installed files byte-identical to base's? Hashed from the
   files themselves, leaving out the distribution's metadata (``*.dist-info``), bytecode,
   and version files (``_version.py``, ``version.py``, ``_version.txt``), which carry the
@@ -31,6 +32,7 @@ BUILD_FILES = frozenset(
 SOURCE_SUFFIXES = frozenset(
     {".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx", ".pyx", ".pxd", ".pxi", ".cu"}
 )
+GITLINK = "160000"  # git's mode of a submodule
 VERSION_FILES = frozenset({"_version.py", "version.py", "_version.txt"})
 
 
@@ -72,26 +74,33 @@ def _package_files(paths: list[str]) -> list[PurePosixPath]:
 
 
 def changed_files(repo: Path, base: str, head: str) -> list[str]:
-    """Files that differ between two commits (both sides of a rename listed)."""
-    names = git(repo, "diff", "--name-only", "--no-renames", "-z", base, head)
-    return sorted(name for name in names.split("\0") if name)
+    """Files that differ between two commits (both sides of a rename listed); a changed
+    submodule's path ends in ``/`` (what it holds is not in the diff)."""
+    fields = git(repo, "diff", "--raw", "--no-renames", "--no-abbrev", "-z", base, head)
+    parts = fields.split("\0")
+    changed = []
+    for status, name in zip(parts[0::2], parts[1::2], strict=False):
+        modes = status.lstrip(":").split()[:2]
+        changed.append(name + ("/" if GITLINK in modes else ""))
+    return sorted(changed)
 
 
 def reaching(changed: list[str], installed: list[str]) -> list[str]:
     """The changed files (repository paths) that can change what is installed."""
     files = _package_files(installed)
     packages = {f.parts[0] for f in files if len(f.parts) > 1}
-    modules = {f.name for f in files if len(f.parts) == 1}
+    names = {PurePosixPath(p).name for p in installed}  # data files may move on install
     reach = []
     for name in changed:
         path = PurePosixPath(name)
         if (
-            path.name in BUILD_FILES
+            name.endswith("/")
+            or path.name in BUILD_FILES
             or path.suffix in SOURCE_SUFFIXES
             or path.suffix == ".pth"
             or path.name == "__init__.py"
             or any(part in packages for part in path.parts[:-1])
-            or path.name in modules
+            or path.name in names
         ):
             reach.append(name)
     return reach
