@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import (
     BuildError,
     Environment,
@@ -76,8 +77,11 @@ class DriftRun(Run):
         self.progress(Progress("building the newest environment"))
         source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
         sandbox = self.isolation["newest build"]
+        compiler_cache = CompilerCache(self.config.cache / "ccache")  # read: built with network
         try:
-            newest = build_newest_environment(source, revs.head, adapter, self.newest_dir, sandbox)
+            newest = build_newest_environment(
+                source, revs.head, adapter, self.newest_dir, sandbox, compiler_cache
+            )
         except BuildError as error:
             newest = error
         return {"base": locked, "head": newest}

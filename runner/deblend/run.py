@@ -26,6 +26,7 @@ from runner.datasets import (
 )
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import BuildError, Environment, build_environment
 from runner.deblend.measure import MeasurementError, measure
 from runner.deblend.pool import Outcome, Side, Task, run_tasks
@@ -137,11 +138,14 @@ def now() -> str:
 
 
 def _environment(
-    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation
+    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation, trusted: bool = False
 ) -> Environment | BuildError:
+    """The environment of ``sha``, or why it did not build; only a ``trusted`` revision's
+    build writes the compiler cache (every build reads it)."""
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
+    compiler_cache = CompilerCache(cache / "ccache", writable=trusted)
     try:
-        return build_environment(source, sha, adapter, cache, sandbox)
+        return build_environment(source, sha, adapter, cache, sandbox, compiler_cache)
     except BuildError as error:
         return error
 
@@ -150,7 +154,7 @@ def _revision_info(rev: str, sha: str, env: Environment | BuildError) -> Revisio
     if isinstance(env, BuildError):
         build = Build("failed", error=str(env), log_tail=env.log_tail)
         return RevisionInfo(rev, sha, build)
-    build = Build("ok", env.build_seconds, env.reused, env.key)
+    build = Build("ok", env.build_seconds, env.reused, env.key, compiler_cache=env.compiler_cache)
     return RevisionInfo(
         rev,
         sha,
@@ -284,12 +288,15 @@ class Run:
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError]:
-        """Base's and head's environments, each from the lock (cached)."""
+        """Base's and head's environments, each from the lock (cached). Base given as a
+        branch is trusted to write the compiler cache: its merge-base with head is on a
+        branch of the repository; head never is."""
         envs: dict[str, Environment | BuildError] = {}
         sandbox = self.isolation["build"]
         for side, sha in (("base", revs.base), ("head", revs.head)):
             self.progress(Progress(f"building {side} environment"))
-            envs[side] = _environment(repo, sha, adapter, self.config.cache, sandbox)
+            trusted = side == "base" and revs.merge_base is not None
+            envs[side] = _environment(repo, sha, adapter, self.config.cache, sandbox, trusted)
         return envs
 
     def _deblend(
