@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import (
     BuildError,
     Environment,
@@ -72,12 +73,17 @@ class DriftRun(Run):
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError]:
         self.progress(Progress("building the locked environment"))
-        locked = _environment(repo, revs.head, adapter, self.config.cache, self.isolation["build"])
+        compiler_cache = CompilerCache(self.config.cache / "ccache")  # read only
+        locked = _environment(
+            repo, revs.head, adapter, self.config.cache, self.isolation["build"], compiler_cache
+        )
         self.progress(Progress("building the newest environment"))
         source = revisions.checkout(repo, revs.head, self.config.cache / "checkouts" / revs.head)
         sandbox = self.isolation["newest build"]
         try:
-            newest = build_newest_environment(source, revs.head, adapter, self.newest_dir, sandbox)
+            newest = build_newest_environment(
+                source, revs.head, adapter, self.newest_dir, sandbox, compiler_cache
+            )
         except BuildError as error:
             newest = error
         return {"base": locked, "head": newest}

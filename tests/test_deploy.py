@@ -110,7 +110,7 @@ def test_dockerfile_has_what_the_runner_builds_with() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     base = re.search(r"^FROM python:(\d+)\.(\d+)", text, re.M)
     assert base and (int(base.group(1)), int(base.group(2))) >= (3, 12)
-    for package in ("build-essential", "g++", "git", "bubblewrap"):
+    for package in ("build-essential", "g++", "git", "bubblewrap", "ccache"):
         assert re.search(rf"\s{re.escape(package)}\s", text), package
     assert 'pip install ".[runner]"' in text  # the project, with uv among the runner's
     assert 'ENTRYPOINT ["python", "-m", "runner"]' in text

@@ -71,10 +71,10 @@ def scarlet1(tmp_path_factory):
     return root, blends
 
 
-def run(root, blends, head, base, name, repo=MIRROR, *extra):
+def run(root, blends, head, base, name, repo=MIRROR, *extra, cache=None):
     out = root / name
     argv = ["run", "--repo", str(repo), "--head", head, "--base", base, *extra]
-    argv += ["--dataset", str(blends), "--out", str(out), "--cache", str(root / "cache")]
+    argv += ["--dataset", str(blends), "--out", str(out), "--cache", str(cache or root / "cache")]
     assert main(argv) == 0
     return RunResult.read(out / "result.json")
 
@@ -205,6 +205,24 @@ def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request
     r = {m.name: m for m in comparison.metrics}["mag_error_r"]
     assert r.status == "regressed" and r.delta == pytest.approx(2.5 * np.log10(0.98), abs=1e-4)
     assert comparison.verdict == "fail"
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_a_pull_request_that_changes_only_python_compiles_nothing(scarlet1, pull_request, tmp_path):
+    # Base given as a branch is trusted: its build writes the compiler cache, from which
+    # the head's build, in an environment of its own, takes both extensions.
+    root, blends = scarlet1
+    clone, head = pull_request(
+        "Python: a sum in two steps", "scarlet/measure.py", MEASURE,
+        "    total = model.sum(axis=(1, 2))\n    return total\n",
+    )  # fmt: skip
+    git(clone, "branch", "--force", "main-284", BEFORE_284)
+    result = run(root, blends, head, "main-284", "python-only", clone, cache=tmp_path / "cache")
+    base, head = result.provenance.base.build, result.provenance.head.build
+    assert not base.reused and not head.reused
+    assert base.compiler_cache.startswith("ccache: 0 hits, 2 misses (writable)")
+    assert head.compiler_cache.startswith("ccache: 2 hits, 0 misses (read-only)")
+    assert result.comparison.identical_models
 
 
 @pytest.mark.parametrize("max_iter", [12, 100])

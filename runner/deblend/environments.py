@@ -8,8 +8,9 @@ Environments are built with uv when it is available, with venv and pip otherwise
 The build is split by trust: the runner creates the environment and installs the lock
 itself, with network; the revision, whose build runs its own code (``setup.py``), is then
 installed behind the sandbox (``runner.deblend.sandbox``) without network, without dependencies
-and without a cache, able to write only its environment and a scratch folder holding a
-copy of its tree.
+and without uv's or pip's cache, from a copy of its tree in its environment, able to write
+only the environment and a scratch folder. Its C and C++ code compiles through the compiler
+cache (``runner.deblend.compilecache``), which only a trusted revision's build may write.
 
 A drift run also builds the *newest* environment: the lock, then the revision installed
 with dependency resolution and upgrades, so every package the revision requires comes
@@ -36,11 +37,13 @@ from pathlib import Path
 from typing import IO
 
 from runner.deblend.adapters import Adapter
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.sandbox import Isolation
 
 RECIPE_VERSION = 2  # 2: the revision built offline behind the read-only sandbox
 LOG_TAIL_LINES = 25
 COMPLETE_MARKER = "environment.json"
+SOURCE = ".source"  # the copy of the revision's tree, in its environment while it builds
 BUILD_VARIABLES = (
     *("PATH", "HOME", "LANG", "TMPDIR"),
     *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
@@ -72,6 +75,7 @@ class Environment:
     packages: dict[str, str]
     build_seconds: float
     reused: bool
+    compiler_cache: str | None = None
 
 
 def build_files(environ: dict[str, str] | os._Environ) -> list[Path]:
@@ -190,11 +194,14 @@ def _build(
     adapter: Adapter,
     log: Path,
     sandbox: Isolation | None,
+    compiler_cache: CompilerCache | None,
     newest: bool = False,
 ) -> dict:
     """Build ``env``: the trusted steps as the runner, then the revision's own behind
-    ``sandbox``, from a copy of ``source`` in a scratch folder, writing only that folder and
-    the environment; finally the import check, there too (writing only the scratch)."""
+    ``sandbox``, from a copy of ``source`` in ``env`` (removed after), compiling through
+    ``compiler_cache``, writing only the environment, a scratch folder and the compiler
+    cache if this build may; finally the import check, there too (writing only the
+    scratch). Returns what the import check found, and the compiler cache's summary."""
     uv = uv_binary()
     # None of our variables reach the build; the revision's steps get uv's and pip's only
     # where they need an index (``newest``): those may hold an index's credentials.
@@ -207,23 +214,36 @@ def _build(
     own_env = {k: v for k, v in trusted_env.items() if newest or not k.startswith(("UV_", "PIP_"))}
     with (
         open(log, "w") as stream,
-        tempfile.TemporaryDirectory(prefix=f"{env.name}.", dir=env.parent) as folder,
+        # Not named after the environment: ccache would count it in (CCACHE_BASEDIR is a
+        # prefix of strings, not of paths).
+        tempfile.TemporaryDirectory(prefix=f"build-{env.name}.", dir=env.parent) as folder,
     ):
         scratch = Path(folder)
-        tree = shutil.copytree(source, scratch / "source", symlinks=True)
         own_env.update(HOME=str(scratch), TMPDIR=str(scratch), PIP_NO_INPUT="1")
+        if compiler_cache:
+            own_env.update(compiler_cache.variables(env, scratch))
+        # The tree goes into the environment once it exists: then the paths of the headers
+        # the environment holds, relative to the tree, are the same in every environment.
+        tree = env / SOURCE
         trusted, own = _steps(uv, env, tree, adapter, newest)
         for step in trusted:
             _run(step, (), trusted_env, None, stream, log)
-        prefix = sandbox.prefix([env, scratch]) if sandbox else ()
-        for step in own:
-            _run(step, prefix, own_env, scratch, stream, log)
         try:
-            return _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
+            shutil.copytree(source, tree, symlinks=True)
+            writable = [env, scratch, *(compiler_cache.binds() if compiler_cache else [])]
+            prefix = sandbox.prefix(writable) if sandbox else ()
+            for step in own:
+                _run(step, prefix, own_env, scratch, stream, log)
+        finally:
+            _clear(tree)  # before the import check, which must not find the package there
+        try:
+            info = _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
         except RuntimeError as error:
             stream.write(f"{error}\n")
             stream.flush()
             raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
+        info["compiler_cache"] = compiler_cache.summary(scratch) if compiler_cache else None
+        return info
 
 
 def _run(
@@ -252,10 +272,16 @@ def _run(
 
 
 def build_environment(
-    source: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation | None = None
+    source: Path,
+    sha: str,
+    adapter: Adapter,
+    cache: Path,
+    sandbox: Isolation | None = None,
+    compiler_cache: CompilerCache | None = None,
 ) -> Environment:
     """The environment for ``sha`` built from the work tree ``source``, reused if cached;
-    the revision's own code (its build, the import check) runs behind ``sandbox``."""
+    the revision's own code (its build, the import check) runs behind ``sandbox`` and
+    compiles through ``compiler_cache`` (none: without a cache)."""
     key = environment_key(sha, adapter)
     env = cache / "envs" / key
     env.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +294,7 @@ def build_environment(
             log = env.parent / f"{key}.log"
             started = time.perf_counter()
             try:
-                info = _build(env, source, adapter, log, sandbox)
+                info = _build(env, source, adapter, log, sandbox, compiler_cache)
             except BuildError:
                 shutil.rmtree(env, ignore_errors=True)
                 raise
@@ -298,21 +324,27 @@ def _environment(
         packages=dict(sorted(info["packages"].items())),
         build_seconds=float(info["build_seconds"]),
         reused=reused,
+        compiler_cache=info.get("compiler_cache"),
     )
 
 
 def build_newest_environment(
-    source: Path, sha: str, adapter: Adapter, into: Path, sandbox: Isolation | None = None
+    source: Path,
+    sha: str,
+    adapter: Adapter,
+    into: Path,
+    sandbox: Isolation | None = None,
+    compiler_cache: CompilerCache | None = None,
 ) -> Environment:
     """The environment for ``sha`` with the newest releases its requirements allow, built
-    afresh in ``into`` behind ``sandbox`` (never cached: its key is the hash of what it
-    resolved to)."""
+    afresh in ``into`` behind ``sandbox``, compiling through ``compiler_cache`` (never
+    cached: its key is the hash of what it resolved to)."""
     shutil.rmtree(into, ignore_errors=True)
     into.parent.mkdir(parents=True, exist_ok=True)
     log = into.parent / f"{into.name}.log"
     started = time.perf_counter()
     try:
-        info = _build(into, source, adapter, log, sandbox, newest=True)
+        info = _build(into, source, adapter, log, sandbox, compiler_cache, newest=True)
     except BuildError:
         shutil.rmtree(into, ignore_errors=True)
         raise

@@ -26,6 +26,7 @@ from runner.datasets import (
 )
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import BuildError, Environment, build_environment
 from runner.deblend.installed import (
     InstalledError,
@@ -151,11 +152,18 @@ def now() -> str:
 
 
 def _environment(
-    repo: Path, sha: str, adapter: Adapter, cache: Path, sandbox: Isolation
+    repo: Path,
+    sha: str,
+    adapter: Adapter,
+    cache: Path,
+    sandbox: Isolation,
+    compiler_cache: CompilerCache | None,
 ) -> Environment | BuildError:
+    """The environment of ``sha``, or why it did not build; it compiles through
+    ``compiler_cache`` (None: without a cache)."""
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
     try:
-        return build_environment(source, sha, adapter, cache, sandbox)
+        return build_environment(source, sha, adapter, cache, sandbox, compiler_cache)
     except BuildError as error:
         return error
 
@@ -168,7 +176,14 @@ def _revision_info(
     if isinstance(env, BuildError):
         build = Build("failed", error=str(env), log_tail=env.log_tail)
         return RevisionInfo(rev, sha, build)
-    build = Build("ok", env.build_seconds, env.reused, env.key, installed=installed)
+    build = Build(
+        "ok",
+        env.build_seconds,
+        env.reused,
+        env.key,
+        compiler_cache=env.compiler_cache,
+        installed=installed,
+    )
     return RevisionInfo(
         rev,
         sha,
@@ -327,23 +342,32 @@ class Run:
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError | None]:
         """Base's and head's environments, each from the lock (cached); head's is not
-        built (None) when no file that goes into the installed package changed."""
-        sandbox = self.isolation["build"]
+        built (None) when no file that goes into the installed package changed. Base
+        given as a branch is trusted to write the compiler cache: its merge-base with
+        head is on a branch of the repository; head never is. ``--full`` compiles
+        without the cache, as every run did before."""
+        sandbox, cache = self.isolation["build"], self.config.cache
+        shortcuts = self.config.shortcuts
+
+        def compiler(trusted: bool) -> CompilerCache | None:
+            return CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
+
         self.progress(Progress("building base environment"))
-        base = _environment(repo, revs.base, adapter, self.config.cache, sandbox)
+        trusted = revs.merge_base is not None
+        base = _environment(repo, revs.base, adapter, cache, sandbox, compiler(trusted))
         envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}
         installed = self._installed("base", base, adapter)
-        if installed is not None and self.config.shortcuts and revs.head != revs.base:
+        if installed is not None and shortcuts and revs.head != revs.base:
             changed = changed_files(repo, revs.base, revs.head)
             if not reaching(changed, installed):
                 self.skipped = Skip("no installed file changed", changed)
                 return envs
         self.progress(Progress("building head environment"))
-        head = _environment(repo, revs.head, adapter, self.config.cache, sandbox)
+        head = _environment(repo, revs.head, adapter, cache, sandbox, compiler(False))
         envs["head"] = head
         self._installed("head", head, adapter)
         same = "head" in self.installed and self.installed["head"] == self.installed.get("base")
-        if self.config.shortcuts and same and revs.head != revs.base:
+        if shortcuts and same and revs.head != revs.base:
             self.skipped = Skip("identical build", changed_files(repo, revs.base, revs.head))
         return envs
 
