@@ -84,10 +84,10 @@ def main() -> None:
     subprocess.run(["git", "clone", "--quiet", args.repo, str(clone)], check=True)
     git(clone, "branch", "--force", "trunk", args.base)
     base = git(clone, "rev-parse", "trunk")
-    comment = "class Blend:\n"
+    line = "class Blend(CombinedComponent):\n"
     heads = {
-        "full": edit(clone, base, "py-a", "scarlet/blend.py", comment, "class Blend:  # a\n"),
-        "python": edit(clone, base, "py-b", "scarlet/blend.py", comment, "class Blend:  # b\n"),
+        "full": edit(clone, base, "py-a", "scarlet/blend.py", line, line[:-1] + "  # a\n"),
+        "python": edit(clone, base, "py-b", "scarlet/blend.py", line, line[:-1] + "  # b\n"),
         "docs": edit(clone, base, "docs", "README.md", "# Scarlet", "# scarlet"),
         "c++": edit(
             clone, base, "cpp", "scarlet/operators_pybind11.cc", "namespace py = pybind11;\n",

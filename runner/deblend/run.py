@@ -426,7 +426,9 @@ class Run:
         checked = spot_sample(list(stored), seed, config.timing_sample) if stored else []
         fresh = {b for b in good if b not in stored or b in checked}
         sides = self._sides(envs, adapter)
-        plan = [(b, side) for b in good for side in SIDES if side in sides]
+        # Largest blends first, so that no slot is left with a long one at the end.
+        order = sorted(good, key=lambda b: _cost(loaded[(b.dataset, b.id)]), reverse=True)
+        plan = [(b, side) for b in order for side in SIDES if side in sides]
         self._run([(b, side) for b, side in plan if side == "head" or b in fresh], sides, loaded)
         mismatched = [
             f"{b.dataset}/{b.id}"
@@ -436,7 +438,7 @@ class Run:
         if stored and "base" in sides:
             reused = [b for b in stored if b not in fresh]
             if mismatched:  # the stored outcomes cannot be trusted: deblend them all again
-                self._run([(b, "base") for b in reused], sides, loaded)
+                self._run([(b, "base") for b in order if b in reused], sides, loaded)
             else:
                 for blend in reused:
                     self._place(blend, stored[blend], "base")
@@ -584,6 +586,11 @@ class Run:
             runs["head"],
             pixels,
         )
+
+
+def _cost(blend: Blend | BlendError) -> int:
+    """Roughly how long a blend takes to deblend: its pixels times its sources."""
+    return 0 if isinstance(blend, BlendError) else blend.images.size * len(blend.centers)
 
 
 def run(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
