@@ -43,6 +43,7 @@ from support import fast_retry, tiny_adapter, tiny_repository
 
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
 FAST = Timing(lease=0.4, poll=0.05, wait=60, failure=60)
+SIDES = ("base", "head")
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def run_shards(pair, dataset: Path, tmp_path: Path, store: str, env: dict, count
 
 
 def assert_built_once(results: list[RunResult]) -> None:
-    for side in ("base", "head"):
+    for side in SIDES:
         builds = [getattr(r.provenance, side).build for r in results]
         assert all(b.status == "ok" for b in builds)
         assert len({b.environment for b in builds}) == 1
@@ -111,6 +112,8 @@ def test_four_shards_build_each_environment_once(pair, synthetic_set, tmp_path):
     assert_built_once(results)
     archives = LocalStore(store).list("environments/")
     assert len(archives) == 2 and all(".tar." in key for key in archives), "no lease left"
+    fetched = {getattr(r.provenance, side).build.fetched_from for r in results for side in SIDES}
+    assert fetched - {None} <= {LocalStore(store).url(key) for key in archives}
     assert len(merged(pair, str(store), tmp_path).blends) == 6
 
 
@@ -123,8 +126,8 @@ def test_four_shards_on_gcs_build_each_environment_once(
     assert_built_once(results)
     names = [b.name for b in gcs_bucket.list_blobs(prefix="artifacts/environments/")]
     assert len(names) == 2 and all(".tar." in name for name in names)
-    assert all(r.provenance.head.build.fetched_from.startswith(store) for r in results[1:] if
-               r.provenance.head.build.fetched_from)  # fmt: skip
+    fetched = {getattr(r.provenance, side).build.fetched_from for r in results for side in SIDES}
+    assert all(f.startswith(f"{store}/environments/") for f in fetched - {None})
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.endpoint)
     assert len(merged(pair, store, tmp_path).blends) == 6
 
@@ -232,15 +235,13 @@ def test_a_task_fetches_the_whole_environment_another_built(tmp_path, store, ada
 def test_base_and_head_are_built_side_by_side(tmp_path, adapter):
     store = LocalStore(tmp_path / "store")
     builds = [Builds(tmp_path / "cache", adapter, seconds=1.0) for _ in range(2)]
-    started = time.monotonic()
     in_threads(
         *[
             lambda b=b: sharing(store, b).environments([want(b, "base", "b" * 40), want(b)])
             for b in builds
         ]
     )
-    assert [b.count for b in builds] == [1, 1], "each task built one side"
-    assert time.monotonic() - started < 1.9
+    assert [b.count for b in builds] == [1, 1], "each task built one side, at the same time"
 
 
 def test_a_stale_lease_is_taken_over(tmp_path, adapter):
