@@ -42,7 +42,7 @@ from runner.store import GCSStore, LocalStore, StoreError
 from support import fast_retry, tiny_adapter, tiny_repository
 
 TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
-FAST = Timing(lease=0.4, poll=0.05, wait=60, failure=60)
+FAST = Timing(lease=2.0, poll=0.05, wait=60, failure=60)
 SIDES = ("base", "head")
 
 
@@ -261,9 +261,10 @@ def test_a_stale_lease_is_taken_over(tmp_path, adapter):
 def test_a_lease_renewed_by_a_long_build_is_not_taken_over(tmp_path, adapter):
     store = LocalStore(tmp_path / "store")
     slow, waiting = Builds(tmp_path / "cache", adapter, 1.5), Builds(tmp_path / "cache", adapter)
+    short = Timing(lease=0.4, poll=0.05)
     _, fetched = in_threads(
-        lambda: sharing(store, slow).environments([want(slow)]),
-        lambda: time.sleep(0.1) or sharing(store, waiting).environments([want(waiting)]),
+        lambda: sharing(store, slow, short).environments([want(slow)]),
+        lambda: time.sleep(0.1) or sharing(store, waiting, short).environments([want(waiting)]),
     )
     assert (slow.count, waiting.count) == (1, 0), "a lease of 0.4 s, renewed"
     assert isinstance(fetched["head"], Environment)
@@ -286,6 +287,26 @@ def test_a_failed_build_is_reported_to_the_waiting_tasks(tmp_path, store, adapte
             "'uv pip install' exited 1",
             "tail of the log",
         )
+
+
+class FinishingFirst(LocalStore):
+    """A store where the task holding the lease records its failure and releases the lease
+    just before this task claims it."""
+
+    def create(self, key, data, content_type, cache_control="no-cache"):
+        failed = key.removesuffix(".lease") + ".failed"
+        if key.endswith(".lease") and not self.exists(failed):
+            failure = {"error": "it failed", "log_tail": "tail", "run": None, "at": time.time()}
+            self.put(failed, json.dumps(failure).encode(), "application/json")
+        return super().create(key, data, content_type, cache_control)
+
+
+def test_a_build_that_ends_just_before_the_claim_is_not_made_again(tmp_path, adapter):
+    store = FinishingFirst(tmp_path / "store")
+    builds = Builds(tmp_path / "cache", adapter)
+    env = sharing(store, builds).environments([want(builds)])["head"]
+    assert builds.count == 0 and isinstance(env, BuildError) and str(env) == "it failed"
+    assert [key.rpartition(".")[2] for key in store.list("environments/")] == ["failed"]
 
 
 def test_a_failure_holds_for_its_run_only(tmp_path, adapter, monkeypatch):

@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,22 +269,29 @@ class Sharing:
         if self.store is None or (place.path / COMPLETE_MARKER).is_file():
             return self._local(want)
         try:
-            if self.store.exists(self._archive(place)):
-                return self._fetch(want, place)
-            failure = self._failure(place)
-            if failure is not None:
-                return failure
-            if self._claim(place):
-                return self._build(want, place, leased=True)
+            found = self._found(want, place)
+            if found is None and self._claim(place):
+                with self._holding(place):
+                    # The last holder may have finished between the first look and the claim.
+                    found = self._found(want, place)
+                    return self._build(want, place) if found is None else found
         except StoreError as error:
             self._give_up(error)
             return self._local(want)
+        if found is not None:
+            return found
         if want.side not in since:
             since[want.side] = time.monotonic()
             self.progress(f"waiting for the {want.side} environment (another task builds it)")
         elif time.monotonic() - since[want.side] > self.timing.wait:
-            return self._build(want, place, leased=False)
+            return self._build(want, place)
         return None
+
+    def _found(self, want: Wanted, place: Place) -> Environment | BuildError | None:
+        """The environment fetched from the store, the failure recorded there, or None."""
+        if self.store.exists(self._archive(place)):
+            return self._fetch(want, place)
+        return self._failure(place)
 
     def _local(self, want: Wanted) -> Environment | BuildError:
         self.progress(f"building {want.side} environment")
@@ -300,7 +307,7 @@ class Sharing:
             self._unpack(place)
         except ArchiveError as error:
             print(f"warning: {error}; building it here", file=sys.stderr)
-            return self._build(want, place, leased=False)
+            return self._build(want, place)
         env = want.local()
         if isinstance(env, Environment) and env.reused:
             address = f"{str(self.store).rstrip('/')}/{self._archive(place)}"
@@ -321,18 +328,16 @@ class Sharing:
                 shutil.rmtree(place.path, ignore_errors=True)  # what a broken build left
                 tree.rename(place.path)
 
-    def _build(self, want: Wanted, place: Place, leased: bool) -> Environment | BuildError:
-        """Build here (holding the lease, renewed meanwhile), then share the environment or
-        the failure."""
-        with self._holding(place) if leased else nullcontext():
-            env = self._local(want)
-            try:
-                if isinstance(env, BuildError):
-                    self._record(place, env)
-                else:
-                    self._upload(want, place, env)
-            except StoreError as error:
-                self._give_up(error)
+    def _build(self, want: Wanted, place: Place) -> Environment | BuildError:
+        """Build here, then share the environment or the failure."""
+        env = self._local(want)
+        try:
+            if isinstance(env, BuildError):
+                self._record(place, env)
+            else:
+                self._upload(want, place, env)
+        except StoreError as error:
+            self._give_up(error)
         return env
 
     def _upload(self, want: Wanted, place: Place, env: Environment) -> None:
