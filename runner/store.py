@@ -11,6 +11,8 @@ Layout (keys are ``/``-separated, relative to the store's root or bucket prefix)
     runs/pr/<owner>/<name>/<number>/<sha>/...  a run of a pull request at head <sha>
     runs/commit/<owner>/<name>/<sha>/...       a run without a PR (e.g. a branch baseline)
     history/<owner>/<name>.jsonl               one summary record a run, appended (trends)
+    environments/<key>/...                     built environments shared by a run's tasks
+                                               (runner.deblend.shared)
 
 (the kind of run comes first so that one literal lifecycle prefix, ``runs/pr/``, lets
 pull requests' runs expire while the default branch's history stays)
@@ -28,6 +30,11 @@ can show a stale one. Storing existing bytes again writes nothing: GCS uploads a
 create-only (``if_generation_match=0``; a 412 means the object is already there, which is
 success), local writes hard-link a finished temporary file into place, which also fails
 when the name exists. Other documents are mutable and get ``Cache-Control: no-cache``.
+
+Beyond plain writes: :meth:`ArtifactStore.create` writes only what is not there yet and
+says whether it did and :meth:`ArtifactStore.replace` rewrites only the version read
+(atomic test-and-set, for leases), and files too large to hold in memory are
+streamed to and from disk (:meth:`ArtifactStore.put_file`, :meth:`ArtifactStore.get_file`).
 
 Every write is idempotent. Local writes are atomic (temporary file, then ``os.replace``
 or ``os.link``); GCS calls are retried on transient failures with the client's
@@ -51,7 +58,10 @@ import os
 import random
 import re
 import secrets
+import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -114,8 +124,43 @@ class ArtifactStore(Protocol):
         """Write (or overwrite) a document."""
         ...
 
+    def create(
+        self, key: str, data: bytes, content_type: str, cache_control: str = MUTABLE
+    ) -> bool:
+        """Write a document only if the key is absent; whether this call wrote it (a
+        create retried after it had landed may answer False)."""
+        ...
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        content_type: str,
+        cache_control: str = MUTABLE,
+        create_only: bool = False,
+    ) -> bool:
+        """Upload a file, streamed from disk, as :meth:`put` (or as :meth:`create` with
+        ``create_only``); the object appears only complete. Whether it was written."""
+        ...
+
     def get(self, key: str) -> bytes:
         """The object's bytes; :class:`KeyNotFound` if absent."""
+        ...
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Download an object to ``path``, streamed to disk (``path`` appears only
+        complete); :class:`KeyNotFound` if absent."""
+        ...
+
+    def replace(
+        self, key: str, data: bytes, content_type: str, version: str, cache_control: str = MUTABLE
+    ) -> bool:
+        """Rewrite a document only while it is still at ``version`` (as :meth:`stat` gave
+        it); whether this call rewrote it (False: absent, or rewritten since)."""
+        ...
+
+    def delete(self, key: str) -> bool:
+        """Remove an object; whether it was there."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -267,6 +312,21 @@ def _base(base_url: str | None) -> str | None:
     return base_url if base_url is None or base_url.endswith("/") else base_url + "/"
 
 
+def _into(path: Path, fill: Callable[[Path], object]) -> None:
+    """Let ``fill`` write a temporary sibling of ``path``, then move it into place, so that
+    ``path`` appears only complete."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _version(st: os.stat_result) -> str:
+    return f"{st.st_ino}-{st.st_mtime_ns}"
+
+
 @dataclass(frozen=True)
 class LocalStore:
     """A directory: key ``a/b`` is the file ``root/a/b``. ``url`` is ``file://`` unless a
@@ -289,15 +349,20 @@ class LocalStore:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return self.root / _RESERVED / "meta" / digest[:2] / (digest + ".json")
 
-    def _temp(self, data: bytes) -> Path:
-        """A finished, synced temporary file with ``data`` on the store's filesystem."""
+    def _temp(self, data: bytes | Path) -> Path:
+        """A finished, synced temporary file on the store's filesystem with ``data``, the
+        bytes or a file's (copied in chunks)."""
         tmp_dir = self.root / _RESERVED / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
         tmp = tmp_dir / secrets.token_hex(12)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if isinstance(data, bytes):
+                    f.write(data)
+                else:
+                    with open(data, "rb") as source:
+                        shutil.copyfileobj(source, f, 2**20)
                 f.flush()
                 os.fsync(f.fileno())
         except BaseException:
@@ -305,7 +370,7 @@ class LocalStore:
             raise
         return tmp
 
-    def _replace(self, path: Path, data: bytes) -> None:
+    def _replace(self, path: Path, data: bytes | Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._temp(data)
         try:
@@ -317,6 +382,29 @@ class LocalStore:
     def _write_meta(self, key: str, content_type: str, cache_control: str) -> None:
         meta = {"content_type": content_type, "cache_control": cache_control}
         self._replace(self._meta(key), json.dumps(meta).encode())
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        """Hold the key's file lock (appends and conditional deletes take it)."""
+        locks = self.root / _RESERVED / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / hashlib.sha256(key.encode()).hexdigest(), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _create(self, key: str, data: bytes | Path, content_type: str, cache_control: str) -> bool:
+        """Hard-link a finished temporary file into place: fails if the name exists."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._temp(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._write_meta(key, content_type, cache_control)
+        return True
 
     def put_image(self, data: bytes, suffix: str = ".png") -> str:
         key = image_key(data, suffix)
@@ -347,6 +435,31 @@ class LocalStore:
         except OSError as exc:
             raise StoreError("put", key, self, exc) from exc
 
+    def create(
+        self, key: str, data: bytes, content_type: str, cache_control: str = MUTABLE
+    ) -> bool:
+        try:
+            return self._create(key, data, content_type, cache_control)
+        except OSError as exc:
+            raise StoreError("create", key, self, exc) from exc
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        content_type: str,
+        cache_control: str = MUTABLE,
+        create_only: bool = False,
+    ) -> bool:
+        try:
+            if create_only:
+                return self._create(key, Path(path), content_type, cache_control)
+            self._write_meta(key, content_type, cache_control)
+            self._replace(self._path(key), Path(path))
+        except OSError as exc:
+            raise StoreError("put_file", key, self, exc) from exc
+        return True
+
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
@@ -354,6 +467,44 @@ class LocalStore:
             raise KeyNotFound("get", key, self) from exc
         except OSError as exc:
             raise StoreError("get", key, self, exc) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise KeyNotFound("get_file", key, self)
+        try:
+            _into(Path(path), lambda tmp: shutil.copyfile(source, tmp))
+        except OSError as exc:
+            raise StoreError("get_file", key, self, exc) from exc
+
+    def replace(
+        self, key: str, data: bytes, content_type: str, version: str, cache_control: str = MUTABLE
+    ) -> bool:
+        """Under the key's lock (a plain :meth:`put` does not take it)."""
+        path = self._path(key)
+        try:
+            with self._locked(key):
+                if _version(path.stat()) != version:
+                    return False
+                self._write_meta(key, content_type, cache_control)
+                self._replace(path, data)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise StoreError("replace", key, self, exc) from exc
+        return True
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        try:
+            with self._locked(key):
+                path.unlink()
+                self._meta(key).unlink(missing_ok=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except OSError as exc:
+            raise StoreError("delete", key, self, exc) from exc
+        return True
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -379,7 +530,7 @@ class LocalStore:
             cache_control=meta.get(
                 "cache_control", IMMUTABLE if key.startswith("images/") else MUTABLE
             ),
-            version=f"{st.st_ino}-{st.st_mtime_ns}",
+            version=_version(st),
         )
 
     def list(self, prefix: str = "") -> list[str]:
@@ -398,11 +549,8 @@ class LocalStore:
 
     def append(self, key: str, line: bytes) -> None:
         path = self._path(key)
-        locks = self.root / _RESERVED / "locks"
         try:
-            locks.mkdir(parents=True, exist_ok=True)
-            with open(locks / hashlib.sha256(key.encode()).hexdigest(), "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._locked(key):
                 self._write_meta(key, APPEND_TYPE, MUTABLE)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "ab") as f:
@@ -465,7 +613,7 @@ class GCSStore:
     def _fail(self, op: str, key: str, exc: Exception) -> StoreError:
         from google.api_core.exceptions import NotFound
 
-        if isinstance(exc, NotFound) and op in ("get", "stat"):
+        if isinstance(exc, NotFound) and op in ("get", "get_file", "stat"):
             return KeyNotFound(op, key, self)
         return StoreError(op, key, self, exc)
 
@@ -503,12 +651,112 @@ class GCSStore:
         except _gcs_errors() as exc:
             raise self._fail("put", key, exc) from exc
 
+    def _create_retry(self) -> Retry:
+        """Retries for a create-only write: safe, as it carries a generation precondition."""
+        from google.cloud.storage.retry import ConditionalRetryPolicy, is_generation_specified
+
+        return ConditionalRetryPolicy(self.retry, is_generation_specified, ["query_params"])
+
+    def create(
+        self, key: str, data: bytes, content_type: str, cache_control: str = MUTABLE
+    ) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._blob(key)
+        blob.cache_control = cache_control
+        try:
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=0,
+                retry=self._create_retry(),
+                timeout=self.timeout,
+            )
+        except PreconditionFailed:
+            return False
+        except _gcs_errors() as exc:
+            raise self._fail("create", key, exc) from exc
+        return True
+
+    def put_file(
+        self,
+        key: str,
+        path: Path,
+        content_type: str,
+        cache_control: str = MUTABLE,
+        create_only: bool = False,
+    ) -> bool:
+        """A large file goes as a resumable upload in chunks; the object appears when the
+        last one has landed."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        blob = self._blob(key)
+        blob.cache_control = cache_control
+        try:
+            blob.upload_from_filename(
+                str(path),
+                content_type=content_type,
+                if_generation_match=0 if create_only else None,
+                retry=self._create_retry() if create_only else self.retry,
+                timeout=self.timeout,
+            )
+        except PreconditionFailed:
+            return False
+        except _gcs_errors() as exc:
+            raise self._fail("put_file", key, exc) from exc
+        return True
+
     def get(self, key: str) -> bytes:
         blob = self._blob(key)
         try:
             return blob.download_as_bytes(retry=self.retry, timeout=self.timeout)
         except _gcs_errors() as exc:
             raise self._fail("get", key, exc) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Streamed and checksummed by the client."""
+        blob = self._blob(key)
+
+        def fill(tmp: Path) -> None:
+            blob.download_to_filename(str(tmp), retry=self.retry, timeout=self.timeout)
+
+        try:
+            _into(Path(path), fill)
+        except _gcs_errors() as exc:
+            raise self._fail("get_file", key, exc) from exc
+
+    def replace(
+        self, key: str, data: bytes, content_type: str, version: str, cache_control: str = MUTABLE
+    ) -> bool:
+        from google.api_core.exceptions import NotFound, PreconditionFailed
+
+        blob = self._blob(key)
+        blob.cache_control = cache_control
+        try:
+            blob.upload_from_string(
+                data,
+                content_type=content_type,
+                if_generation_match=int(version),
+                retry=self._create_retry(),
+                timeout=self.timeout,
+            )
+        except (NotFound, PreconditionFailed):
+            return False
+        except _gcs_errors() as exc:
+            raise self._fail("replace", key, exc) from exc
+        return True
+
+    def delete(self, key: str) -> bool:
+        """Retried: a delete replayed after it landed finds nothing (and answers False)."""
+        from google.api_core.exceptions import NotFound
+
+        try:
+            self._blob(key).delete(retry=self.retry, timeout=self.timeout)
+        except NotFound:
+            return False
+        except _gcs_errors() as exc:
+            raise self._fail("delete", key, exc) from exc
+        return True
 
     def exists(self, key: str) -> bool:
         blob = self._blob(key)

@@ -110,7 +110,7 @@ def test_dockerfile_has_what_the_runner_builds_with() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     base = re.search(r"^FROM python:(\d+)\.(\d+)", text, re.M)
     assert base and (int(base.group(1)), int(base.group(2))) >= (3, 12)
-    for package in ("build-essential", "g++", "git", "bubblewrap", "ccache"):
+    for package in ("build-essential", "g++", "git", "bubblewrap", "ccache", "zstd"):
         assert re.search(rf"\s{re.escape(package)}\s", text), package
     assert 'pip install ".[runner]"' in text  # the project, with uv among the runner's
     assert 'ENTRYPOINT ["python", "-m", "runner"]' in text
@@ -161,12 +161,12 @@ def test_the_state_bucket_forgets_deliveries_and_days_but_not_unfinished_work() 
     assert all(r["action"]["type"] == "Delete" for r in rules)
 
 
-def test_lifecycle_deletes_pr_runs_and_stored_outcomes_only() -> None:
+def test_lifecycle_deletes_pr_runs_stored_outcomes_and_shared_environments_only() -> None:
     rules = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
     deleting = [r for r in rules if r["action"]["type"] == "Delete"]
     assert deleting
     prefixes = [p for r in deleting for p in r["condition"].get("matchesPrefix", [])]
-    assert prefixes == ["runs/pr/", "outcomes/"]  # outcomes: a miss is only work redone
+    assert prefixes == ["runs/pr/", "outcomes/", "environments/"]  # a miss is work redone
     for rule in deleting:
         condition = rule["condition"]
         assert condition.get("matchesPrefix"), "a Delete rule without a prefix hits everything"
@@ -176,15 +176,19 @@ def test_lifecycle_deletes_pr_runs_and_stored_outcomes_only() -> None:
 
 
 def test_lifecycle_prefixes_match_the_store_layout() -> None:
+    from runner.deblend.shared import Place
     from runner.store import run_prefix
 
-    prefixes = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"][0]
+    runs, _, environments = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
     key = run_prefix("pmelchior/scarlet", 7, "a" * 40)
-    assert any(key.startswith(p) for p in prefixes["condition"]["matchesPrefix"])
+    assert any(key.startswith(p) for p in runs["condition"]["matchesPrefix"])
     assert not any(
         run_prefix("pmelchior/scarlet", None, "a" * 40).startswith(p)
-        for p in prefixes["condition"]["matchesPrefix"]
+        for p in runs["condition"]["matchesPrefix"]
     )
+    place = Place.of("0123abcd", Path("/tmp/scarlet-regression/envs/0123abcd"))
+    for shared in (place.stem + ".tar.zst", place.lease, place.failure):
+        assert shared.startswith(tuple(environments["condition"]["matchesPrefix"]))
 
 
 # -- Secret Manager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import socket
 import threading
 import time
@@ -124,6 +125,73 @@ def test_concurrent_puts_leave_one_whole_document(store):
         list(pool.map(lambda data: store.put("doc.bin", data, "text/plain"), payloads))
     assert store.list() == ["doc.bin"]
     assert store.get("doc.bin") in payloads
+
+
+def test_create_writes_only_what_is_absent(store):
+    assert store.create("leases/a.json", b"first", "application/json")
+    assert not store.create("leases/a.json", b"second", "application/json")
+    assert store.get("leases/a.json") == b"first"
+    assert store.stat("leases/a.json").content_type == "application/json"
+
+
+def test_concurrent_creates_have_one_winner(store):
+    with ThreadPoolExecutor(10) as pool:
+        won = list(pool.map(lambda i: store.create("lease", b"%d" % i, "text/plain"), range(10)))
+    assert won.count(True) == 1
+    assert store.get("lease") == b"%d" % won.index(True)
+
+
+def test_replace_rewrites_only_the_version_read(store):
+    store.put("doc", b"1", "text/plain")
+    old = store.stat("doc").version
+    store.put("doc", b"2", "text/plain")
+    assert not store.replace("doc", b"3", "text/plain", old), "rewritten since that version"
+    assert store.get("doc") == b"2"
+    assert store.replace("doc", b"3", "text/plain", store.stat("doc").version)
+    assert store.get("doc") == b"3"
+    assert not store.replace("absent", b"3", "text/plain", old)
+    assert not store.exists("absent")
+
+
+def test_concurrent_replaces_of_one_version_have_one_winner(store):
+    store.put("lease", b"stale", "text/plain")
+    version = store.stat("lease").version
+    with ThreadPoolExecutor(10) as pool:
+        won = list(
+            pool.map(lambda i: store.replace("lease", b"%d" % i, "text/plain", version), range(10))
+        )
+    assert won.count(True) == 1
+    assert store.get("lease") == b"%d" % won.index(True)
+
+
+def test_delete(store):
+    assert not store.delete("absent")
+    store.put("doc", b"1", "text/plain")
+    assert store.delete("doc")
+    assert not store.exists("doc") and store.list() == []
+    assert not store.delete("doc")
+    assert store.create("doc", b"2", "text/plain"), "a deleted key can be created again"
+
+
+def test_files_are_streamed_both_ways(store, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(9 * 2**20))  # beyond GCS's one-shot upload: resumable
+    assert store.put_file("env/big.tar", big, "application/octet-stream", create_only=True)
+    assert store.stat("env/big.tar").size == big.stat().st_size
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"other")
+    assert not store.put_file("env/big.tar", other, "application/octet-stream", create_only=True)
+    back = tmp_path / "back" / "big.bin"
+    back.parent.mkdir()
+    store.get_file("env/big.tar", back)
+    assert back.read_bytes() == big.read_bytes()
+    assert store.put_file("env/big.tar", other, "application/octet-stream")
+    store.get_file("env/big.tar", back)
+    assert back.read_bytes() == b"other"
+    with pytest.raises(KeyNotFound):
+        store.get_file("env/missing.tar", tmp_path / "missing.bin")
+    assert sorted(p.name for p in back.parent.iterdir()) == ["big.bin"], "no partial file"
+    assert not (tmp_path / "missing.bin").exists()
 
 
 def test_store_run(store, tmp_path):

@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -61,7 +63,8 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Environment:
-    """A built environment: where its interpreter is and what it holds."""
+    """A built environment: where its interpreter is and what it holds; ``reused`` from
+    this machine's cache, or ``fetched_from`` the store (``runner.deblend.shared``)."""
 
     key: str
     path: Path
@@ -75,6 +78,7 @@ class Environment:
     packages: dict[str, str]
     build_seconds: float
     reused: bool
+    fetched_from: str | None = None
     compiler_cache: str | None = None
 
 
@@ -109,6 +113,20 @@ def environment_key(sha: str, adapter: Adapter) -> str:
         "recipe": RECIPE_VERSION,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def environment_path(cache: Path, key: str) -> Path:
+    """Where the environment of ``key`` lives in the cache."""
+    return cache / "envs" / key
+
+
+@contextmanager
+def environment_lock(env: Path) -> Iterator[None]:
+    """Hold the file lock of the environment at ``env`` (its build or its unpacking)."""
+    env.parent.mkdir(parents=True, exist_ok=True)
+    with open(env.parent / f"{env.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _steps(
@@ -283,10 +301,8 @@ def build_environment(
     the revision's own code (its build, the import check) runs behind ``sandbox`` and
     compiles through ``compiler_cache`` (none: without a cache)."""
     key = environment_key(sha, adapter)
-    env = cache / "envs" / key
-    env.parent.mkdir(parents=True, exist_ok=True)
-    with open(env.parent / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    env = environment_path(cache, key)
+    with environment_lock(env):
         marker = env / COMPLETE_MARKER
         reused = marker.exists()
         if not reused:

@@ -4,6 +4,7 @@ both, measure each against truth and write the run result."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 import shutil
@@ -41,6 +42,7 @@ from runner.deblend.measure import MeasurementError, measure
 from runner.deblend.outcomes import Outcomes, Stored, outcome_key, spot_sample
 from runner.deblend.pool import Outcome, Side, Task, run_tasks
 from runner.deblend.sandbox import Isolation, isolation
+from runner.deblend.shared import Wanted, open_sharing
 from runner.judge.blends import measured
 from runner.judge.compare import compare
 from runner.judge.metrics import metric_names
@@ -181,6 +183,7 @@ def _revision_info(
         env.build_seconds,
         env.reused,
         env.key,
+        fetched_from=env.fetched_from,
         compiler_cache=env.compiler_cache,
         installed=installed,
     )
@@ -341,20 +344,28 @@ class Run:
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError | None]:
-        """Base's and head's environments, each from the lock (cached); head's is not
-        built (None) when no file that goes into the installed package changed. Base
-        given as a branch is trusted to write the compiler cache: its merge-base with
-        head is on a branch of the repository; head never is. ``--full`` compiles
-        without the cache, as every run did before."""
+        """Base's and head's environments, each from the lock: from this machine's cache,
+        from the store (built once per run by one of its tasks) or built here; head's is
+        not built (None) when no file that goes into the installed package changed. Base
+        given as a branch is trusted to write the compiler cache: its merge-base with head
+        is on a branch of the repository; head never is. ``--full`` compiles without the
+        cache, as every run did before."""
         sandbox, cache = self.isolation["build"], self.config.cache
         shortcuts = self.config.shortcuts
+        sharing = open_sharing(
+            self.config.store,
+            self.config.store_deadline,
+            adapter,
+            cache,
+            lambda phase: self.progress(Progress(phase)),
+        )
 
-        def compiler(trusted: bool) -> CompilerCache | None:
-            return CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
+        def environment(side: str, sha: str, trusted: bool) -> Environment | BuildError:
+            compiler = CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
+            local = functools.partial(_environment, repo, sha, adapter, cache, sandbox, compiler)
+            return sharing.environment(Wanted(side, sha, local))
 
-        self.progress(Progress("building base environment"))
-        trusted = revs.merge_base is not None
-        base = _environment(repo, revs.base, adapter, cache, sandbox, compiler(trusted))
+        base = environment("base", revs.base, trusted=revs.merge_base is not None)
         envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}
         installed = self._installed("base", base, adapter)
         if installed is not None and shortcuts and revs.head != revs.base:
@@ -362,8 +373,7 @@ class Run:
             if not reaching(changed, installed):
                 self.skipped = Skip("no installed file changed", changed)
                 return envs
-        self.progress(Progress("building head environment"))
-        head = _environment(repo, revs.head, adapter, cache, sandbox, compiler(False))
+        head = environment("head", revs.head, trusted=False)
         envs["head"] = head
         self._installed("head", head, adapter)
         same = "head" in self.installed and self.installed["head"] == self.installed.get("base")
