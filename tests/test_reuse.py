@@ -133,8 +133,8 @@ def test_base_outcomes_are_reused_spot_checked_and_the_timings_stay_paired(world
     result = run(world, head, "second", "--timing-sample", "2")
     reuse = result.provenance.reuse
     assert reuse.side == "base" and reuse.blends == 4 and reuse.mismatched == []
-    assert reuse.runs == [f"{repo} head {first.provenance.head.sha[:12]} base {base[:12]}"
-                          f" {first.provenance.started}"]  # fmt: skip
+    head_sha, started = first.provenance.head.sha[:12], first.provenance.started
+    assert reuse.runs == [f"the run of {head_sha} against {base[:12]} at {started}"]
     fresh = {f"{b.dataset}/{b.id}" for b in result.blends if b.base.reused_from is None}
     assert fresh == set(reuse.checked) and len(fresh) == 2
     timing = {m.name: m for m in result.comparison.metrics if m.kind == "timing"}

@@ -277,7 +277,7 @@ class Run:
         try:
             repo = revisions.local_repository(config.repo, config.cache)
             revs = revisions.resolve_pair(repo, config.head, config.base)
-            self.identity = f"{config.repo} head {revs.head[:12]} base {revs.base[:12]} {started}"
+            self.identity = f"the run of {revs.head[:12]} against {revs.base[:12]} at {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
