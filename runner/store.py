@@ -657,10 +657,11 @@ class GCSStore:
 
         return ConditionalRetryPolicy(self.retry, is_generation_specified, ["query_params"])
 
-    def create(
-        self, key: str, data: bytes, content_type: str, cache_control: str = MUTABLE
+    def _upload_if(
+        self, op: str, key: str, data: bytes, content_type: str, cache_control: str, generation: int
     ) -> bool:
-        from google.api_core.exceptions import PreconditionFailed
+        """Upload only over the object's ``generation`` (0: none there); False otherwise."""
+        from google.api_core.exceptions import NotFound, PreconditionFailed
 
         blob = self._blob(key)
         blob.cache_control = cache_control
@@ -668,15 +669,20 @@ class GCSStore:
             blob.upload_from_string(
                 data,
                 content_type=content_type,
-                if_generation_match=0,
+                if_generation_match=generation,
                 retry=self._create_retry(),
                 timeout=self.timeout,
             )
-        except PreconditionFailed:
+        except (NotFound, PreconditionFailed):
             return False
         except _gcs_errors() as exc:
-            raise self._fail("create", key, exc) from exc
+            raise self._fail(op, key, exc) from exc
         return True
+
+    def create(
+        self, key: str, data: bytes, content_type: str, cache_control: str = MUTABLE
+    ) -> bool:
+        return self._upload_if("create", key, data, content_type, cache_control, 0)
 
     def put_file(
         self,
@@ -728,23 +734,7 @@ class GCSStore:
     def replace(
         self, key: str, data: bytes, content_type: str, version: str, cache_control: str = MUTABLE
     ) -> bool:
-        from google.api_core.exceptions import NotFound, PreconditionFailed
-
-        blob = self._blob(key)
-        blob.cache_control = cache_control
-        try:
-            blob.upload_from_string(
-                data,
-                content_type=content_type,
-                if_generation_match=int(version),
-                retry=self._create_retry(),
-                timeout=self.timeout,
-            )
-        except (NotFound, PreconditionFailed):
-            return False
-        except _gcs_errors() as exc:
-            raise self._fail("replace", key, exc) from exc
-        return True
+        return self._upload_if("replace", key, data, content_type, cache_control, int(version))
 
     def delete(self, key: str) -> bool:
         """Retried: a delete replayed after it landed finds nothing (and answers False)."""

@@ -97,14 +97,15 @@ class Outcomes:
         return {blend: stored for blend, stored in found.items() if stored is not None}
 
     def put(self, blend: BlendFile, run: BlendRun, arrays: Path, measured_by: str) -> None:
-        """Keep a fresh outcome (its arrays first), unless one is already stored."""
+        """Keep a fresh outcome (its arrays first), unless one is already stored: the
+        first run to measure it stays its source."""
         name = self._name(blend, ".json")
         if self.store.exists(name):
             return
-        self.store.put(self._name(blend, ".npz"), arrays.read_bytes(), "application/octet-stream")
+        self.store.put_file(self._name(blend, ".npz"), arrays, "application/octet-stream")
         outcome = dataclasses.asdict(dataclasses.replace(run, arrays=None))
         document = {"measured_by": measured_by, "outcome": outcome}
-        self.store.put(name, json.dumps(document).encode(), "application/json")
+        self.store.create(name, json.dumps(document).encode(), "application/json")
 
     def put_many(self, items: list[tuple[BlendFile, BlendRun, Path]], measured_by: str) -> None:
         """Keep several fresh outcomes."""
