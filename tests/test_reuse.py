@@ -167,6 +167,15 @@ def test_a_stored_outcome_tampered_with_is_caught_and_base_is_deblended_again(wo
     assert "did not match a fresh deblend" in comment(result, Links())
 
 
+def test_an_unreadable_stored_outcome_is_a_miss(world):
+    repo, _, _, tmp_path = world
+    run(world, gain(repo, 1.5), "first")
+    for document in (tmp_path / "cache" / "store" / PREFIX).glob("*/*.json"):
+        document.write_text("{not json")
+    result = run(world, gain(repo, 1.6), "second")
+    assert result.provenance.reuse is None and len(result.blends) == 6
+
+
 def test_reuse_misses_when_the_options_or_a_blend_s_bytes_change(world):
     repo, _, dataset, _ = world
     run(world, gain(repo, 1.5), "first")

@@ -3,10 +3,12 @@ deblended again.
 
 An outcome (one revision's measurements on one blend, and its arrays) is stored under
 
-    outcomes/<key>/<blend sha256>.npz    the deblender's arrays
-    outcomes/<key>/<blend sha256>.json   the measurements and the run that made them
+    outcomes/<key>/<blend sha256>.<arrays' sha256>.npz   the deblender's arrays
+    outcomes/<key>/<blend sha256>.json                   the measurements, the run that
+                                                         made them, the arrays' name
 
-(the document last: a stored document means complete arrays). The key covers everything
+(the document last and create-only: a stored document means complete arrays, and the
+first run to store an outcome stays its source). The key covers everything
 that decides the outcome: the environment's identity (SHA, adapter, lock, Python,
 recipe: ``environments.environment_key``), the adapter options, the kind of machine
 (CPU model and features: floating point may differ between them) and the code that
@@ -78,17 +80,19 @@ class Outcomes:
     store: ArtifactStore
     key: str
 
-    def _name(self, blend: BlendFile, suffix: str) -> str:
-        return f"{PREFIX}/{self.key}/{blend.sha256}{suffix}"
+    def _name(self, name: str) -> str:
+        return f"{PREFIX}/{self.key}/{name}"
 
     def get(self, blend: BlendFile) -> Stored | None:
-        """The stored outcome of ``blend``, None when there is none."""
+        """The stored outcome of ``blend``, None when there is none or it is unreadable
+        (then the blend is deblended again, as for any miss)."""
         try:
-            document = json.loads(self.store.get(self._name(blend, ".json")))
-            arrays = self.store.get(self._name(blend, ".npz"))
-        except KeyNotFound:
+            document = json.loads(self.store.get(self._name(f"{blend.sha256}.json")))
+            arrays = self.store.get(self._name(document["arrays"]))
+            run = plain_to(BlendRun, document["outcome"])
+            return Stored(run, str(document["measured_by"]), arrays)
+        except (KeyNotFound, ValueError, KeyError, TypeError):
             return None
-        return Stored(plain_to(BlendRun, document["outcome"]), document["measured_by"], arrays)
 
     def get_many(self, blends: list[BlendFile]) -> dict[BlendFile, Stored]:
         """The stored outcomes of those ``blends`` that have one."""
@@ -99,12 +103,14 @@ class Outcomes:
     def put(self, blend: BlendFile, run: BlendRun, arrays: Path, measured_by: str) -> None:
         """Keep a fresh outcome (its arrays first), unless one is already stored: the
         first run to measure it stays its source."""
-        name = self._name(blend, ".json")
+        name = self._name(f"{blend.sha256}.json")
         if self.store.exists(name):
             return
-        self.store.put_file(self._name(blend, ".npz"), arrays, "application/octet-stream")
+        digest = hashlib.sha256(arrays.read_bytes()).hexdigest()[:16]
+        stored = f"{blend.sha256}.{digest}.npz"  # by content: a concurrent writer's are others
+        self.store.put_file(self._name(stored), arrays, "application/octet-stream")
         outcome = dataclasses.asdict(dataclasses.replace(run, arrays=None))
-        document = {"measured_by": measured_by, "outcome": outcome}
+        document = {"measured_by": measured_by, "outcome": outcome, "arrays": stored}
         self.store.create(name, json.dumps(document).encode(), "application/json")
 
     def put_many(self, items: list[tuple[BlendFile, BlendRun, Path]], measured_by: str) -> None:
