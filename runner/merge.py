@@ -65,6 +65,8 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
         finished=max(r.provenance.finished for r, _ in parts),
         reuse=merged_reuse([r.provenance.reuse for r, _ in parts]),
     )
+    if provenance.skipped and any(not result.blends for result, _ in parts):
+        blends = []  # head not deblended, and base's outcomes not stored for every shard
     merged = RunResult(provenance=provenance, bands=first.bands, blends=blends)
     settings = provenance.config.get("comparison")
     known = metric_names(merged.bands)
