@@ -73,7 +73,7 @@ _INTERPRETER_LINK = re.compile(r"bin/python(3(\.\d+)?)?")
 
 
 class ArchiveError(RuntimeError):
-    """An environment that cannot be packed, or an archive that cannot be unpacked here."""
+    """A folder that cannot be packed, or an archive that cannot be unpacked here."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,9 @@ def _inside(path: str, dest: str) -> bool:
 
 
 def pack(env: Path, archive: Path, codec: Codec) -> None:
-    """Pack the environment at ``env`` into ``archive``, recording ``env``'s path; what a
-    task could not unpack (:func:`check_member`) is refused here already."""
+    """Pack the environment (or compiler cache) at ``env`` into ``archive``, recording
+    ``env``'s path; what a task could not unpack (:func:`check_member`) is refused here
+    already."""
 
     def checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
         check_member(member, str(env))
@@ -199,14 +200,14 @@ def pack(env: Path, archive: Path, codec: Codec) -> None:
         raise ArchiveError(f"{codec.pack[0]} exited {code}")
 
 
-def unpack(archive: Path, into: Path, env: Path, codec: Codec) -> None:
+def unpack(archive: Path, into: Path, env: Path | None, codec: Codec) -> None:
     """Unpack ``archive`` into the new folder ``into``, to be moved to ``env``: the path it
-    was packed at, or ArchiveError."""
+    was packed at (None: any), or ArchiveError."""
     decompressor = subprocess.Popen([*codec.unpack, str(archive)], stdout=subprocess.PIPE)
     try:
         with tarfile.open(fileobj=decompressor.stdout, mode="r|") as tar:
             packed = tar.pax_headers.get(PATH_HEADER)
-            if packed != str(env):
+            if env is not None and packed != str(env):
                 raise ArchiveError(f"packed at {packed}, not {env}")
             tar.extractall(into, filter=check_member)
     except (tarfile.TarError, OSError) as error:
@@ -216,8 +217,6 @@ def unpack(archive: Path, into: Path, env: Path, codec: Codec) -> None:
         code = decompressor.wait()
     if code != 0:
         raise ArchiveError(f"{codec.unpack[0]} exited {code}")
-    if not (into / COMPLETE_MARKER).is_file():
-        raise ArchiveError(f"no {COMPLETE_MARKER} in {archive.name}")
 
 
 class Sharing:
@@ -325,6 +324,8 @@ class Sharing:
                 self.store.get_file(self._archive(place), archive)
                 tree = Path(folder) / "tree"
                 unpack(archive, tree, place.path, self.codec)
+                if not (tree / COMPLETE_MARKER).is_file():
+                    raise ArchiveError(f"no {COMPLETE_MARKER} in {archive.name}")
                 shutil.rmtree(place.path, ignore_errors=True)  # what a broken build left
                 tree.rename(place.path)
 
