@@ -18,6 +18,7 @@ from runner.deblend.revisions import checkout, git
 from runner.deblend.sandbox import isolation
 from runner.release import commit
 from runner.result import RunResult
+from runner.store import LocalStore
 from support import TINY_PYPROJECT, tiny_adapter, two_blends
 
 EXTENSION = """#include <Python.h>
@@ -105,10 +106,11 @@ def test_trusted_builds_write_the_compiler_cache_and_pull_requests_only_read_it(
     assert snapshot(cache / "ccache") == written
 
 
-@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
-def test_a_run_trusts_a_base_given_as_a_branch_and_never_head(
-    tiny_c, synthetic_set, tmp_path, monkeypatch
-):
+@pytest.fixture
+def runs(tiny_c, synthetic_set, tmp_path, monkeypatch):
+    """The tiny C deblender's base (``main``) and a pull request that changes only Python;
+    a function that runs the pull request against a base in a cache of its own (more
+    arguments after) and returns base's and head's ``compiler_cache`` lines."""
     repo, base, _, _, _ = tiny_c
     monkeypatch.setitem(adapters.ADAPTERS, "tiny", tiny_adapter(tmp_path))
     blends = two_blends(synthetic_set, tmp_path / "blends")
@@ -116,14 +118,21 @@ def test_a_run_trusts_a_base_given_as_a_branch_and_never_head(
     (repo / "tinydeblender" / "__init__.py").write_text("from ._fast import GAIN\nBIAS = 0\n")
     head = commit(repo, "a pull request that changes only Python")
 
-    def builds(base_rev: str, name: str):
+    def builds(base_rev: str, name: str, *more: str):
         out, cache = tmp_path / name, tmp_path / f"cache-{name}"
         args = ["run", "--repo", str(repo), "--head", head, "--base", base_rev, "--adapter", "tiny",
-                "--dataset", str(blends), "--out", str(out), "--cache", str(cache)]  # fmt: skip
+                "--dataset", str(blends), "--out", str(out), "--cache", str(cache),
+                *more]  # fmt: skip
         assert main(args) == 0
         provenance = RunResult.read(out / "result.json").provenance
         return provenance.base.build.compiler_cache, provenance.head.build.compiler_cache
 
+    return base, builds
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_a_run_trusts_a_base_given_as_a_branch_and_never_head(runs):
+    base, builds = runs
     assert builds(base, "by-sha") == ("ccache: 0 hits, 1 miss (read-only)",) * 2
     assert builds("main", "by-branch") == (
         "ccache: 0 hits, 1 miss (writable)",
@@ -142,3 +151,17 @@ def test_without_ccache_revisions_build_without_a_cache(tiny_c, monkeypatch):
     env = build(sha, writable=True)
     assert env.compiler_cache == "no ccache on this machine: compiled without a cache"
     assert not (cache / "ccache").exists()
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_the_compiler_cache_a_trusted_base_wrote_travels_through_the_store(runs, tmp_path):
+    base, builds = runs
+    store = LocalStore(tmp_path / "store")
+    shared = ("--store", str(store.root), "--repository", "octo/scarlet")
+    assert builds("main", "trusted", *shared)[0] == "ccache: 0 hits, 1 miss (writable)"
+    (key,) = store.list("ccache/")
+    stored = store.stat(key).version, store.get(key)
+    # Another machine, its cache empty (at another path, so no stored environment serves
+    # it), with nothing trusted: both build read-only through the cache fetched first.
+    assert builds(base, "untrusted", *shared) == ("ccache: 1 hit, 0 misses (read-only)",) * 2
+    assert (store.stat(key).version, store.get(key)) == stored, "untrusted builds upload nothing"

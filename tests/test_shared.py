@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 
 from runner.cli import main
 from runner.deblend import adapters
+from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import (
     COMPLETE_MARKER,
     BuildError,
@@ -449,3 +451,49 @@ def test_an_upload_that_fails_keeps_the_environment_and_releases_the_lease(
     assert builds.count == 2 and all(isinstance(env, Environment) for env in envs.values())
     assert store.list("environments/") == [], "the lease released, nothing else written"
     assert capsys.readouterr().err.count("warning: environments not shared") == 1
+
+
+def compiling(store, cache: Path, adapter, sha: str, writable: bool) -> Environment:
+    """Build ``sha`` in ``cache`` through its compiler cache, the build adding an object
+    named after the SHA (even read-only: a sandbox that let it write) and saying so."""
+    compiler = CompilerCache(cache / "ccache", writable)
+    mode = "writable" if writable else "read-only"
+    builds = Builds(cache, adapter, extra=lambda env: (compiler.path / sha).write_text(sha))
+
+    def local() -> Environment:
+        compiler.path.mkdir(parents=True, exist_ok=True)
+        summary = f"ccache: 0 hits, 1 miss ({mode})"
+        return dataclasses.replace(builds(sha), compiler_cache=summary)
+
+    return sharing(store, builds).environment(Wanted("base", sha, local, compiler))
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_only_a_trusted_build_stores_the_compiler_cache(tmp_path, adapter):
+    store = LocalStore(tmp_path / "store")
+    compiling(store, tmp_path / "trusted", adapter, "a" * 40, writable=True)
+    (key,) = store.list("ccache/")
+    stored = store.stat(key).version, store.get(key)
+    compiling(store, tmp_path / "untrusted", adapter, "b" * 40, writable=False)
+    assert sorted(os.listdir(tmp_path / "untrusted" / "ccache")) == ["a" * 40, "b" * 40]
+    assert (store.stat(key).version, store.get(key)) == stored, "the untrusted build's not stored"
+    compiling(store, tmp_path / "trusted-again", adapter, "c" * 40, writable=True)
+    assert store.stat(key).version != stored[0], "a trusted build's replaces it"
+
+
+class FailingFetches(LocalStore):
+    """A local store whose file downloads fail."""
+
+    def get_file(self, key, path):
+        raise StoreError("get_file", key, self, "503 Service Unavailable")
+
+
+@pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
+def test_a_compiler_cache_that_cannot_be_fetched_is_built_without(tmp_path, adapter, capsys):
+    compiling(LocalStore(tmp_path / "store"), tmp_path / "one", adapter, "a" * 40, writable=True)
+    store = FailingFetches(tmp_path / "store")
+    env = compiling(store, tmp_path / "two", adapter, "b" * 40, writable=False)
+    assert isinstance(env, Environment) and env.fetched_from is None
+    assert os.listdir(tmp_path / "two" / "ccache") == ["b" * 40], "built without it"
+    assert "warning: compiler cache not fetched" in capsys.readouterr().err
+    assert len(store.list("environments/")) == 2, "the environments still shared"

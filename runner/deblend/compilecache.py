@@ -19,12 +19,13 @@ writable for them. Every other build reads it through the sandbox's read-only fi
 ccache told not to write (``CCACHE_READONLY``, no statistics). Each build counts its own
 hits and misses in a log of its scratch folder (``CCACHE_STATSLOG``: the build's own
 account, which its code could rewrite). Where ccache is missing, revisions build without
-a cache.
+a cache. With a store, the cache travels between machines (``runner.deblend.shared``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sysconfig
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from pathlib import Path
 STATS_LOG = "ccache-stats.log"
 MISS = "cache_miss"
 RESULTS = {MISS, "direct_cache_hit", "preprocessed_cache_hit"}  # of a cacheable compilation
+# A summary's counts inside the environment, of a build that could write the cache.
+_WRITABLE = re.compile(r"ccache: \d+ hits?, (\d+) miss(?:es)? \(writable\)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,24 @@ class CompilerCache:
 def ccache() -> str | None:
     """The ccache executable on PATH, if there is one."""
     return shutil.which("ccache")
+
+
+def added(summary: str | None) -> bool:
+    """Whether the build that ``summary`` (:meth:`CompilerCache.summary`) describes added
+    objects to the cache: it could write it and compiled something there."""
+    counts = _WRITABLE.match(summary or "")
+    return counts is not None and int(counts[1]) > 0
+
+
+def compilers() -> list[list]:
+    """The compilers builds call (``CC``, ``CXX``) as ccache tells them apart: the command,
+    and the path, size and modification time of its program."""
+    described = []
+    for command in filter(None, sysconfig.get_config_vars("CC", "CXX")):
+        program = shutil.which(command.split()[0])
+        stat = os.stat(program) if program else None
+        described.append([command, program, stat and stat.st_size, stat and stat.st_mtime_ns])
+    return described
 
 
 def _count(number: int, noun: str) -> str:

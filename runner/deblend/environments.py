@@ -112,6 +112,11 @@ def environment_key(sha: str, adapter: Adapter) -> str:
         "machine": platform.machine(),
         "recipe": RECIPE_VERSION,
     }
+    return identity_key(identity)
+
+
+def identity_key(identity: dict) -> str:
+    """A cache key for what ``identity`` holds (JSON values)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 

@@ -347,9 +347,9 @@ class Run:
         """Base's and head's environments, each from the lock: from this machine's cache,
         from the store (built once per run by one of its tasks) or built here; head's is
         not built (None) when no file that goes into the installed package changed. Base
-        given as a branch is trusted to write the compiler cache: its merge-base with head
-        is on a branch of the repository; head never is. ``--full`` compiles without the
-        cache, as every run did before."""
+        given as a branch is trusted to write the compiler cache (and, with a store, to
+        share it): its merge-base with head is on a branch of the repository; head never
+        is. ``--full`` compiles without the cache, as every run did before."""
         sandbox, cache = self.isolation["build"], self.config.cache
         shortcuts = self.config.shortcuts
         sharing = open_sharing(
@@ -363,7 +363,7 @@ class Run:
         def environment(side: str, sha: str, trusted: bool) -> Environment | BuildError:
             compiler = CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
             local = functools.partial(_environment, repo, sha, adapter, cache, sandbox, compiler)
-            return sharing.environment(Wanted(side, sha, local))
+            return sharing.environment(Wanted(side, sha, local, compiler))
 
         base = environment("base", revs.base, trusted=revs.merge_base is not None)
         envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}

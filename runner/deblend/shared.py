@@ -32,6 +32,14 @@ includes the SHA, so a pull request can only ever produce its own SHA's environm
 build wrote that environment, so packing and unpacking let through only what a venv
 holds (:func:`check_member`). A store that fails is given up for the run: the task then
 builds for itself, as without a store.
+
+The compiler cache (``runner.deblend.compilecache``) travels the same way, as every task's
+starts empty: before a task builds, it fetches ``ccache/<key>.*`` (the key covering what
+makes an object reusable: lock, Python, machine, compilers) into a ``<cache>/ccache`` it
+has none of, so that even a pull request's read-only build hits what a trusted build of
+another task or run compiled; after a trusted build that compiled something, it stores
+its cache over the one it saw (created where there was none; a build that got there
+first wins). A store that fails only leaves the build without the fetched cache.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -56,6 +65,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.deblend.adapters import Adapter
+from runner.deblend.compilecache import CompilerCache, added, ccache, compilers
 from runner.deblend.environments import (
     COMPLETE_MARKER,
     BuildError,
@@ -63,17 +73,19 @@ from runner.deblend.environments import (
     environment_key,
     environment_lock,
     environment_path,
+    identity_key,
 )
 from runner.store import ArtifactStore, KeyNotFound, StoreError, open_store
 
 PREFIX = "environments/"
+COMPILER_PREFIX = "ccache/"
 PATH_HEADER = "scarlet-regression.path"
 RUN_VARIABLE = "CLOUD_RUN_EXECUTION"
 _INTERPRETER_LINK = re.compile(r"bin/python(3(\.\d+)?)?")
 
 
 class ArchiveError(RuntimeError):
-    """An environment that cannot be packed, or an archive that cannot be unpacked here."""
+    """A folder that cannot be packed, or an archive that cannot be unpacked here."""
 
 
 @dataclass(frozen=True)
@@ -115,11 +127,13 @@ def best_codec() -> Codec:
 @dataclass(frozen=True)
 class Wanted:
     """An environment a run needs: for which ``side`` and ``sha``, and ``local``, which
-    gives it from this machine's cache (reused, or built here: a BuildError if not)."""
+    gives it from this machine's cache (reused, or built here through ``compiler``: a
+    BuildError if not)."""
 
     side: str
     sha: str
     local: Callable[[], Environment | BuildError]
+    compiler: CompilerCache | None = None
 
 
 @dataclass(frozen=True)
@@ -176,8 +190,9 @@ def _inside(path: str, dest: str) -> bool:
 
 
 def pack(env: Path, archive: Path, codec: Codec) -> None:
-    """Pack the environment at ``env`` into ``archive``, recording ``env``'s path; what a
-    task could not unpack (:func:`check_member`) is refused here already."""
+    """Pack the environment (or compiler cache) at ``env`` into ``archive``, recording
+    ``env``'s path; what a task could not unpack (:func:`check_member`) is refused here
+    already."""
 
     def checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
         check_member(member, str(env))
@@ -199,14 +214,14 @@ def pack(env: Path, archive: Path, codec: Codec) -> None:
         raise ArchiveError(f"{codec.pack[0]} exited {code}")
 
 
-def unpack(archive: Path, into: Path, env: Path, codec: Codec) -> None:
+def unpack(archive: Path, into: Path, env: Path | None, codec: Codec) -> None:
     """Unpack ``archive`` into the new folder ``into``, to be moved to ``env``: the path it
-    was packed at, or ArchiveError."""
+    was packed at (None: any), or ArchiveError."""
     decompressor = subprocess.Popen([*codec.unpack, str(archive)], stdout=subprocess.PIPE)
     try:
         with tarfile.open(fileobj=decompressor.stdout, mode="r|") as tar:
             packed = tar.pax_headers.get(PATH_HEADER)
-            if packed != str(env):
+            if env is not None and packed != str(env):
                 raise ArchiveError(f"packed at {packed}, not {env}")
             tar.extractall(into, filter=check_member)
     except (tarfile.TarError, OSError) as error:
@@ -216,8 +231,6 @@ def unpack(archive: Path, into: Path, env: Path, codec: Codec) -> None:
         code = decompressor.wait()
     if code != 0:
         raise ArchiveError(f"{codec.unpack[0]} exited {code}")
-    if not (into / COMPLETE_MARKER).is_file():
-        raise ArchiveError(f"no {COMPLETE_MARKER} in {archive.name}")
 
 
 class Sharing:
@@ -325,20 +338,88 @@ class Sharing:
                 self.store.get_file(self._archive(place), archive)
                 tree = Path(folder) / "tree"
                 unpack(archive, tree, place.path, self.codec)
+                if not (tree / COMPLETE_MARKER).is_file():
+                    raise ArchiveError(f"no {COMPLETE_MARKER} in {archive.name}")
                 shutil.rmtree(place.path, ignore_errors=True)  # what a broken build left
                 tree.rename(place.path)
 
     def _build(self, want: Wanted, place: Place) -> Environment | BuildError:
-        """Build here, then share the environment or the failure."""
+        """Build here through the stored compiler cache, then share the environment or the
+        failure, and the compiler cache the build added to."""
+        version = self._fetch_compiler_cache(want.compiler)
         env = self._local(want)
         try:
             if isinstance(env, BuildError):
                 self._record(place, env)
             else:
                 self._upload(want, place, env)
+                self._share_compiler_cache(want.compiler, env, version)
         except StoreError as error:
             self._give_up(error)
         return env
+
+    def _compiler_archive(self) -> str:
+        """The key of the compiler cache that serves the adapter's builds on this machine."""
+        identity = {
+            "lock": self.adapter.lock_hash,
+            "python": sys.version,
+            "implementation": sys.implementation.name,
+            "machine": platform.machine(),
+            "compilers": compilers(),
+        }
+        return f"{COMPILER_PREFIX}{identity_key(identity)}{self.codec.suffix}"
+
+    def _fetch_compiler_cache(self, compiler: CompilerCache | None) -> str | None:
+        """Before a build through ``compiler``: the version of the stored compiler cache
+        (None: none stored, or the store failing), unpacked into ``compiler``'s folder if
+        that is missing or empty here. Run as the runner, before the sandboxed build, which
+        then reads it (or, if trusted, adds to it); the store failing, it builds without."""
+        if compiler is None or ccache() is None:
+            return None
+        key, version = self._compiler_archive(), None
+        try:
+            version = self.store.stat(key).version
+            if compiler.path.is_dir() and any(compiler.path.iterdir()):
+                return version
+            self.progress("fetching the compiler cache")
+            compiler.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(
+                prefix="ccache.fetch-", dir=compiler.path.parent
+            ) as folder:
+                archive = Path(folder) / f"ccache{self.codec.suffix}"
+                self.store.get_file(key, archive)
+                tree = Path(folder) / "tree"
+                unpack(archive, tree, None, self.codec)
+                with suppress(OSError):  # filled meanwhile by another build here: keep that
+                    tree.rename(compiler.path)
+        except KeyNotFound:
+            return None
+        except (StoreError, ArchiveError) as error:
+            _warn(f"compiler cache not fetched: {error}")
+        return version
+
+    def _share_compiler_cache(
+        self, compiler: CompilerCache | None, env: Environment, version: str | None
+    ) -> None:
+        """Store the compiler cache of a trusted build that added to it, over ``version``
+        (the stored one seen before the build; None: created), unless another build
+        replaced that since. An untrusted build never uploads: it reads the cache through the
+        read-only file system, so its cache is unchanged anyway."""
+        if compiler is None or not compiler.writable or env.reused or not added(env.compiler_cache):
+            return
+        self.progress("sharing the compiler cache")
+        key = self._compiler_archive()
+        with tempfile.TemporaryDirectory(prefix="ccache.pack-", dir=compiler.path.parent) as tmp:
+            archive = Path(tmp) / f"ccache{self.codec.suffix}"
+            try:
+                pack(compiler.path, archive, self.codec)
+                data, kind = archive.read_bytes(), self.codec.content_type
+                if version is None:
+                    self.store.create(key, data, kind)
+                else:
+                    self.store.replace(key, data, kind, version)
+            except (StoreError, ArchiveError) as error:
+                _warn(f"compiler cache not shared: {error}")
 
     def _upload(self, want: Wanted, place: Place, env: Environment) -> None:
         if self.store.exists(self._archive(place)):
@@ -435,6 +516,10 @@ class Sharing:
         if self.store is not None:
             print(f"warning: environments not shared: {error}".splitlines()[0], file=sys.stderr)
         self.store = None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}".splitlines()[0], file=sys.stderr)
 
 
 def open_sharing(
