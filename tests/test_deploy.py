@@ -176,10 +176,14 @@ def test_lifecycle_deletes_pr_runs_stored_outcomes_and_shared_environments_only(
 
 
 def test_lifecycle_prefixes_match_the_store_layout() -> None:
-    from runner.deblend.shared import Place
+    from runner.deblend.outcomes import PREFIX
+    from runner.deblend.shared import COMPILER_PREFIX, Place
     from runner.store import run_prefix
 
-    runs, _, environments = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
+    rules = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
+    runs, outcomes, environments, compilers = rules
+    assert outcomes["condition"]["matchesPrefix"] == [f"{PREFIX}/"]
+    assert compilers["condition"]["matchesPrefix"] == [COMPILER_PREFIX]
     key = run_prefix("pmelchior/scarlet", 7, "a" * 40)
     assert any(key.startswith(p) for p in runs["condition"]["matchesPrefix"])
     assert not any(
