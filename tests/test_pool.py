@@ -7,11 +7,12 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runner.deblend.pool import Side, Task, run_tasks
+from runner.deblend.pool import SWITCH_AT, Side, Task, TaskQueue, run_tasks
 from runner.deblend.sandbox import HIDE_VARIABLE, isolation
 from support import FAULTY_ADAPTER, write_blend_with
 
@@ -130,17 +131,19 @@ def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set,
     assert started == ["worker-0-base.log", "worker-1-head.log"]
 
 
-def test_a_slot_with_nothing_left_for_its_revision_helps_with_the_other(synthetic_set, tmp_path):
-    """Base reused but for one blend: both slots end up deblending head."""
-    sides = {name: Side(name, sys.executable, FAULTY_ADAPTER) for name in ("base", "head")}
-    blends = sorted(synthetic_set.glob("*.npz")) * 3
-    tasks = [Task("base", blends[0], tmp_path / "0.base.npz", {})]
-    tasks += [Task("head", path, tmp_path / f"{i}.head.npz", {}) for i, path in enumerate(blends)]
-    outcomes = []
-    run_tasks(tasks, sides, tmp_path, 2, 10.0, outcomes.append)
-    assert len(outcomes) == len(tasks) and all(o.error is None for o in outcomes)
-    started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
-    assert started == ["worker-0-base.log", "worker-0-head.log", "worker-1-head.log"]
+def test_a_slot_with_nothing_left_for_its_revision_takes_the_other_s_when_many_wait():
+    """Base reused but for one blend: the base slot then helps with head's blends, but
+    does not start a worker for the last few."""
+    tasks = [Task("base", Path("b0"), Path("o"), {})]
+    tasks += [Task("head", Path(f"h{i}"), Path("o"), {}) for i in range(SWITCH_AT + 2)]
+    queue = TaskQueue(tasks)
+    assert queue.take({"base"}, only_preferred=True).side == "base"
+    assert queue.take({"head"}, only_preferred=True).blend == Path("h0")
+    assert queue.take({"base"}, only_preferred=True).blend == Path("h1")  # switches
+    while len(queue.tasks) >= SWITCH_AT:
+        assert queue.take({"head"}, only_preferred=True).side == "head"
+    assert queue.take({"base"}, only_preferred=True) is None  # too few to start a worker
+    assert queue.take({"base"}, only_preferred=False).side == "head"  # the only slot
 
 
 MALICIOUS = """

@@ -8,6 +8,7 @@ import functools
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -261,12 +262,18 @@ class Run:
             for name, way in self.isolation.items()
         }
 
-    def store(self) -> ArtifactStore:
-        """Where outcomes are shared: the run's store, or this machine's cache."""
+    @functools.cached_property
+    def store(self) -> ArtifactStore | None:
+        """Where outcomes are shared: the run's store, or this machine's cache; None when
+        it cannot be opened (then nothing is reused or kept: only time is lost)."""
         config = self.config
-        if config.store:
+        if not config.store:
+            return LocalStore(config.cache / "store")
+        try:
             return open_store(config.store, deadline=config.store_deadline)
-        return LocalStore(config.cache / "store")
+        except StoreError as error:
+            _warn(f"the store cannot be opened, outcomes are neither reused nor kept: {error}")
+            return None
 
     def execute(self) -> RunResult:
         """Do the run and return its result (also written to ``out/result.json``)."""
@@ -288,10 +295,7 @@ class Run:
             raise RunError(str(error)) from None
         if not any(isinstance(env, Environment) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
-        try:
-            blends = self._deblend(datasets, envs, adapter, revs.head)
-        except StoreError as error:
-            raise RunError(f"the store failed: {error}") from None
+        blends = self._deblend(datasets, envs, adapter, revs.head)
         settings = {
             "workers": config.workers,
             "timeout": config.timeout,
@@ -398,10 +402,10 @@ class Run:
     def _outcomes(self, env: Environment | BuildError | None, adapter: Adapter) -> Outcomes | None:
         """Where an environment's outcomes are kept (None for one not kept: not built, or
         the drift run's newest, which is never the same twice)."""
-        if not isinstance(env, Environment) or env.key.startswith("newest-"):
+        if not isinstance(env, Environment) or env.key.startswith("newest-") or self.store is None:
             return None
         key = outcome_key(env.key, self.config.options, this_machine(), adapter)
-        return Outcomes(self.store(), key)
+        return Outcomes(self.store, key)
 
     def _deblend(
         self,
@@ -425,7 +429,10 @@ class Run:
         stored: dict[BlendFile, Stored] = {}
         if base_outcomes is not None and (config.shortcuts or self.skipped):
             self.progress(Progress("reading stored outcomes"))
-            stored = base_outcomes.get_many(good)
+            try:
+                stored = base_outcomes.get_many(good)
+            except StoreError as error:  # then base is deblended: only time is lost
+                _warn(f"stored outcomes cannot be read, base is deblended: {error}")
         if self.skipped:
             if len(stored) < len(good):  # nothing to show but what cannot have changed
                 return []
@@ -548,7 +555,10 @@ class Run:
                 if run and run.status == "ok" and run.reused_from is None and run.arrays
             ]
             if outcomes is not None and items:
-                outcomes.put_many(items, self.identity)
+                try:
+                    outcomes.put_many(items, self.identity)
+                except StoreError as error:  # the run stands; later runs deblend these again
+                    _warn(f"outcomes cannot be stored for later runs: {error}")
 
     def _blend_files(self, datasets: list[Dataset]) -> list[BlendFile]:
         """Every blend of the sets in order, or this run's shard of them."""
@@ -596,6 +606,11 @@ class Run:
             runs["head"],
             pixels,
         )
+
+
+def _warn(message: str) -> None:
+    """One line on stderr."""
+    print(f"warning: {message}".splitlines()[0], file=sys.stderr)
 
 
 def _cost(blend: Blend | BlendError) -> int:
