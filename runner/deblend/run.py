@@ -452,7 +452,7 @@ class Run:
             for b in checked
             if measured(self.outcomes[(b.dataset, b.id, "base")]) != measured(stored[b].run)
         ]
-        if stored and "base" in sides:
+        if stored:
             reused = [b for b in stored if b not in fresh]
             if mismatched:  # the stored outcomes cannot be trusted: deblend them all again
                 self._run([(b, "base") for b in order if b in reused], sides, loaded)
