@@ -229,14 +229,9 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
     # Head not deblended as it cannot change a model: identical by construction.
     identical = identical_measurements(result) or result.provenance.skipped is not None
     paired = both_ok(result.blends)
-    timed = timed_pairs(paired)
+    pairs = {"timing": timed_pairs(paired)}  # every other kind: all the pairs
     measured_metrics = [
-        (
-            metric,
-            _measure_metric(
-                metric, timed if metric.kind == "timing" else paired, config, identical
-            ),
-        )
+        (metric, _measure_metric(metric, pairs.get(metric.kind, paired), config, identical))
         for metric in metrics(result.bands, config.tail_quantile)
     ]
     # A metric neither side measured on any blend (e.g. an adapter without logL) has
