@@ -225,11 +225,7 @@ def reuse_notes(result: RunResult) -> list[str]:
         )
     if reuse.blends:
         more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
-        timed = sum(
-            b.base.status == b.head.status == "ok"
-            and not (b.base.reused_from or b.head.reused_from)
-            for b in result.blends
-        )
+        timed = sum(b.timed_in_run for b in result.blends)
         lines += [
             f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
             f" {'; '.join(reuse.runs[:3])}{more});"

@@ -89,6 +89,13 @@ class BlendResult:
     head: BlendRun
     pixels: int = 0
 
+    @property
+    def timed_in_run(self) -> bool:
+        """Whether both sides deblended this blend without error in this run (neither
+        read from the store): only such blends' timings are compared."""
+        base, head = self.base, self.head
+        return base.status == head.status == "ok" and not (base.reused_from or head.reused_from)
+
 
 @dataclass
 class Build:

@@ -372,17 +372,17 @@ class Run:
         base = environment("base", revs.base, trusted=revs.merge_base is not None)
         envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}
         installed = self._installed("base", base, adapter)
-        if installed is not None and shortcuts and revs.head != revs.base:
-            changed = changed_files(repo, revs.base, revs.head)
-            if not reaching(changed, installed):
-                self.skipped = Skip("no installed file changed", changed)
-                return envs
+        skippable = shortcuts and revs.head != revs.base
+        changed = changed_files(repo, revs.base, revs.head) if skippable else []
+        if installed is not None and skippable and not reaching(changed, installed):
+            self.skipped = Skip("no installed file changed", changed)
+            return envs
         head = environment("head", revs.head, trusted=False)
         envs["head"] = head
         self._installed("head", head, adapter)
         same = "head" in self.installed and self.installed["head"] == self.installed.get("base")
-        if shortcuts and same and revs.head != revs.base:
-            self.skipped = Skip("identical build", changed_files(repo, revs.base, revs.head))
+        if skippable and same:
+            self.skipped = Skip("identical build", changed)
         return envs
 
     def _installed(

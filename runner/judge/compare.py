@@ -36,7 +36,6 @@ from runner.judge.metrics import Metric, metrics, paired_values
 from runner.judge.paired import median_interval, paired_change
 from runner.judge.policy import CompareConfig
 from runner.result import (
-    BlendResult,
     BlendTally,
     Comparison,
     MetricComparison,
@@ -54,12 +53,6 @@ def identical_measurements(result: RunResult) -> bool:
     ok = both_ok(result.blends)
     same_errors = all((b.base.status == "ok") == (b.head.status == "ok") for b in result.blends)
     return bool(ok) and same_errors and all(measured(b.base) == measured(b.head) for b in ok)
-
-
-def timed_pairs(blends: list[BlendResult]) -> list[BlendResult]:
-    """The blends both sides deblended in this run: timings are compared on them only
-    (a stored outcome's timings come from another job, on another load)."""
-    return [b for b in blends if b.base.reused_from is None and b.head.reused_from is None]
 
 
 def _summary(values: np.ndarray, metric: Metric, quantile: float) -> float | None:
@@ -229,7 +222,8 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
     # Head not deblended as it cannot change a model: identical by construction.
     identical = identical_measurements(result) or result.provenance.skipped is not None
     paired = both_ok(result.blends)
-    pairs = {"timing": timed_pairs(paired)}  # every other kind: all the pairs
+    # Timings only where both sides ran in this run; every other kind on all the pairs.
+    pairs = {"timing": [b for b in paired if b.timed_in_run]}
     measured_metrics = [
         (metric, _measure_metric(metric, pairs.get(metric.kind, paired), config, identical))
         for metric in metrics(result.bands, config.tail_quantile)
