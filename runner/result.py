@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: runner-measured wall and CPU time, sandboxed, trusted_ref
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -56,11 +56,18 @@ class SourceModel:
 class BlendRun:
     """One revision's outcome on one blend; ``reused_from``: the run that measured it,
     when it was read from the store instead of deblended in this run (its timings then
-    belong to that run's job and are not paired with the other side's)."""
+    belong to that run's job and are not paired with the other side's).
+
+    Timings: ``wall_time`` and ``cpu_time`` are measured by the runner, never reported by
+    the revision's code: the seconds between sending the request to the worker and its
+    reply, and the CPU seconds (user and system) the kernel counted for the worker's
+    processes meanwhile (``/proc/<pid>/stat`` before and after). ``init_time`` and
+    ``fit_time`` are what the deblender itself reported (its code could claim anything)."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
     wall_time: float | None = None
+    cpu_time: float | None = None
     init_time: float | None = None
     fit_time: float | None = None
     iterations: int | None = None
@@ -199,7 +206,11 @@ class Reuse:
 @dataclass
 class Provenance:
     """Where the numbers come from; ``drift`` is set on a drift run only; ``skipped`` when
-    head was not deblended, ``reuse`` when base's outcomes came from the store."""
+    head was not deblended, ``reuse`` when base's outcomes came from the store.
+    ``isolation``: how each kind of untrusted command ran (one line each); ``sandboxed``
+    False when it ran unisolated (``--unsandboxed``); ``trusted_ref`` the protected branch
+    whose own commits this run built (``--trusted-ref``: only such a run writes the shared
+    compiler cache and stored outcomes), None for any other run."""
 
     repository: str
     adapter: str
@@ -218,6 +229,8 @@ class Provenance:
     machine: Machine | None = None
     skipped: Skip | None = None
     reuse: Reuse | None = None
+    sandboxed: bool = True
+    trusted_ref: str | None = None
 
 
 Status = Literal["improved", "unchanged", "regressed", "changed", "inconclusive"]

@@ -5,12 +5,17 @@ a persistent worker per revision with that revision's own interpreter. Tasks com
 the order given, so base and head of a blend interleave and machine drift cancels in
 timing comparisons; with two or more slots, each slot keeps to one revision where it
 can, so base and head of a blend run side by side. Workers see a scrubbed environment
-and run behind their side's sandbox (``runner.deblend.sandbox``: no network, no secret files, and
-where the machine allows it nothing writable but their own scratch folder and their
-side's ``writable`` folders). A worker writes its arrays into its scratch folder; the pool
-copies them to the task's ``out`` (a regular file only), where no worker can write. A
-crash, a hang past the timeout or a deblender exception errors that task only: the worker
-is replaced and the other tasks go on.
+and run behind their side's sandbox (``runner.deblend.sandbox``): they see their own
+environment, the worker script and its adapter read-only, and write only their own scratch
+folder and their side's ``writable`` folders. They never see a blend file: before each
+request the pool writes the blend's inputs alone (:data:`INPUT_KEYS`: images, variance,
+footprint, PSFs, detected centres; never the injected sources' truth) into the worker's
+scratch folder. A worker writes its arrays there too; the pool copies them to the task's
+``out`` (a regular file only), where no worker can write. The pool times every request
+itself: wall time around it, and CPU time as the kernel counts it for the worker's
+processes (``/proc/<pid>/stat``, before and after), never what the worker says. A crash, a
+hang past the timeout or a deblender exception errors that task only: the worker is
+replaced and the other tasks go on.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import stat
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.deblend.logs import read_tail
 from runner.deblend.sandbox import Isolation
 
 WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
@@ -42,6 +49,9 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+INPUT_KEYS = ("images", "variance", "footprint", "psfs", "centers")  # what a worker is given
+INPUTS = "blend.npz"  # the inputs' name in a worker's scratch folder
+TICKS = os.sysconf("SC_CLK_TCK")
 # What a worker may see of the parent's environment; everything else is scrubbed.
 PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -56,6 +66,33 @@ def _resident(pid: int) -> int | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user and system, its waited-for children's included) of one process,
+    0 where it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and everything it started."""
+    children = _children()
+    found, pending = [pid], list(children.get(pid, []))
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending += children.get(child, [])
+    return found
+
+
+def cpu_time(pid: int) -> float:
+    """CPU seconds the kernel counted for a process and everything it started (a
+    sandbox's worker is its grandchild)."""
+    return sum(_cpu(p) for p in _tree(pid))
 
 
 def _children() -> dict[int, list[int]]:
@@ -76,13 +113,7 @@ def resident_memory(pid: int) -> int | None:
     total = _resident(pid)
     if total is None:
         return None
-    children = _children()
-    pending = list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        total += _resident(child) or 0
-        pending += children.get(child, [])
-    return total
+    return total + sum(_resident(child) or 0 for child in _tree(pid)[1:])
 
 
 class WorkerError(RuntimeError):
@@ -118,12 +149,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of a task: the worker's reply, or the reason it failed."""
+    """What became of a task: the worker's reply, or the reason it failed; ``wall`` and
+    ``cpu`` the seconds the pool measured (``cpu`` None where the request did not end
+    with a reply)."""
 
     task: Task
     reply: dict | None
     error: str | None
     wall: float
+    cpu: float | None = None
 
 
 def worker_environment(side: Side, home: Path) -> dict[str, str]:
@@ -160,9 +194,14 @@ class Worker:
         """Start the process and wait until the deblender is imported."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as stderr:
-            command = [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)]
-            sandbox = self.side.sandbox
-            prefix = sandbox.prefix([self.home, *self.side.writable]) if sandbox else ()
+            side = self.side
+            command = [str(side.python), "-I", str(WORKER_SCRIPT), str(side.adapter_file)]
+            prefix = ()
+            if side.sandbox is not None:
+                env = Path(side.python).parent.parent
+                seen = [env, WORKER_SCRIPT, side.adapter_file]
+                writable = [self.home, *side.writable]
+                prefix = side.sandbox.prefix(writable, seen, owner=f"worker-{env.name}")
             self.process = subprocess.Popen(
                 [*prefix, *command],
                 stdin=subprocess.PIPE,
@@ -179,10 +218,19 @@ class Worker:
         except WorkerError as error:
             raise WorkerStartError(f"worker could not start: {error}") from None
 
-    def run(self, request: dict, timeout: float) -> dict:
-        """Send one request and wait at most ``timeout`` seconds for its reply."""
+    def ensure_started(self) -> None:
+        """Start the worker unless it runs."""
         if self.process is None or self.process.poll() is not None:
             self.start()
+
+    def cpu(self) -> float:
+        """CPU seconds its processes have used so far."""
+        assert self.process is not None
+        return cpu_time(self.process.pid)
+
+    def run(self, request: dict, timeout: float) -> dict:
+        """Send one request and wait at most ``timeout`` seconds for its reply."""
+        self.ensure_started()
         assert self.process is not None and self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -228,8 +276,7 @@ class Worker:
         assert self.process is not None
         code = self.process.wait()
         reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        lines = self.log.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
-        tail = "\n".join(lines)
+        tail = read_tail(self.log, STDERR_TAIL_LINES)
         return f"{what} ({reason})" + (f"; stderr:\n{tail}" if tail else "")
 
     def kill(self) -> None:
@@ -329,25 +376,42 @@ def run_tasks(
 def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str]) -> Outcome:
     if task.side in broken:
         return Outcome(task, None, broken[task.side], 0.0)
-    started = time.perf_counter()
-    arrays = worker.home / "arrays.npz"
-    arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
-    request = {"blend": str(task.blend), "out": str(arrays), "options": task.options}
     try:
-        reply = worker.run(request, timeout)
+        worker.ensure_started()
     except WorkerStartError as error:
         broken[task.side] = str(error)
-        return Outcome(task, None, str(error), time.perf_counter() - started)
+        return Outcome(task, None, str(error), 0.0)
+    arrays, inputs = worker.home / "arrays.npz", worker.home / INPUTS
+    try:
+        arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
+        write_inputs(task.blend, inputs)
+    except (OSError, zipfile.BadZipFile, KeyError) as error:
+        return Outcome(task, None, f"the blend's inputs cannot be given: {error}", 0.0)
+    request = {"blend": str(inputs), "out": str(arrays), "options": task.options}
+    cpu, started = worker.cpu(), time.perf_counter()
+    try:
+        reply = worker.run(request, timeout)
     except WorkerError as error:
         return Outcome(task, None, str(error), time.perf_counter() - started)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, worker.cpu() - cpu
     if not reply.get("ok"):
-        return Outcome(task, reply, reply.get("error", "unknown worker error"), wall)
+        return Outcome(task, reply, reply.get("error", "unknown worker error"), wall, cpu)
     try:
         collect(arrays, task.out)
     except OSError as error:
-        return Outcome(task, reply, f"the worker's arrays cannot be collected: {error}", wall)
-    return Outcome(task, reply, None, wall)
+        error_text = f"the worker's arrays cannot be collected: {error}"
+        return Outcome(task, reply, error_text, wall, cpu)
+    return Outcome(task, reply, None, wall, cpu)
+
+
+def write_inputs(blend: Path, inputs: Path) -> None:
+    """Write the arrays of the blend file ``blend`` a deblender is given (:data:`INPUT_KEYS`)
+    to ``inputs``, as stored (replacing whatever is there: a worker may have left a link)."""
+    inputs.unlink(missing_ok=True)
+    with zipfile.ZipFile(blend) as source, zipfile.ZipFile(inputs, "x") as target:
+        for key in INPUT_KEYS:
+            info = source.getinfo(f"{key}.npy")
+            target.writestr(info, source.read(info))
 
 
 def collect(arrays: Path, out: Path) -> None:

@@ -105,3 +105,21 @@ def checkout(repo: Path, sha: str, dest: Path) -> Path:
         git(tmp, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha)
         tmp.rename(dest)
     return dest
+
+
+def check_on_branch(repo: Path, branch: str, shas: list[str]) -> None:
+    """RevisionError unless every one of ``shas`` is a commit of the branch ``branch``
+    (``refs/heads/<branch>``, never a tag of that name): an ancestor of its tip."""
+    ref = f"refs/heads/{branch.removeprefix('refs/heads/')}"
+    try:
+        git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except RevisionError:
+        raise RevisionError(f"the trusted ref {branch!r} is not a branch of {repo}") from None
+    for sha in shas:
+        result = subprocess.run(
+            ["git", "-C", str(repo), "merge-base", "--is-ancestor", sha, ref],
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RevisionError(f"{sha[:12]} is not a commit of the trusted ref {ref}")

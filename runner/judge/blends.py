@@ -18,7 +18,7 @@ from runner.judge.paired import binomial_p
 from runner.judge.policy import BlendPolicy
 from runner.result import BlendChange, BlendResult, BlendRun, BlendTally, InjectedSource, Status
 
-UNMEASURED_FIELDS = ("wall_time", "init_time", "fit_time", "arrays", "reused_from")
+UNMEASURED_FIELDS = ("wall_time", "cpu_time", "init_time", "fit_time", "arrays", "reused_from")
 
 
 def measured(run: BlendRun) -> dict:
