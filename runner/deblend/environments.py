@@ -226,7 +226,8 @@ def _probe(
             [*prefix, *command], variables, env, log, [scratch], out, BUILD_LIMITS.import_check
         )
         if code_ != 0:
-            raise RuntimeError(f"import {adapter.module} failed (exit {code_})")
+            reason = code_ if isinstance(code_, str) else f"exit {code_}"
+            raise RuntimeError(f"import {adapter.module} failed ({reason})")
         out.seek(max(out.seek(0, os.SEEK_END) - 4 * 2**20, 0))
         lines = out.read().decode(errors="replace").splitlines()
     try:

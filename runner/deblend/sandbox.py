@@ -226,13 +226,22 @@ def _tools(root: bool) -> list[str]:
     return ["bwrap", "prlimit", *(["setpriv"] if root else [])]
 
 
-@functools.cache
+LIMITS = Limits()  # the caps of every sandbox a run starts
+
+
 def _failure(network: bool, limits: Limits) -> str | None:
-    """Why the allow-list sandbox cannot run here (None: it runs): a folder written and a
-    file outside it unseen, by the interpreter, from inside."""
-    missing = [tool for tool in _tools(os.geteuid() == 0) if shutil.which(tool) is None]
+    """Why the allow-list sandbox cannot run here (None: it runs)."""
+    tools = {tool: shutil.which(tool) for tool in _tools(os.geteuid() == 0)}
+    missing = [tool for tool, path in tools.items() if path is None]
     if missing:
         return f"{', '.join(missing)} not installed"
+    return _probe(tuple(tools.values()), network, limits)
+
+
+@functools.cache
+def _probe(tools: tuple, network: bool, limits: Limits) -> str | None:
+    """Why the sandbox made of ``tools`` does not run (None: it runs): a folder written
+    and a file outside it unseen, by the interpreter, from inside."""
     way = Isolation("bwrap", network, tuple(interpreter_paths()), limits)
     with tempfile.TemporaryDirectory() as folder:
         work, outside = Path(folder) / "work", Path(folder) / "outside"
@@ -267,8 +276,9 @@ def isolation(
     *, network: bool, unsandboxed: bool = False, limits: Limits | None = None
 ) -> Isolation:
     """How untrusted commands run: behind the allow-list, with or without ``network``; a
-    SandboxError where it cannot run, unless ``unsandboxed`` (then nothing is isolated)."""
-    limits = limits or Limits()
+    SandboxError where it cannot run, unless ``unsandboxed`` (then nothing is isolated);
+    ``limits`` default to :data:`LIMITS`."""
+    limits = limits or LIMITS
     if unsandboxed:
         return Isolation("none", True, (), limits)
     failure = _failure(network, limits)
@@ -293,9 +303,11 @@ print(json.dumps(reached))
 """
 
 
-def check_offline(way: Isolation, targets: Iterable[tuple[str, int]] = UNREACHABLE) -> None:
-    """SandboxError unless none of ``targets`` (host, port) can be connected to from inside
-    the sandbox ``way`` (a name that does not resolve is out of reach)."""
+def check_offline(way: Isolation, targets: Iterable[tuple[str, int]] | None = None) -> None:
+    """SandboxError unless none of ``targets`` (host, port; default :data:`UNREACHABLE`)
+    can be connected to from inside the sandbox ``way`` (a name that does not resolve is
+    out of reach)."""
+    targets = UNREACHABLE if targets is None else targets
     command = [os.path.realpath(sys.executable), "-I", "-S", "-c", PROBE]
     command += [json.dumps([list(t) for t in targets]), str(PROBE_TIMEOUT)]
     try:
