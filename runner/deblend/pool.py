@@ -31,6 +31,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,6 +277,12 @@ class Worker:
         assert self.process is not None
         code = self.process.wait()
         reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        sandbox = self.side.sandbox
+        if sandbox is not None and sandbox.tool == "bwrap":
+            limit = sandbox.limits.file_size
+            with suppress(OSError):
+                if self.log.stat().st_size >= limit:
+                    reason += f"; its output reached the size limit of {limit / 2**20:g} MiB"
         tail = read_tail(self.log, STDERR_TAIL_LINES)
         return f"{what} ({reason})" + (f"; stderr:\n{tail}" if tail else "")
 

@@ -378,7 +378,7 @@ def test_a_build_that_copies_the_datasets_finds_none(world):
 
     env = world.cache / "envs" / head_build(result).environment
     assert head_build(result).status == "ok"
-    assert list(env.rglob("*.npz")) == [], "no blend file reached the environment"
+    assert not (env / "loot").exists(), "no blend file reached the environment"
     assert result.comparison.verdict == "pass"
     assert world.innocent_verdict() == world.reference
 
@@ -461,9 +461,7 @@ def test_a_build_that_fills_the_disk_is_stopped(world, limits):
 
     one = world.run(world.pull_request("one-big-file", setup_py(ONE_BIG_FILE)))
     assert head_build(one).status == "failed"
-    assert "File size limit exceeded" in head_build(one).log_tail or "signal 25" in (
-        head_build(one).log_tail
-    )
+    assert "File too large" in head_build(one).log_tail
     leftovers = [p for p in (world.cache / "envs").rglob("fill*")]
     assert leftovers == [], "what the builds wrote is gone"
     assert world.innocent_verdict() == world.reference
@@ -476,13 +474,14 @@ def test_endless_output_is_cut_and_stopped(world, limits):
     build = head_build(result)
     assert build.status == "failed"
     assert build.error == "import tinydeblender failed (took longer than 8 s)"
-    assert "bytes of output left out" in build.log_tail
-    assert all(path.stat().st_size < 2 * 2**20 for path in (world.cache / "envs").glob("*.log"))
+    logs = list((world.cache / "envs").glob("*.log"))
+    assert all(path.stat().st_size < 2 * 2**20 for path in logs), "its head and tail only"
+    assert any(b"bytes of output left out" in path.read_bytes() for path in logs)
 
     # A deblender that writes without end is stopped at the size limit of its log.
     module = ENDLESS_OUTPUT.format(stage="worker.py")
     result = world.run(world.pull_request("endless-worker", {"tinydeblender/__init__.py": module}))
-    assert all("killed by signal 25" in b.head.error for b in result.blends)
+    assert all("File too large" in b.head.error for b in result.blends)
     logs = (world.root / f"out-{world.runs}" / "logs").glob("worker-*-head.log")
     assert all(path.stat().st_size <= 64 * 2**20 for path in logs)
     assert world.innocent_verdict() == world.reference
