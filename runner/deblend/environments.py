@@ -252,10 +252,10 @@ def _clear(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _variables(newest: bool) -> tuple[dict[str, str], dict[str, str]]:
+def _variables() -> tuple[dict[str, str], dict[str, str]]:
     """The trusted steps' variables (ours that builds need, uv's and pip's but its link
-    mode), and the revision's own steps' (none of uv's or pip's but, for the newest
-    environment's offline install, where packages come from, without credentials)."""
+    mode), and the revision's own steps' (offline: none of uv's, pip's or the
+    certificates')."""
     trusted = {
         key: value
         for key, value in os.environ.items()
@@ -263,9 +263,8 @@ def _variables(newest: bool) -> tuple[dict[str, str], dict[str, str]]:
         and key != "UV_LINK_MODE"
     }
     trusted.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
-    own = {k: v for k, v in trusted.items() if not k.startswith(("UV_", "PIP_"))}
-    if newest:
-        own.update({k: _without_credentials(v) for k, v in trusted.items() if k in INDEX_VARIABLES})
+    own = {k: v for k, v in trusted.items() if k in ("PATH", "LANG", "MAX_JOBS", "PIP_NO_INPUT")}
+    own.update({k: v for k, v in trusted.items() if k.startswith("LC_")})
     return trusted, own
 
 
@@ -306,7 +305,7 @@ def _build(
     uv = uv_binary()
     if newest and not uv:
         raise BuildError("the newest environment is built with uv, which is missing", "", log_path)
-    trusted_env, own_env = _variables(newest)
+    trusted_env, own_env = _variables()
     owner = f"build-{env.name}"
     with (
         open(log_path, "wb") as stream,
@@ -395,13 +394,14 @@ def _install_newest(
     install = [uv, "pip", "install", "--offline", "--no-deps", "--no-build", "--no-progress"]
     install += ["--link-mode=copy", "--cache-dir", str(cache), "--python", python]
     check = [uv, "pip", "check", "--offline", "--cache-dir", str(cache), "--python", python]
-    readable = [Path(uv), resolved, *_local_links(own_env)]
+    # Where packages come from (credentials taken out), for uv to find what was fetched.
+    index = {k: _without_credentials(v) for k, v in trusted_env.items() if k in INDEX_VARIABLES}
+    readable = [Path(uv), resolved, *_local_links(index)]
     scratch = Path(own_env["HOME"])
+    writable = [env, scratch, cache]
     for step in ([*install, "--requirement", str(resolved)], check):
-        prefix = (
-            sandbox.prefix([env, scratch, cache], readable, f"build-{env.name}") if sandbox else ()
-        )
-        _run(step, prefix, own_env, scratch, log, log_path, [env, scratch, cache])
+        prefix = sandbox.prefix(writable, readable, f"build-{env.name}") if sandbox else ()
+        _run(step, prefix, {**own_env, **index}, scratch, log, log_path, writable)
 
 
 def requires(env: Path, module: str) -> list[str]:
