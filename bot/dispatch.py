@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from bot import logs
 from bot.jobs import Conclusion, Job, JobStore
-from runner.deblend.sandbox import HIDE_VARIABLE, secret_paths
+from runner.secretfiles import HIDE_VARIABLE, secret_paths
 
 log = logging.getLogger(__name__)
 

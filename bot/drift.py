@@ -24,7 +24,7 @@ from gidgethub.abc import GitHubAPI
 from bot import github
 from bot.auth import InstallationClients
 from bot.jobs import Job
-from runner.report import DRIFT_MARKER, Links, drift_cleared, drift_failed, drift_issue
+from runner.publish.report import DRIFT_MARKER, Links, drift_cleared, drift_failed, drift_issue
 from runner.result import RunResult
 from runner.store import StoreError
 

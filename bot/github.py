@@ -10,7 +10,7 @@ from gidgethub import GitHubBroken, GitHubException
 from gidgethub.abc import GitHubAPI
 
 from bot.settings import CHECK_NAME
-from runner.report import MARKER, CheckRunOutput
+from runner.publish.report import MARKER, CheckRunOutput
 
 log = logging.getLogger(__name__)
 

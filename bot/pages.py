@@ -31,7 +31,7 @@ from bot.trends import (
     latest_of_pr,
     trend_data,
 )
-from runner.history import ALL_SETS, HistoryRecord, read_history
+from runner.publish.history import ALL_SETS, HistoryRecord, read_history
 from runner.store import IMMUTABLE, StoreError
 
 TRENDS_SCRIPT = Path(__file__).parent / "static" / "trends.js"

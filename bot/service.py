@@ -3,7 +3,7 @@
 Webhook handlers call ``request_run`` and ``cancel_pr``; the dispatcher calls back
 ``on_progress`` and ``on_finished``; the reconciler (``bot.reconcile``) calls ``resume``
 and ``on_finished`` for what a bot process that died left. GitHub is written to here and
-in ``bot.github`` only; the text comes from ``runner.report``.
+in ``bot.github`` only; the text comes from ``runner.publish.report``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bot.dispatch import RUNNER_FAILURES, VERDICT_CONCLUSIONS
 from bot.jobs import Job, JobStore
 from bot.settings import Settings
 from bot.trends import trends_url
-from runner.report import CheckRunOutput, Links, check_run_output, comment
+from runner.publish.report import CheckRunOutput, Links, check_run_output, comment
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
 

@@ -15,7 +15,7 @@ import sys
 from bot.pages import scripts
 from bot.trend_page import trend_page
 from bot.trends import DEFAULT_LAST, default_band, trend_data
-from runner.history import ALL_SETS, read_history
+from runner.publish.history import ALL_SETS, read_history
 from runner.store import IMMUTABLE, ArtifactStore, StoreError, open_store
 
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runner.history import ALL_SETS, HistoryRecord, MetricInfo
+from runner.publish.history import ALL_SETS, HistoryRecord, MetricInfo
 
 DEFAULT_LAST = 20
 MAX_LAST = 200

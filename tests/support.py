@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.commands.release_repo import commit
 from runner.deblend.adapters import Adapter
 from runner.deblend.environments import uv_binary
 from runner.deblend.revisions import git
 from runner.npzio import write_npz
-from runner.release import commit
 from runner.result import (
     BlendResult,
     BlendRun,

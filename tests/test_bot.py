@@ -27,9 +27,9 @@ from bot.routers.comments import COMMAND
 from bot.service import SERVICE
 from bot.settings import CHECK_NAME, Settings
 from fake_github import FakeGitHub, sign
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import git
-from runner.release import commit
-from runner.report import MARKER
+from runner.publish.report import MARKER
 from support import tiny_pull_request, tiny_repository, two_blends, write_blend_with
 
 REPO = "octo/scarlet"

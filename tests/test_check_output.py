@@ -7,7 +7,7 @@ import aiohttp
 from bot import github
 from bot.github import CHECK_BYTES, clip
 from bot.resilience import ResilientGitHubAPI
-from runner.report import CheckRunOutput
+from runner.publish.report import CheckRunOutput
 
 REPO = "octo/scarlet"
 

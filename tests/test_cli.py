@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from support import ROOT
 
 

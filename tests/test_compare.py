@@ -10,7 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.judge.compare import compare, identical_measurements
 from runner.judge.metrics import metric_names
 from runner.judge.paired import signed_rank_p

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters, compilecache
 from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import build_environment
 from runner.deblend.revisions import checkout, git
 from runner.deblend.sandbox import isolation
-from runner.release import commit
 from runner.result import RunResult
 from runner.store import LocalStore
 from support import TINY_PYPROJECT, tiny_adapter, two_blends

@@ -452,7 +452,7 @@ def test_gcloudignore_uploads_the_app_and_nothing_else() -> None:
     assert not leaked
     assert {"app.yaml", "requirements.txt", "bot/app.py", "bot/static/trends.js"} <= set(upload)
     needed, _ = bot_imports()
-    assert {"runner/__init__.py", "runner/store.py"} <= needed
+    assert {"runner/__init__.py", "runner/store/__init__.py"} <= needed
     assert needed <= set(upload)  # every module the bot can import is there
     assert not [f for f in upload if f.startswith("runner/") and f not in needed]
 

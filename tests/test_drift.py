@@ -9,9 +9,9 @@ import json
 import jsonschema
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.deblend import adapters
-from runner.report import Links, check_run_output, comment, drift_failed, drift_issue
+from runner.publish.report import Links, check_run_output, comment, drift_failed, drift_issue
 from runner.result import SCHEMA_FILE, RunResult
 from support import tiny_drift_adapter, tiny_drift_repository, tinyscale_wheels, two_blends
 

@@ -21,7 +21,7 @@ from bot import drift
 from bot.app import create_app
 from bot.settings import Settings
 from fake_github import FakeGitHub
-from runner.report import DRIFT_MARKER
+from runner.publish.report import DRIFT_MARKER
 from support import tiny_drift_repository, tinyscale_wheels, two_blends
 
 REPO = "octo/scarlet"

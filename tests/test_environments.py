@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from runner.commands.release_repo import commit
 from runner.deblend.adapters import Adapter
 from runner.deblend.environments import BuildError, build_environment
 from runner.deblend.revisions import checkout
-from runner.release import commit
 from support import TINY_LOCK, tiny_adapter, tiny_repository
 
 

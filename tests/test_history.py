@@ -10,13 +10,13 @@ import threading
 import numpy as np
 import pytest
 
-from runner.cli import utc_time
-from runner.history import ALL_SETS, HistoryRecord, append_record, history_key, read_history
+from runner.commands import utc_time
 from runner.judge.compare import compare
 from runner.judge.metrics import metrics
 from runner.judge.policy import CompareConfig
+from runner.publish.history import ALL_SETS, HistoryRecord, append_record, history_key, read_history
+from runner.publish.summarise import head_values, summarise
 from runner.store import GCSStore, LocalStore
-from runner.summarise import head_values, summarise
 from support import fast_retry, shift_head, synthetic_result
 
 REPO = "octo/scarlet"

@@ -15,7 +15,7 @@ import pytest
 from bot.dispatch import EmbeddedDispatcher, runner_environment
 from bot.gcsstate import Bucket, GCSJobStore
 from bot.jobs import Job, JobStore, SQLiteJobStore
-from runner.deblend.sandbox import HIDE_VARIABLE
+from runner.secretfiles import HIDE_VARIABLE
 
 # argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
 # once (hang the first time, then ok), slow (record start and end, then ok).

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from runner.deblend.pool import SWITCH_AT, Side, Task, TaskQueue, run_tasks
-from runner.deblend.sandbox import HIDE_VARIABLE, isolation
+from runner.deblend.sandbox import isolation
+from runner.secretfiles import HIDE_VARIABLE
 from support import FAULTY_ADAPTER, write_blend_with
 
 FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}

@@ -8,7 +8,7 @@ import html.parser
 
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
-from runner.report import (
+from runner.publish.report import (
     CHECK_LIMIT,
     COMMENT_LIMIT,
     MARKER,

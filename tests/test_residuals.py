@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from runner import residuals
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
 from runner.npzio import write_npz
-from runner.publish import store_residual_images
-from runner.residuals import render_blend, render_comparison
+from runner.publish import residuals
+from runner.publish.publish import store_residual_images
+from runner.publish.residuals import render_blend, render_comparison
 from runner.result import BlendResult, BlendRun, DatasetInfo
 from runner.store import LocalStore
 from support import HSC, synthetic_result

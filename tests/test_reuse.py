@@ -10,7 +10,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.datasets import open_datasets
 from runner.deblend import adapters
 from runner.deblend.environments import environment_key
@@ -18,9 +19,8 @@ from runner.deblend.installed import reaching
 from runner.deblend.machine import this_machine
 from runner.deblend.outcomes import PREFIX, outcome_key, spot_sample
 from runner.deblend.revisions import git
-from runner.merge import merged_reuse
-from runner.release import commit
-from runner.report import Links, comment
+from runner.publish.merge import merged_reuse
+from runner.publish.report import Links, comment
 from runner.result import SCHEMA_FILE, Machine, Reuse, RunResult
 from support import tiny_adapter, tiny_repository
 

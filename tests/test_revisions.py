@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import RevisionError, checkout, git, local_repository, resolve_pair
-from runner.release import commit
 
 
 @pytest.fixture

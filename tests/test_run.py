@@ -17,12 +17,12 @@ import jsonschema
 import numpy as np
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.revisions import git
 from runner.deblend.run import BUILD_SPLIT
-from runner.release import commit
-from runner.report import MARKER
+from runner.publish.report import MARKER
 from runner.result import SCHEMA_FILE, RunResult
 from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository, write_blend_with
 

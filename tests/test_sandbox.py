@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import runner
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
-from runner.deblend.sandbox import HIDE_VARIABLE, secret_paths
-from runner.release import commit
 from runner.result import RunResult
+from runner.secretfiles import HIDE_VARIABLE, secret_paths
 from support import tiny_adapter, tiny_repository, two_blends
 
 

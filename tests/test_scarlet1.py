@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend.adapters import get_adapter
 from runner.deblend.environments import build_environment, environment_key
 from runner.deblend.pool import Side, Task, run_tasks
 from runner.deblend.revisions import checkout, git, resolve
-from runner.release import commit
-from runner.report import what_changed
+from runner.publish.report import what_changed
 from runner.result import RunResult
 from support import HSC
 

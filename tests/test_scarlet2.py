@@ -15,13 +15,13 @@ import shutil
 import numpy as np
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit, release_repository
 from runner.deblend.adapters import get_adapter
 from runner.deblend.environments import build_environment
 from runner.deblend.pool import Side, Task, run_tasks
 from runner.deblend.revisions import checkout, git, resolve
 from runner.deblend.run import compilation_cache, deblender_variables
-from runner.release import commit, release_repository
 from runner.result import RunResult
 from support import HSC
 

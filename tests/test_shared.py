@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import (
@@ -38,7 +39,6 @@ from runner.deblend.shared import (
     Wanted,
     pack,
 )
-from runner.release import commit
 from runner.result import RunResult
 from runner.store import GCSStore, LocalStore, StoreError
 from support import fast_retry, tiny_adapter, tiny_repository

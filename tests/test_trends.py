@@ -20,11 +20,11 @@ from bot.settings import Settings
 from bot.site import main as site_main
 from bot.site import publish_site
 from bot.trends import trend_data
-from runner.history import append_record
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
+from runner.publish.history import append_record
+from runner.publish.summarise import summarise
 from runner.store import LocalStore
-from runner.summarise import summarise
 from support import shift_head, synthetic_result, tiny_pull_request, tiny_repository, two_blends
 
 REPO = "octo/scarlet"

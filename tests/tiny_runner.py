@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from runner.cli import exit_with_workers_on_sigterm, main
+from runner.commands import exit_with_workers_on_sigterm, main
 from runner.deblend import adapters
 from support import tiny_adapter, tiny_drift_adapter
 

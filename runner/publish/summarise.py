@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib import cbook
 
-from runner.history import ALL_SETS, HistoryRecord, MetricInfo, Summary
 from runner.judge.metrics import Metric, metrics
+from runner.publish.history import ALL_SETS, HistoryRecord, MetricInfo, Summary
 from runner.result import BlendResult, RunResult
 
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from runner.report import (
+from runner.publish.report import (
     DETAIL_IMAGES,
     Links,
     caption,
@@ -14,7 +14,7 @@ from runner.report import (
     comment,
     html_report,
 )
-from runner.residuals import render_blend
+from runner.publish.residuals import render_blend
 from runner.result import RunResult
 from runner.store import ArtifactStore, LocalStore, run_prefix, store_run
 

@@ -27,7 +27,7 @@ from runner.deblend.run import (
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from runner.synth import write_synthetic_set
+    from runner.commands.synth import write_synthetic_set
 
     paths = write_synthetic_set(args.out, args.blends, args.seed)
     print(f"wrote {len(paths)} blends to {args.out}")
@@ -35,7 +35,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _release_repo(args: argparse.Namespace) -> int:
-    from runner.release import ReleaseError, release_repository
+    from runner.commands.release_repo import ReleaseError, release_repository
 
     try:
         tag = release_repository(args.requirement, args.out)
@@ -75,7 +75,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _write_report(result, run_dir: Path, out: Path) -> None:
-    from runner.publish import write_report
+    from runner.publish.publish import write_report
 
     files = write_report(result, run_dir, out)
     images = sum(path.suffix == ".png" for path in files)
@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from runner.drift import drift
+    from runner.commands.drift import drift
 
     if args.store and not args.repository:
         return fail_early("--store needs --repository owner/name")
@@ -264,11 +264,11 @@ def _finish(result, args: argparse.Namespace) -> int:
         _write_report(result, args.out, args.report)
     published = None
     if args.store:
-        from runner.history import append_record
-        from runner.merge import store_shard
-        from runner.publish import publish_run
+        from runner.publish.history import append_record
+        from runner.publish.merge import store_shard
+        from runner.publish.publish import publish_run
+        from runner.publish.summarise import summarise
         from runner.store import StoreError, open_store
-        from runner.summarise import summarise
 
         try:
             store = open_store(args.store, base_url=args.store_url, deadline=args.store_deadline)
@@ -304,7 +304,7 @@ def _finish(result, args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from runner.merge import MergeError, merge_from_store, merge_results
+    from runner.publish.merge import MergeError, merge_from_store, merge_results
     from runner.result import RunResult
     from runner.store import StoreError, open_store
 
