@@ -40,9 +40,9 @@ from bot.settings import Settings  # noqa: E402
 from fake_github import FakeGitHub  # noqa: E402
 from gcs_emulator import GCSEmulator, find_binary, free_port  # noqa: E402
 from runner.commands.release_repo import commit  # noqa: E402
-from runner.commands.synth import write_synthetic_set  # noqa: E402
 from runner.deblend.revisions import git  # noqa: E402
 from runner.publish.report import MARKER  # noqa: E402
+from runner.synth import write_synthetic_set  # noqa: E402
 from support import tiny_repository  # noqa: E402
 
 REPO = "octo/scarlet"

@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 from runner.commands.release_repo import release_repository
-from runner.commands.synth import write_synthetic_set
 from runner.deblend import revisions
 from runner.deblend.adapters import detect_adapter
 from runner.deblend.environments import build_environment
 from runner.deblend.pool import Side, worker_environment
 from runner.deblend.run import RunConfig, compilation_cache, deblender_variables, default_cache, run
+from runner.synth import write_synthetic_set
 
 BARE_LOOP = """
 import sys

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.commands.synth import write_synthetic_set
 from runner.store import ArtifactStore, GCSStore, LocalStore
+from runner.synth import write_synthetic_set
 from support import fast_retry
 
 pytest_plugins = ["gcs_emulator", "fake_github"]

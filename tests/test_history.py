@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from runner.commands import utc_time
+from runner.commands.options import utc_time
 from runner.judge.compare import compare
 from runner.judge.metrics import metrics
 from runner.judge.policy import CompareConfig

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runner.commands.synth import write_synthetic_set
 from runner.datasets import BANDS, ZERO_POINT, file_sha256, load_blend, open_dataset
+from runner.synth import write_synthetic_set
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_does_not(tmp_path):

@@ -8,13 +8,17 @@ whose version differs between the two environments.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from runner.commands.options import publishing, run_config, run_options
+from runner.commands.output import fail_early, finish, progress, warn_failed_builds
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter
 from runner.deblend.compilecache import CompilerCache
@@ -25,7 +29,7 @@ from runner.deblend.environments import (
     build_newest_environment,
 )
 from runner.deblend.lockfile import normalise
-from runner.deblend.run import Progress, Run, RunConfig, _environment
+from runner.deblend.run import Progress, Run, RunConfig, RunError, _environment
 from runner.deblend.sandbox import isolation
 from runner.result import Drift, PackageChange, RunResult
 
@@ -92,3 +96,32 @@ class DriftRun(Run):
 def drift(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
     """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun)."""
     return DriftRun(dataclasses.replace(config, base=config.head), progress).execute()
+
+
+def add_parser(commands) -> None:
+    """Add the verb to the runner's subcommands."""
+    drifter = commands.add_parser(
+        "drift", help="deblend one revision with the lock and with the newest allowed releases"
+    )
+    drifter.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
+    drifter.add_argument("--rev", required=True, help="revision, e.g. the default branch")
+    run_options(drifter)
+    publishing(drifter)
+    drifter.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Drift-run, say which packages moved, then finish (summarise, report, publish)."""
+    if args.store and not args.repository:
+        return fail_early("--store needs --repository owner/name")
+    made = not args.out.exists()
+    try:
+        result = drift(run_config(args, head=args.rev, base=args.rev), progress(args))
+    except RunError as error:
+        return fail_early(error, args.out, made)
+    warn_failed_builds(result, {"base": "locked", "head": "newest"})
+    moved = result.provenance.drift.packages
+    names = ", ".join(f"{p.name} {p.locked or '–'} → {p.newest or '–'}" for p in moved)
+    report = sys.stderr if args.progress_json else sys.stdout
+    print(f"newer than the lock: {names or 'nothing'}", file=report)
+    return finish(result, args)

@@ -7,6 +7,7 @@ setuptools_scm see the release version.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,24 @@ def commit(repo: Path, message: str, init: bool = False) -> str:
         check=True,
     )
     return git(repo, "rev-parse", "HEAD")
+
+
+def add_parser(commands) -> None:
+    """Add the verb to the runner's subcommands."""
+    release = commands.add_parser(
+        "release-repo", help="make a git repository from a released sdist on PyPI"
+    )
+    release.add_argument("requirement", help="e.g. scarlet2==0.5.1")
+    release.add_argument("--out", type=Path, required=True)
+    release.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Make the repository, or say in one line why not."""
+    try:
+        tag = release_repository(args.requirement, args.out)
+    except ReleaseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: git repository of {args.requirement}, tagged {tag}")
+    return 0
