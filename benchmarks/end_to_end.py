@@ -34,9 +34,9 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import webhook_load  # noqa: E402
 
 from bot.app import create_app  # noqa: E402
-from bot.jobs import Job  # noqa: E402
-from bot.runs import runner_command  # noqa: E402
+from bot.dispatch.runs import runner_command  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from bot.state.jobs import Job  # noqa: E402
 from fake_github import FakeGitHub  # noqa: E402
 from gcs_emulator import GCSEmulator, find_binary, free_port  # noqa: E402
 from runner.commands.release_repo import commit  # noqa: E402

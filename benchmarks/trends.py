@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from bot.trends import trend_data
+from bot.pages.trends import trend_data
 from gcs_emulator import GCSEmulator, find_binary, free_port
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig

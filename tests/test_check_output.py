@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 
-from bot import github
-from bot.github import CHECK_BYTES, clip
-from bot.resilience import ResilientGitHubAPI
+from bot.github import client as github
+from bot.github.client import CHECK_BYTES, clip
+from bot.github.resilience import ResilientGitHubAPI
 from runner.publish.report import CheckRunOutput
 
 REPO = "octo/scarlet"

@@ -15,8 +15,8 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import run_v2
 
-from bot.cloudrun import CloudRunDispatcher
-from bot.jobs import Job, SQLiteJobStore
+from bot.dispatch.cloudrun import CloudRunDispatcher
+from bot.state.jobs import Job, SQLiteJobStore
 
 JOB_NAME = "projects/demo/locations/us-central1/jobs/runner"
 

@@ -450,7 +450,8 @@ def test_gcloudignore_uploads_the_app_and_nothing_else() -> None:
     upload = uploaded(files)
     leaked = [f for f in upload if f.startswith(NOT_UPLOADED) or "__pycache__" in f]
     assert not leaked
-    assert {"app.yaml", "requirements.txt", "bot/app.py", "bot/static/trends.js"} <= set(upload)
+    shipped = {"app.yaml", "requirements.txt", "bot/app.py", "bot/pages/static/trends.js"}
+    assert shipped <= set(upload)
     needed, _ = bot_imports()
     assert {"runner/__init__.py", "runner/store/__init__.py"} <= needed
     assert needed <= set(upload)  # every module the bot can import is there

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.dispatch import EmbeddedDispatcher, runner_environment
-from bot.gcsstate import Bucket, GCSJobStore
-from bot.jobs import Job, JobStore, SQLiteJobStore
+from bot.dispatch.local import EmbeddedDispatcher, runner_environment
+from bot.state.gcsstate import Bucket, GCSJobStore
+from bot.state.jobs import Job, JobStore, SQLiteJobStore
 from runner.secretfiles import HIDE_VARIABLE
 
 # argv: mode, out dir, scratch dir. Modes: ok (verdict in $VERDICT), fail, hang,
@@ -319,7 +319,7 @@ async def test_a_job_interrupted_three_times_concludes_error(tmp_path):
 async def test_a_database_of_an_older_bot_gains_the_new_fields_and_keeps_its_jobs(tmp_path):
     import sqlite3
 
-    from bot.jobs import FIELDS
+    from bot.state.jobs import FIELDS
 
     old = [name for name in FIELDS if name not in ("branch", "merged_at")]
     db = sqlite3.connect(tmp_path / "jobs.sqlite")

@@ -6,7 +6,7 @@ import time
 
 import aiohttp
 
-from bot.resilience import MAX_WAIT, SECONDARY_WAIT, ResilientGitHubAPI, retry_wait
+from bot.github.resilience import MAX_WAIT, SECONDARY_WAIT, ResilientGitHubAPI, retry_wait
 
 LIMITED = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1000"}
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
-from bot.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
-from bot.jobs import (
+from bot.state.gcsstate import Bucket, GCSDeliveryLog, GCSJobStore
+from bot.state.jobs import (
     MERGE_PENDING,
     DeliveryLog,
     Job,

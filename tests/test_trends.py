@@ -16,10 +16,10 @@ import pytest_asyncio
 from aiohttp import web
 
 from bot.app import create_app
+from bot.pages.site import main as site_main
+from bot.pages.site import publish_site
+from bot.pages.trends import trend_data
 from bot.settings import Settings
-from bot.site import main as site_main
-from bot.site import publish_site
-from bot.trends import trend_data
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
 from runner.publish.history import append_record

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.jobs import Job
+from bot.pages.trends import trends_url
 from bot.settings import Settings
-from bot.trends import trends_url
+from bot.state.jobs import Job
 
 
 def _publishing(settings: Settings, job: Job) -> list[str]:

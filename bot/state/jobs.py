@@ -3,7 +3,7 @@ and the embedded default, one SQLite file (WAL) used off the event loop.
 
 Every method of ``SQLiteJobStore`` and ``SQLiteDeliveryLog`` is a coroutine that runs its
 SQL on the store's own single thread, so the event loop never blocks on the disk and the
-connection is never shared between threads. ``bot.gcsstate`` keeps the same state in a
+connection is never shared between threads. ``bot.state.gcsstate`` keeps the same state in a
 private GCS bucket shared by several bot instances.
 
 Leases: a store belongs to one bot process (its ``owner`` id). Claiming a job, or

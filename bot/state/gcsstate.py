@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from bot.jobs import LEASE, MAX_ATTEMPTS, MERGE_PENDING, Conclusion, Job, Kind, new_owner
+from bot.state.jobs import LEASE, MAX_ATTEMPTS, MERGE_PENDING, Conclusion, Job, Kind, new_owner
 
 T = TypeVar("T")
 DELIVERY_DEADLINE = 5.0  # seconds the webhook's test-and-set may take, retries included

@@ -9,7 +9,7 @@ from datetime import datetime
 import aiohttp
 from gidgethub import apps
 
-from bot.resilience import ResilientGitHubAPI
+from bot.github.resilience import ResilientGitHubAPI
 from bot.settings import Settings
 
 USER_AGENT = "scarlet-regression"

@@ -1,6 +1,6 @@
 """The trend page as a static site in the store, for readers who cannot reach the bot:
 
-    python -m bot.site --store gs://bucket/prefix --repository owner/name
+    python -m bot.pages.site --store gs://bucket/prefix --repository owner/name
 
 writes ``site/<owner>/<name>/index.html`` (the data embedded, every metric, the filters)
 and the scripts it loads under ``site/static/`` (named by version or content, written
@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bot.pages import scripts
-from bot.trend_page import trend_page
-from bot.trends import DEFAULT_LAST, default_band, trend_data
+from bot.pages.serve import scripts
+from bot.pages.trend_page import trend_page
+from bot.pages.trends import DEFAULT_LAST, default_band, trend_data
 from runner.publish.history import ALL_SETS, read_history
 from runner.store import IMMUTABLE, ArtifactStore, StoreError, open_store
 
@@ -36,7 +36,7 @@ def publish_site(store: ArtifactStore, repository: str, last: int = DEFAULT_LAST
 
 def main(argv: list[str] | None = None) -> int:
     """Publish the static trend page of one repository."""
-    parser = argparse.ArgumentParser(prog="python -m bot.site", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bot.pages.site", description=__doc__)
     parser.add_argument("--store", required=True, help="a directory or gs://bucket/prefix")
     parser.add_argument("--store-url", help="public address of the store (default: its own)")
     parser.add_argument("--repository", required=True, help="owner/name")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bot import logs
-from bot.dispatch import OnFinished, OnProgress, call_safely
-from bot.jobs import MERGE_PENDING, Job, JobStore
+from bot.dispatch.local import OnFinished, OnProgress, call_safely
+from bot.state.jobs import MERGE_PENDING, Job, JobStore
 
 log = logging.getLogger(__name__)
 

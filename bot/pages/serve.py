@@ -22,15 +22,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.service import SERVICE, RegressionService
-from bot.trend_page import trend_page
-from bot.trends import (
+from bot.pages.trend_page import trend_page
+from bot.pages.trends import (
     DEFAULT_LAST,
     default_band,
     latest_of_branch,
     latest_of_pr,
     trend_data,
 )
+from bot.service import SERVICE, RegressionService
 from runner.publish.history import ALL_SETS, HistoryRecord, read_history
 from runner.store import IMMUTABLE, StoreError
 

@@ -2,7 +2,7 @@
 
 The x-axis is the default branch's history in merge order, each merge labelled by the
 branch it brought in; the PR being looked at stands beside the last of them. Plots are
-drawn in the browser from this data by plotly.js (see ``bot/pages.py``).
+drawn in the browser from this data by plotly.js (see ``bot/pages/serve.py``).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot import logs
-from bot.jobs import Conclusion, Job, JobStore
+from bot.state.jobs import Conclusion, Job, JobStore
 from runner.secretfiles import HIDE_VARIABLE, secret_paths
 
 log = logging.getLogger(__name__)

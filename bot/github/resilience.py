@@ -4,7 +4,7 @@ GitHub answers 500/502/503/504 when it is unwell, 403 or 429 when a rate limit i
 and 401 once an installation token has expired. The client waits as ``retry_wait`` says
 and tries again, and on a 401 fetches a new installation token first. A POST is retried
 only when GitHub cannot have acted on it (503, a rate limit, 401): after a 500, 502 or
-504 it may have, so the caller decides (``bot.github`` looks before it creates again).
+504 it may have, so the caller decides (``bot.github.client`` looks before it creates again).
 Every other method the bot uses (GET, PATCH of a whole state, PUT, DELETE) is idempotent
 and retried on those too.
 """
