@@ -33,7 +33,7 @@ from runner.publish.report import MARKER
 from support import tiny_pull_request, tiny_repository, two_blends, write_blend_with
 
 REPO = "octo/scarlet"
-TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+TINY_RUNNER = Path(__file__).parents[1] / "support" / "tiny_runner.py"
 IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 
 

@@ -246,7 +246,7 @@ def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
     images = np.load(source)["images"].copy()
     images[0, 0, 0] = 1002.0  # the faulty deblender hangs
     write_blend_with(dataset / "hangs.npz", source, images=images)
-    tiny_runner = str(Path(__file__).parent / "tiny_runner.py")
+    tiny_runner = str(Path(__file__).parents[1] / "support" / "tiny_runner.py")
     argv = [sys.executable, tiny_runner, *run_args(repo, head, base, dataset, out, workers=1)]
     env = {**os.environ, "SCARLET_REGRESSION_CACHE": str(tmp_path / "cache")}
     runner = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -26,7 +26,7 @@ from support import tiny_drift_repository, tinyscale_wheels, two_blends
 
 REPO = "octo/scarlet"
 SECRET = "the-scheduler-secret"
-TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+TINY_RUNNER = Path(__file__).parents[1] / "support" / "tiny_runner.py"
 BROKEN = "tinyscale-2.0-py3-none-any.whl"
 
 

@@ -43,7 +43,7 @@ from runner.result import RunResult
 from runner.store import GCSStore, LocalStore, StoreError
 from support import fast_retry, tiny_adapter, tiny_repository
 
-TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+TINY_RUNNER = Path(__file__).parents[1] / "support" / "tiny_runner.py"
 FAST = Timing(lease=2.0, poll=0.05, wait=60, failure=60)
 SIDES = ("base", "head")
 

@@ -28,7 +28,7 @@ from runner.store import LocalStore
 from support import shift_head, synthetic_result, tiny_pull_request, tiny_repository, two_blends
 
 REPO = "octo/scarlet"
-TINY_RUNNER = Path(__file__).parent / "tiny_runner.py"
+TINY_RUNNER = Path(__file__).parents[1] / "support" / "tiny_runner.py"
 CHROMIUM = shutil.which("chromium")
 BRANCHES = [f"branch-{i:02d}" for i in range(10)]
 SHIFTED = {3: 0.1, 7: -0.1}  # branch index → shift of head's r-band mag error

@@ -1,7 +1,8 @@
-"""Regenerate the pinned GitHub descriptions the fake GitHub (``tests/fake_github.py``) uses.
+"""Regenerate the pinned GitHub descriptions the fake GitHub
+(``tests/support/fake_github.py``) uses.
 
-Run ``python tests/github/regenerate.py``: it ``npm pack``s the pinned octokit packages into
-a temporary directory and writes, next to this script:
+Run ``python tests/support/github/regenerate.py``: it ``npm pack``s the pinned octokit
+packages into a temporary directory and writes, next to this script:
 
 - ``openapi.json``: the dereferenced REST description trimmed to the operations in
   ``OPERATIONS`` (parameters, request bodies, response schemas; examples dropped);

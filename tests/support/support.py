@@ -25,7 +25,7 @@ from runner.result import (
     RunResult,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HSC = ROOT / "data" / "hsc"
 FAULTY_ADAPTER = Path(__file__).parent / "adapters" / "faulty.py"
 SCALED_ADAPTER = Path(__file__).parent / "adapters" / "scaled.py"

@@ -391,7 +391,7 @@ def test_fixture_fails_a_test_with_violations(tmp_path) -> None:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "support")},
         cwd=tmp_path,
     )
     assert "1 passed, 1 error" in result.stdout, result.stdout

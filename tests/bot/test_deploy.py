@@ -32,7 +32,7 @@ from packaging.utils import canonicalize_name
 from bot.app import WORKER_BOOT_ERROR, create_app, gunicorn_app
 from bot.secrets import SecretsError, access_secret, add_secret_version, load_secrets
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 DEPLOY = ROOT / "deploy"
 SECRET_RESOURCE = re.compile(r"projects/[^/]+/secrets/[^/]+/versions/[^/]+")
 

@@ -1,7 +1,7 @@
 """The GitHub App manifest flow (``bot.manifest``), short of GitHub's own pages.
 
 GitHub's side of the code exchange is a small local stub that validates each request,
-and its own answer, against the pinned description (``tests/github/openapi.json``, which
+and its own answer, against the pinned description (``tests/support/github/openapi.json``, which
 holds ``POST /app-manifests/{code}/conversions``) with the fake GitHub's validator.
 """
 
@@ -144,7 +144,7 @@ def test_the_manifest_is_the_deployed_one() -> None:
     """``deploy/github-app-manifest.json`` is what ``manifest()`` renders, with exactly
     the permissions and events the bot needs."""
     deployed = json.loads(
-        (Path(__file__).parents[1] / "deploy/github-app-manifest.json").read_text()
+        (Path(__file__).parents[2] / "deploy/github-app-manifest.json").read_text()
     )
     rendered = m.manifest("https://BOT_PUBLIC_URL", redirect_url="http://127.0.0.1:8765/redirect")
     assert deployed == rendered

@@ -2,8 +2,8 @@
 
 ``FakeGitHub`` is an aiohttp application served on ``127.0.0.1`` (a free port) from a
 background thread, so sync and async tests (any event loop) can use it. Every request is
-validated with ``openapi-core`` against ``tests/github/openapi.json`` (the trimmed, pinned
-GitHub description; see ``tests/github/PINNED.md``): an unknown path or method answers 404,
+validated with ``openapi-core`` against ``tests/support/github/openapi.json`` (the trimmed, pinned
+GitHub description; see ``tests/support/github/PINNED.md``): an unknown path or method answers 404,
 an invalid parameter or body 422, and each is recorded in ``violations``. The ``fake_github``
 fixture fails the test at teardown when a violation was recorded (``take_violations()``
 clears them for tests that provoke them on purpose).
@@ -787,7 +787,7 @@ class FakeGitHub:
                 if call.method in methods:
                     return template, match.groupdict()
         reason = "method not allowed on this path" if path_matched else "unknown path"
-        self._violation(call, f"{reason} (not in tests/github/openapi.json)")
+        self._violation(call, f"{reason} (not in tests/support/github/openapi.json)")
         raise _Reply(404, "Not Found")
 
     def _check_rules(self, call: Call, template: str) -> None:
