@@ -68,7 +68,7 @@ def page(markdown: str, base: Path) -> str:
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><base href="{base.as_uri()}/">'
         f"<style>{CSS}</style></head><body><div class=comment>"
-        f'<div class=header><b>{html.escape(BOT)}</b> <span class=label>bot</span>'
+        f"<div class=header><b>{html.escape(BOT)}</b> <span class=label>bot</span>"
         f" commented</div><div class=body>{body}</div></div></body></html>"
     )
 
