@@ -3,12 +3,13 @@
     bash scripts/demo.sh
     .venv/bin/uv run --no-project --with cmarkgfm --with pillow \
         python scripts/screenshot_comment.py [--comment demo/report/comment.md] \
-        [--out docs/img/comment.png] [--width 900] [--max-height 1300]
+        [--out docs/img/comment.png] [--width 1000] [--max-height 1130]
 
 Renders the comment's Markdown with GitHub's own renderer (cmark-gfm, through the
 ``cmarkgfm`` wheel) into a page styled like a comment on github.com, takes a screenshot
-with Debian's headless ``chromium``, trims the blank below the comment, cuts it at
-``--max-height`` pixels and stores it as a palette PNG (at most 150 KB).
+with Debian's headless ``chromium`` (emoji need Debian's ``fonts-noto-color-emoji``),
+trims the blank below the comment, cuts it at ``--max-height`` pixels and stores it as a
+palette PNG (at most 150 KB).
 """
 
 from __future__ import annotations
@@ -109,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comment", type=Path, default=ROOT / "demo/report/comment.md")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/img/comment.png")
-    parser.add_argument("--width", type=int, default=900)
-    parser.add_argument("--max-height", type=int, default=1300)
+    parser.add_argument("--width", type=int, default=1000)
+    parser.add_argument("--max-height", type=int, default=1130)
     args = parser.parse_args(argv)
     if not args.comment.exists():
         sys.exit(f"error: no {args.comment}: run `bash scripts/demo.sh` first")
+    fonts = subprocess.run(["fc-list"], capture_output=True, text=True).stdout
+    if "emoji" not in fonts.lower():
+        print("warning: no emoji font: apt-get install fonts-noto-color-emoji", file=sys.stderr)
     with tempfile.TemporaryDirectory() as scratch:
         html_file, shot = Path(scratch) / "comment.html", Path(scratch) / "shot.png"
         html_file.write_text(page(args.comment.read_text(), args.comment.resolve().parent))
