@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters, environments, sandbox, shared
 from runner.deblend.revisions import git
-from runner.release import commit
 from runner.result import RunResult
 from support import TINY_PYPROJECT, tiny_adapter
 
