@@ -29,6 +29,7 @@ from bot.trends import trends_url
 from runner.report import CheckRunOutput, Links, check_run_output, comment
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
+from runner.untrusted import code, one_line
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,11 @@ def _waiting(text: str) -> CheckRunOutput:
 
 def failure_output(job: Job) -> CheckRunOutput:
     """The check run's output for a job that ended without a result: the error's headline
-    (the part before ``": "``), what it means, the error itself and how to run again."""
+    (the part before ``": "``), what it means, the error itself (it may quote the PR's
+    own text: one line in a code span) and how to run again."""
     error = job.error or job.conclusion or "unknown"
-    headline = error.partition(": ")[0][:200]
-    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), f"```\n{error}\n```"]
+    headline = one_line(error.partition(": ")[0])
+    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), code(error, 1000)]
     if job.pr is not None:
         parts.append(RERUN)
     summary = "\n\n".join(parts)
@@ -313,7 +315,7 @@ class RegressionService:
             result, links = await asyncio.to_thread(self.load, job)
         except (StoreError, ValueError, KeyError) as error:
             return "failure", CheckRunOutput(
-                "the run result could not be read", str(error)[:60000], ""
+                "the run result could not be read", code(str(error), 1000), ""
             )
         output = check_run_output(result, links)
         if job.pr is not None:
@@ -334,7 +336,7 @@ class RegressionService:
                 await github.upsert_comment(gh, job.repository, job.pr, body, bot_login)
         except (GitHubException, aiohttp.ClientError, LookupError) as error:
             log.warning("job %s: the report comment failed: %r", job.id, error)
-            return NO_COMMENT.format(error=str(error)[:300] or type(error).__name__)
+            return NO_COMMENT.format(error=code(str(error) or type(error).__name__, 300))
         return None
 
     async def _drift_finished(self, job: Job) -> None:
