@@ -97,7 +97,8 @@ class RunConfig:
     only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
     change a model, base outcomes already measured); off, both sides are built and
     deblended in full. ``timing_sample``: blends timed on both sides in this run when base
-    is reused (the timing metrics rest on them)."""
+    is reused (the timing metrics rest on them). ``base_sha``: the base branch's commit the
+    pull request's event named (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
 
     repo: str
     head: str
@@ -116,6 +117,7 @@ class RunConfig:
     store_deadline: float | None = None
     shortcuts: bool = True
     timing_sample: int = DEFAULT_TIMING_SAMPLE
+    base_sha: str | None = None
 
 
 def default_cache() -> Path:
@@ -283,7 +285,7 @@ class Run:
         self.progress(Progress("resolving revisions"))
         try:
             repo = revisions.local_repository(config.repo, config.cache)
-            revs = revisions.resolve_pair(repo, config.head, config.base)
+            revs = revisions.resolve_pair(repo, config.head, config.base, config.base_sha)
             self.identity = f"the run of {revs.head[:12]} against {revs.base[:12]} at {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
