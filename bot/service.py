@@ -73,6 +73,7 @@ class RunRequest:
     branch: str | None = None
     merged_at: str | None = None
     supersede: bool = True  # cancel the PR's runs of other SHAs (a push does; a re-run not)
+    base_sha: str | None = None  # the base branch's commit the event named (base: its ref)
 
 
 def _waiting(text: str) -> CheckRunOutput:
@@ -150,6 +151,7 @@ class RegressionService:
                 pr=request.pr,
                 branch=request.branch,
                 merged_at=request.merged_at,
+                base_sha=request.base_sha,
             )
         )
         if job.check_run_id is not None:
