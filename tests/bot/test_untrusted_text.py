@@ -16,7 +16,7 @@ from bot.jobs import Job
 from bot.service import failure_output
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
-from runner.report import Links, check_run_output, comment, drift_issue, html_report
+from runner.publish.report import Links, check_run_output, comment, drift_issue, html_report
 from runner.result import BlendRun, Drift, PackageChange, Policy
 from support import synthetic_result
 

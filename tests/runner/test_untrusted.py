@@ -10,7 +10,7 @@ from cmarkgfm.cmark import Options
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.untrusted import LIMIT, code, html_code, html_line, one_line
+from runner.publish.untrusted import LIMIT, code, html_code, html_line, one_line
 
 UNSAFE = Options.CMARK_OPT_UNSAFE  # raw HTML passes: GitHub keeps <img>, <details>, ...
 
