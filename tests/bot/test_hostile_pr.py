@@ -11,8 +11,8 @@ from test_bot import REPO, free_port, head, running_bot
 from test_untrusted_text import HOSTILE, assert_inert
 
 from bot.settings import CHECK_NAME
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import git
-from runner.release import commit
 from runner.result import RunResult
 from runner.store import run_prefix
 

@@ -12,8 +12,8 @@ import cmarkgfm
 import pytest
 from cmarkgfm.cmark import Options
 
-from bot.jobs import Job
 from bot.service import failure_output
+from bot.state.jobs import Job
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
 from runner.publish.report import Links, check_run_output, comment, drift_issue, html_report

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import RevisionError, git, local_repository, resolve_pair
-from runner.release import commit
 
 
 @pytest.fixture
