@@ -92,10 +92,11 @@ class Progress:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know. ``store``: where environments and measured outcomes
-    are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
-    only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
-    change a model, base outcomes already measured); off, both sides are built and
+    """Everything a run needs to know. ``store``: where environments, measured outcomes
+    and the compiler cache are shared between tasks and runs, the runner's own and never
+    public (a ``--private-store`` spec; None: this machine's cache only). ``shortcuts``:
+    skip work that cannot change the answer (a head that cannot change a model, base
+    outcomes already measured); off, both sides are built and
     deblended in full. ``timing_sample``: blends timed on both sides in this run when base
     is reused (the timing metrics rest on them). ``base_sha``: the base branch's commit the
     pull request's event named (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
