@@ -28,6 +28,7 @@ from bot.pages.trends import trends_url
 from bot.settings import Settings
 from bot.state.jobs import Job, JobStore
 from runner.publish.report import CheckRunOutput, Links, check_run_output, comment
+from runner.publish.untrusted import code, one_line
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
 
@@ -73,6 +74,7 @@ class RunRequest:
     branch: str | None = None
     merged_at: str | None = None
     supersede: bool = True  # cancel the PR's runs of other SHAs (a push does; a re-run not)
+    base_sha: str | None = None  # the base branch's commit the event named (base: its ref)
 
 
 def _waiting(text: str) -> CheckRunOutput:
@@ -81,10 +83,11 @@ def _waiting(text: str) -> CheckRunOutput:
 
 def failure_output(job: Job) -> CheckRunOutput:
     """The check run's output for a job that ended without a result: the error's headline
-    (the part before ``": "``), what it means, the error itself and how to run again."""
+    (the part before ``": "``), what it means, the error itself (it may quote the PR's
+    own text: one line in a code span) and how to run again."""
     error = job.error or job.conclusion or "unknown"
-    headline = error.partition(": ")[0][:200]
-    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), f"```\n{error}\n```"]
+    headline = one_line(error.partition(": ")[0])
+    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), code(error, 1000)]
     if job.pr is not None:
         parts.append(RERUN)
     summary = "\n\n".join(parts)
@@ -149,6 +152,7 @@ class RegressionService:
                 pr=request.pr,
                 branch=request.branch,
                 merged_at=request.merged_at,
+                base_sha=request.base_sha,
             )
         )
         if job.check_run_id is not None:
@@ -314,7 +318,7 @@ class RegressionService:
             result, links = await asyncio.to_thread(self.load, job)
         except (StoreError, ValueError, KeyError) as error:
             return "failure", CheckRunOutput(
-                "the run result could not be read", str(error)[:60000], ""
+                "the run result could not be read", code(str(error), 1000), ""
             )
         output = check_run_output(result, links)
         if job.pr is not None:
@@ -335,7 +339,7 @@ class RegressionService:
                 await github.upsert_comment(gh, job.repository, job.pr, body, bot_login)
         except (GitHubException, aiohttp.ClientError, LookupError) as error:
             log.warning("job %s: the report comment failed: %r", job.id, error)
-            return NO_COMMENT.format(error=str(error)[:300] or type(error).__name__)
+            return NO_COMMENT.format(error=code(str(error) or type(error).__name__, 300))
         return None
 
     async def _drift_finished(self, job: Job) -> None:

@@ -32,6 +32,7 @@ class Settings:
     api_url: str = "https://api.github.com"
     public_url: str = "http://127.0.0.1:8080"
     store: str = ""
+    private_store: str = ""
     store_public_url: str = ""
     store_deadline: float | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -67,6 +68,13 @@ class Settings:
     def store_spec(self) -> str:
         """Where runs are published: the configured store, or a folder in the data dir."""
         return self.store or str(self.data_dir / "store")
+
+    @property
+    def private_store_spec(self) -> str:
+        """Where the runner keeps what is its own (shared environments, stored outcomes,
+        the compiler cache, shard partials, leases, failure records): the configured
+        store, or a folder in the data dir that ``/artifacts/`` does not serve."""
+        return self.private_store or str(self.data_dir / "private")
 
     @property
     def store_url(self) -> str | None:
@@ -107,6 +115,7 @@ class Settings:
             api_url=env.get("GITHUB_API_URL", "https://api.github.com"),
             public_url=env.get("SCARLET_BOT_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             store=env.get("SCARLET_BOT_STORE", ""),
+            private_store=env.get("SCARLET_BOT_PRIVATE_STORE", ""),
             store_public_url=env.get("SCARLET_BOT_STORE_URL", ""),
             store_deadline=float(env["SCARLET_BOT_STORE_DEADLINE"])
             if env.get("SCARLET_BOT_STORE_DEADLINE")

@@ -36,6 +36,7 @@ def again(job: Job, repository: str) -> RunRequest:
         installation_id=job.installation_id,
         head_sha=job.head_sha,
         base=job.base,
+        base_sha=job.base_sha,
         clone_url=job.clone_url,
         pr=job.pr,
         kind=job.kind,
@@ -67,11 +68,13 @@ async def rerun(
     merged_at = None
     if pull is None:  # a commit of the default branch: labelled as its push was
         branch, merged_at = await github.landing(gh, data["repository"], head_sha)
+    base = pull["base"]["ref"] if pull else data["repository"]["default_branch"]
     request = RunRequest(
         repository=repository,
         installation_id=data["installation"]["id"],
         head_sha=head_sha,
-        base=pull["base"]["ref"] if pull else data["repository"]["default_branch"],
+        base=f"refs/heads/{base}",
+        base_sha=pull["base"]["sha"] if pull else None,
         clone_url=data["repository"]["clone_url"],
         pr=pull["number"] if pull else None,
         kind="pr" if pull else "baseline",

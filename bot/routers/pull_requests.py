@@ -19,7 +19,8 @@ def run_request(data: dict, approved: bool = False) -> RunRequest:
         repository=repository["full_name"],
         installation_id=data["installation"]["id"],
         head_sha=pull["head"]["sha"],
-        base=pull["base"]["ref"],
+        base=f"refs/heads/{pull['base']['ref']}",  # a tag named like it is not the base
+        base_sha=pull["base"]["sha"],
         clone_url=repository["clone_url"],
         pr=pull["number"],
         fork=head_repo != repository["full_name"],

@@ -71,6 +71,7 @@ class Job:
     owner: str | None = None
     lease: float | None = None
     notified: bool = False
+    base_sha: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:

@@ -93,16 +93,18 @@ class Progress:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know. ``store``: where environments and measured outcomes
-    are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
-    only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
-    change a model, base outcomes already measured); off, both sides are built and
+    """Everything a run needs to know. ``store``: where environments, measured outcomes
+    and the compiler cache are shared between tasks and runs, the runner's own and never
+    public (a ``--private-store`` spec; None: this machine's cache only). ``shortcuts``:
+    skip work that cannot change the answer (a head that cannot change a model, base
+    outcomes already measured); off, both sides are built and
     deblended in full. ``timing_sample``: blends timed on both sides in this run when base
     is reused (the timing metrics rest on them). ``trusted_ref``: the protected branch
     whose own commits head and base are (a push or baseline run; checked): only such a
     run writes the shared compiler cache and stored outcomes. ``unsandboxed``: run the
     revisions' code unisolated where the sandbox cannot run (a developer's own machine;
-    otherwise such a run is refused)."""
+    otherwise such a run is refused). ``base_sha``: the base branch's commit the pull
+    request's event named (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
 
     repo: str
     head: str
@@ -123,6 +125,7 @@ class RunConfig:
     timing_sample: int = DEFAULT_TIMING_SAMPLE
     trusted_ref: str | None = None
     unsandboxed: bool = False
+    base_sha: str | None = None
 
 
 def default_cache() -> Path:
@@ -295,7 +298,7 @@ class Run:
         self.progress(Progress("resolving revisions"))
         try:
             repo = revisions.local_repository(config.repo, config.cache)
-            revs = revisions.resolve_pair(repo, config.head, config.base)
+            revs = revisions.resolve_pair(repo, config.head, config.base, config.base_sha)
             self.identity = f"the run of {revs.head[:12]} against {revs.base[:12]} at {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)

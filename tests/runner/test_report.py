@@ -140,7 +140,7 @@ def test_the_check_run_output_names_the_verdict_and_lists_errors():
     output = check_run_output(compared(result), LINKS)
     assert output.title == "fail: regressed: errored blends"
     assert "| errored blends | 0 | 1 | +1 |" in output.summary
-    assert "- `set/b0` head: TypeError: boom" in output.text
+    assert "- `set/b0` head: `TypeError: boom traceback…`" in output.text
 
 
 class _Parser(html.parser.HTMLParser):

@@ -313,8 +313,9 @@ def test_three_shards_merged_give_the_science_of_one_run(setup, capsys):
 
 def test_shards_stored_by_cloud_run_tasks_merge_from_the_store(setup, monkeypatch):
     repo, base, head, dataset, out = setup
-    store = out.parent / "store"
-    publish = ["--store", str(store), "--repository", "octo/scarlet", "--pr", "3"]
+    store, private = out.parent / "store", out.parent / "private"
+    publish = ["--store", str(store), "--private-store", str(private)]
+    publish += ["--repository", "octo/scarlet", "--pr", "3"]
     for index in range(2):
         monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", str(index))
         monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "2")
