@@ -202,6 +202,11 @@ def notes(result: RunResult) -> list[str]:
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
         )
+    if not result.provenance.sandboxed:
+        lines.append(
+            "The revisions' code ran **unsandboxed** (`--unsandboxed`): it could read and"
+            " write what the runner can."
+        )
     lines += reuse_notes(result)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
@@ -641,6 +646,8 @@ def html_report(result: RunResult, links: Links) -> str:
                 else []
             ),
             ("datasets", ", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets)),
+            *((f"isolation: {stage}", way) for stage, way in p.isolation.items()),
+            ("trusted ref", p.trusted_ref or "– (writes no shared cache)"),
             ("started / finished", f"{p.started} / {p.finished}"),
         )
     )
