@@ -48,7 +48,8 @@ prefix = () if way is None else way.prefix([scratch])
 starts = []
 for _ in range(int(os.environ["STARTS"])):
     started = time.perf_counter()
-    subprocess.run([*prefix, os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"], check=True)
+    python_pass = [os.path.realpath(sys.executable), "-I", "-S", "-c", "pass"]
+    subprocess.run([*prefix, *python_pass], check=True)
     starts.append(time.perf_counter() - started)
 side = pool.Side("head", python, adapter, sandbox=way)
 tasks = [pool.Task("head", b, out / f"{b.stem}.out.npz", {}) for b in blends]
