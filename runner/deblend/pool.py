@@ -81,13 +81,35 @@ def _cpu(pid: int) -> float:
 
 def _tree(pid: int) -> list[int]:
     """A process and everything it started."""
-    children = _children()
-    found, pending = [pid], list(children.get(pid, []))
+    found, pending, scanned = [], [pid], None
     while pending:
-        child = pending.pop()
-        found.append(child)
-        pending += children.get(child, [])
+        process = pending.pop()
+        found.append(process)
+        children = _children_of(process)
+        if children is None:  # a kernel without the children files: scan every process
+            scanned = scanned if scanned is not None else _children()
+            children = scanned.get(process, [])
+        pending += children
     return found
+
+
+def _children_of(pid: int) -> list[int] | None:
+    """The children of one process, from its threads' ``children`` files (None where the
+    kernel has none; a process that is gone has none)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    children = []
+    for task in tasks:
+        try:
+            children += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}/task/{task}").exists():
+                return None
+        except (OSError, ValueError):
+            continue
+    return children
 
 
 def cpu_time(pid: int) -> float:

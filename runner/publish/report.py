@@ -209,6 +209,11 @@ def notes(result: RunResult, span=code) -> list[str]:
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
         )
+    if not result.provenance.sandboxed:
+        lines.append(
+            "The revisions' code ran **unsandboxed** (`--unsandboxed`): it could read and"
+            " write what the runner can."
+        )
     lines += reuse_notes(result, span)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
@@ -673,6 +678,8 @@ def html_report(result: RunResult, links: Links) -> str:
             ("lock", esc(p.lock)),
             *([("newer than the lock", ", ".join(drifted) or "nothing")] if p.drift else []),
             ("datasets", esc(", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets))),
+            *((esc(f"isolation: {stage}"), esc(way)) for stage, way in p.isolation.items()),
+            ("trusted ref", esc(p.trusted_ref or "– (writes no shared cache)")),
             ("started / finished", esc(f"{p.started} / {p.finished}")),
         )
     )
