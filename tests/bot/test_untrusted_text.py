@@ -124,3 +124,15 @@ def test_a_runner_failure_is_inert_in_the_check_run(error):
     output = failure_output(job)
     assert "\n" not in output.title and "safe to merge" not in output.title
     assert_inert(markdown(output.summary))
+
+
+def test_a_branch_name_labels_the_trends_on_one_capped_line():
+    from bot.pages.trends import trend_data
+    from runner.publish.summarise import summarise
+
+    result = synthetic_result(blends=4)
+    result.comparison = compare(result, CompareConfig())
+    merged_at = "2026-11-01T00:00:00+00:00"
+    record = summarise(result, "o/r", branch=HOSTILE * 3, merged_at=merged_at)
+    (point,) = trend_data([record], "o/r")["merges"]
+    assert "\n" not in point["label"] and len(point["label"]) == 60
