@@ -116,7 +116,7 @@ async def pull_request_closed(event: Event, gh, service: RegressionService) -> N
     data = event.data
     repository, number = data["repository"]["full_name"], data["pull_request"]["number"]
     async with service.requesting(repository, number):
-        pull = await github.pull_request(gh, repository, number)
+        pull = await current(gh, data)
         if pull["state"] == "open" and stale(event, pull, state="closed"):
             return  # reopened since
         await service.cancel_pr(gh, repository, number)
