@@ -198,8 +198,7 @@ class CloudRunDispatcher:
             if done is not None:
                 await self._notify(done)
             return
-        if await self.store.set_execution(job.id, MERGING + execution) is None:
-            await self._cancel_started(job, MERGING + execution)
+        await self._record(job, MERGING + execution)
 
     async def submit(self, job: Job) -> Job:
         """Store the job (idempotent on its key) and start it, or what is newer, as the
@@ -229,15 +228,25 @@ class CloudRunDispatcher:
             if done is not None:
                 await self._notify(done)
             return
-        if await self.store.set_execution(job.id, execution) is None:
-            await self._cancel_started(job, execution)
+        await self._record(job, execution)
 
-    async def _cancel_started(self, job: Job, execution: str) -> None:
-        log.info("job %s ended while %s was starting: cancelling it", job.id, execution)
+    async def _record(self, job: Job, execution: str) -> None:
+        """Record the execution just started on its job; cancel it when the job ended
+        meanwhile, or when it cannot be recorded (the job, left running without an
+        execution, is started again once its lease has run out)."""
         try:
-            await asyncio.to_thread(self._cancel_execution, execution)
+            recorded = await self.store.set_execution(job.id, execution)
         except Exception:
-            log.exception("job %s: could not cancel %s", job.id, execution)
+            log.exception("job %s: %s could not be recorded: cancelling it", job.id, execution)
+            recorded = None
+        else:
+            if recorded is None:
+                log.info("job %s ended while %s started: cancelling it", job.id, execution)
+        if recorded is None:
+            try:
+                await asyncio.to_thread(self._cancel_execution, execution)
+            except Exception:
+                log.exception("job %s: could not cancel %s", job.id, execution)
 
     def _tasks(self, job: Job) -> int:
         """Tasks of the job's execution: ``task_count``, but one for a drift run (it

@@ -13,6 +13,8 @@ from test_bot import REPO, head
 from test_delivery_order import push, until
 from test_production import JOB, Deployment
 
+from bot.service import SERVICE
+
 
 def cloud_run_settings(cloud_run, **more) -> dict:
     return {"cloud_run_job": JOB, "cloud_run_emulator": cloud_run.endpoint, **more}
@@ -42,7 +44,13 @@ async def test_a_state_store_failing_under_the_watcher_is_survived_and_shown_by_
             assert (await health(bot))[0] == 200
             pull = fake_github.add_pull(REPO, 60, head_sha=head(bot), base_ref="main")
             assert await bot.send("pull_request", "opened", pull=pull) == 202
-            await until(lambda: cloud_run.processes, timeout=60)
+            service = bot.server.app[SERVICE]
+            for _ in range(600):
+                job = await service.jobs.latest(REPO, 60)
+                if job is not None and job.execution:
+                    break
+                await asyncio.sleep(0.1)
+            assert job.execution, "the execution runs, recorded on its job"
 
             # The state bucket fails (GCS unavailable past the state's retry deadline) while
             # the execution runs: the watcher's passes fail, and /healthz says so.
