@@ -35,7 +35,7 @@ import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT / "tests" / "support"), str(ROOT / "benchmarks")]
 STAMPED = """import runpy, sys, time
 with open({stamps!r}, "a") as stamps:
     stamps.write(f"{{time.time()}} ")
@@ -50,18 +50,18 @@ finally:
 import webhook_load  # noqa: E402
 
 from bot.app import create_app  # noqa: E402
-from bot.jobs import Job  # noqa: E402
-from bot.runs import runner_command  # noqa: E402
+from bot.dispatch.runs import runner_command  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from bot.state.jobs import Job  # noqa: E402
 from fake_github import FakeGitHub  # noqa: E402
 from gcs_emulator import GCSEmulator, find_binary, free_port  # noqa: E402
+from runner.commands.release_repo import commit  # noqa: E402
 from runner.deblend.revisions import git  # noqa: E402
-from runner.release import commit  # noqa: E402
-from runner.report import MARKER  # noqa: E402
+from runner.publish.report import MARKER  # noqa: E402
 from support import tiny_repository  # noqa: E402
 
 REPO = "octo/scarlet"
-TINY_RUNNER = ROOT / "tests" / "tiny_runner.py"
+TINY_RUNNER = ROOT / "tests" / "support" / "tiny_runner.py"
 
 
 async def report_after(

@@ -10,10 +10,10 @@ import re
 from gidgethub import routing
 from gidgethub.sansio import Event
 
-from bot import github
-from bot.jobs import Job
+from bot.github import client as github
 from bot.service import RegressionService, RunRequest, refusal_mark
 from bot.settings import is_check_name
+from bot.state.jobs import Job
 
 router = routing.Router()
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import logging
 from gidgethub import routing
 from gidgethub.sansio import Event
 
-from bot import github
+from bot.github import client as github
 from bot.service import RegressionService, RunRequest
 
 router = routing.Router()

@@ -16,8 +16,8 @@ from test_bot import REPO, Bot, _is_runner, free_port, head, running_bot
 
 from bot.routers.comments import COMMAND
 from bot.service import SERVICE
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import git
-from runner.release import commit
 
 ARCHIVED = {
     "message": "Repository was archived so is read-only.",
