@@ -321,6 +321,7 @@ async def test_closing_a_pr_cancels_its_run(bot):
     pull = bot.fake.add_pull(REPO, 13, head_sha=head(bot), base_ref="main")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
     await bot.started(pull.head_sha)
+    pull.state = "closed"
     assert await bot.send("pull_request", "closed", pull=pull) == 202
     (run,) = await bot.completed(pull.head_sha, timeout=60)
     assert run.conclusion == "cancelled"
@@ -342,6 +343,7 @@ async def test_a_pr_closed_while_its_check_run_is_created_concludes_it(bot):
     pull = bot.fake.add_pull(REPO, 15, head_sha=head(bot), base_ref="main")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
     await asyncio.sleep(0.3)
+    pull.state = "closed"
     assert await bot.send("pull_request", "closed", pull=pull) == 202
     (run,) = await bot.completed(pull.head_sha, timeout=30)
     assert run.conclusion == "cancelled"
@@ -609,6 +611,8 @@ async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sh
     if then == "synchronize":
         (bot.repo / "NOTES").write_text("the fork pushes again\n")
         pull.head_sha = commit(bot.repo, "fork push")
+    else:
+        pull.state = "closed"
     assert await bot.send("pull_request", then, pull=pull) == 202
     (run,) = await bot.completed(waiting, timeout=30)
     assert run.conclusion == "cancelled"
