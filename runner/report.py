@@ -97,7 +97,7 @@ def _change(metric: MetricComparison, value: float | None) -> str:
     return _number(value, sign=True)
 
 
-RATIO_METRICS = ("init_time", "runtime_per_source", "iterations")
+RATIO_METRICS = ("init_time", "cpu_time_per_source", "iterations")
 
 
 def format_delta(metric: MetricComparison) -> str:

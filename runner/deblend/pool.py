@@ -2,9 +2,11 @@
 
 Each slot of the pool (one per core by default) runs blends one at a time, starting
 a persistent worker per revision with that revision's own interpreter. Tasks come in
-the order given, so base and head of a blend interleave and machine drift cancels in
-timing comparisons; with two or more slots, each slot keeps to one revision where it
-can, so base and head of a blend run side by side. Workers see a scrubbed environment
+the order given; consecutive tasks of one blend (base and head, alternated by the caller)
+run on the SAME slot one after the other, so both sides of a blend are timed on the same
+core under the same load, and a busy machine slows both alike. Each task's wall time and
+CPU time (user and system, of the worker and what it started, read from ``/proc``) are
+measured here, not reported by the worker. Workers see a scrubbed environment
 and run behind their side's sandbox (``runner.deblend.sandbox``: no network, no secret files, and
 where the machine allows it nothing writable but their own scratch folder and their
 side's ``writable`` folders). A worker writes its arrays into its scratch folder; the pool
@@ -34,7 +36,7 @@ WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between looks at a busy worker's memory
 STDERR_TAIL_LINES = 12
-SWITCH_AT = 8  # tasks of another revision waiting before an idle slot takes them on
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's CPU times
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -68,6 +70,26 @@ def _children() -> dict[int, list[int]]:
             continue
         children.setdefault(parent, []).append(int(path.parent.name))
     return children
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system CPU time of one process in clock ticks, 0 where it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) a process and everything it started have used."""
+    children = _children()
+    total, pending = 0, [pid]
+    while pending:
+        process = pending.pop()
+        total += _cpu_ticks(process)
+        pending += children.get(process, [])
+    return total / CLOCK_TICKS
 
 
 def resident_memory(pid: int) -> int | None:
@@ -118,12 +140,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of a task: the worker's reply, or the reason it failed."""
+    """What became of a task: the worker's reply, or the reason it failed; ``wall`` and
+    ``cpu`` the seconds the request took (None: not measured), ``slot`` where it ran."""
 
     task: Task
     reply: dict | None
     error: str | None
     wall: float
+    cpu: float | None = None
+    slot: int = 0
 
 
 def worker_environment(side: Side, home: Path) -> dict[str, str]:
@@ -179,10 +204,18 @@ class Worker:
         except WorkerError as error:
             raise WorkerStartError(f"worker could not start: {error}") from None
 
-    def run(self, request: dict, timeout: float) -> dict:
-        """Send one request and wait at most ``timeout`` seconds for its reply."""
+    def ensure_started(self) -> None:
+        """Start the worker unless it is running."""
         if self.process is None or self.process.poll() is not None:
             self.start()
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds the running worker has used so far, None where it is not running."""
+        return cpu_seconds(self.process.pid) if self.process else None
+
+    def run(self, request: dict, timeout: float) -> dict:
+        """Send one request and wait at most ``timeout`` seconds for its reply."""
+        self.ensure_started()
         assert self.process is not None and self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -255,27 +288,23 @@ class Worker:
 
 
 class TaskQueue:
-    """Tasks in their given order, where a slot takes the next task for a revision whose
-    worker it already runs: with as many slots as revisions each slot keeps to one
-    revision and no worker imports a deblender only to idle. A slot left with nothing for
-    its revision takes another's once ``SWITCH_AT`` tasks wait (when base's outcomes are
-    reused, head has nearly all the work); for fewer, starting a worker costs more than
-    it saves."""
+    """Tasks in their given order, consecutive tasks of one blend as one unit: a slot takes
+    a whole unit, so base and head of a blend (and the repetitions of a re-timing) run
+    on the same slot, alternated as the caller ordered them."""
 
     def __init__(self, tasks: Iterable[Task]):
-        self.tasks = list(tasks)
+        self.units: list[list[Task]] = []
+        for task in tasks:
+            if self.units and self.units[-1][0].blend == task.blend:
+                self.units[-1].append(task)
+            else:
+                self.units.append([task])
         self.lock = threading.Lock()
 
-    def take(self, preferred: set[str], only_preferred: bool) -> Task | None:
-        """The next task, preferring one for a side in ``preferred`` (only such a task
-        with ``only_preferred``); None when there is none."""
+    def take(self) -> list[Task] | None:
+        """The next unit, None when none is left."""
         with self.lock:
-            index = next((i for i, t in enumerate(self.tasks) if t.side in preferred), None)
-            if index is None:
-                if not self.tasks or (only_preferred and len(self.tasks) < SWITCH_AT):
-                    return None
-                index = 0
-            return self.tasks.pop(index)
+            return self.units.pop(0) if self.units else None
 
 
 def run_tasks(
@@ -301,20 +330,11 @@ def run_tasks(
             for name, side in sides.items()
         }
         try:
-            while True:
-                # A slot that runs a worker leaves the other revisions' tasks to the
-                # slots running theirs, unless it is the only slot.
-                started = {name for name, worker in workers.items() if worker.process}
-                preferred = started or {list(sides)[number % len(sides)]}
-                task = pending.take(preferred, only_preferred=bool(started) and slots > 1)
-                if task is None:
-                    return
-                if task.side not in started:  # switching: the idle workers go
-                    for name in started:
-                        workers[name].stop()
-                outcome = _run_one(task, workers[task.side], timeout, broken)
-                with report:
-                    on_outcome(outcome)
+            while (unit := pending.take()) is not None:
+                for task in unit:
+                    outcome = _run_one(task, workers[task.side], timeout, broken, number)
+                    with report:
+                        on_outcome(outcome)
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -326,28 +346,38 @@ def run_tasks(
         thread.join()
 
 
-def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str]) -> Outcome:
+def _run_one(
+    task: Task, worker: Worker, timeout: float, broken: dict[str, str], slot: int
+) -> Outcome:
+    """Run one task on ``worker`` (started first, so that its start is not timed)."""
     if task.side in broken:
-        return Outcome(task, None, broken[task.side], 0.0)
-    started = time.perf_counter()
+        return Outcome(task, None, broken[task.side], 0.0, None, slot)
     arrays = worker.home / "arrays.npz"
     arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
     request = {"blend": str(task.blend), "out": str(arrays), "options": task.options}
     try:
-        reply = worker.run(request, timeout)
+        worker.ensure_started()
     except WorkerStartError as error:
         broken[task.side] = str(error)
-        return Outcome(task, None, str(error), time.perf_counter() - started)
+        return Outcome(task, None, str(error), 0.0, None, slot)
+    cpu = worker.cpu_seconds()
+    started = time.perf_counter()
+    try:
+        reply = worker.run(request, timeout)
     except WorkerError as error:
-        return Outcome(task, None, str(error), time.perf_counter() - started)
+        return Outcome(task, None, str(error), time.perf_counter() - started, None, slot)
     wall = time.perf_counter() - started
+    used = worker.cpu_seconds()
+    cpu = None if cpu is None or used is None else round(used - cpu, 3)
     if not reply.get("ok"):
-        return Outcome(task, reply, reply.get("error", "unknown worker error"), wall)
+        error = reply.get("error", "unknown worker error")
+        return Outcome(task, reply, error, wall, cpu, slot)
     try:
         collect(arrays, task.out)
     except OSError as error:
-        return Outcome(task, reply, f"the worker's arrays cannot be collected: {error}", wall)
-    return Outcome(task, reply, None, wall)
+        error_text = f"the worker's arrays cannot be collected: {error}"
+        return Outcome(task, reply, error_text, wall, cpu, slot)
+    return Outcome(task, reply, None, wall, cpu, slot)
 
 
 def collect(arrays: Path, out: Path) -> None:

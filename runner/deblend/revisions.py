@@ -105,3 +105,11 @@ def checkout(repo: Path, sha: str, dest: Path) -> Path:
         git(tmp, "-c", "advice.detachedHead=false", "checkout", "--quiet", "--detach", sha)
         tmp.rename(dest)
     return dest
+
+
+def mainline_ancestors(repo: Path, sha: str, limit: int) -> list[str]:
+    """Up to ``limit`` ancestors of ``sha`` (itself not included), nearest first, that lie
+    on the default branch (the first-parent history of the repository's ``HEAD``)."""
+    mainline = set(git(repo, "rev-list", "--first-parent", "HEAD").split())
+    older = git(repo, "rev-list", "--topo-order", sha).split()[1:]
+    return [commit for commit in older if commit in mainline][:limit]

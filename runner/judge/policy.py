@@ -17,6 +17,7 @@ by the head's on purpose)::
     mag_tolerance = 0.1           # an injected source's |mag error| by 0.1 mag in any band
     centroid_tolerance = 0.5      # its centroid offset by 0.5 px
     max_worse_fraction = 0.02     # this fraction of the blends may get worse beyond those
+    min_snr = 5.0                 # a band counts where the source's true S/N reaches this
 
     [metrics.mag_error]           # every band's magnitude error ...
     tolerance = 0.005
@@ -50,6 +51,7 @@ class BlendPolicy:
     mag_tolerance: float = 0.10
     centroid_tolerance: float = 0.5
     max_worse_fraction: float = 0.02
+    min_snr: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ BLEND_KEYS = {
     "mag_tolerance": (0, float("inf")),
     "centroid_tolerance": (0, float("inf")),
     "max_worse_fraction": (0, 1),
+    "min_snr": (0, float("inf")),
 }
 
 
