@@ -12,11 +12,13 @@ Two questions decide that head cannot change a model, so that it need not be deb
   CITATION, CHANGELOG, ...: at most the distribution's metadata), none of them in an
   installed package's folder nor named as an installed file. Anything else is built, any
   Python file outside the package included (a ``setup.py`` may import it).
-- after building head: are the installed files byte-identical to base's? Hashed from the
-  files themselves, leaving out the distribution's metadata (``*.dist-info``), bytecode,
-  and version files (``_version.py``, ``version.py``, ``_version.txt``), which carry the
-  SHA. Builds are reproducible (``environments.reproducible_variables``): the same source
-  compiles to the same extension modules wherever its environment lies.
+- after building head: are the installed files byte-identical to base's, comments aside?
+  Hashed from the files themselves, leaving out the distribution's metadata
+  (``*.dist-info``), bytecode, and version files (``_version.py``, ``version.py``,
+  ``_version.txt``), which carry the SHA; Python modules are hashed as their tokens and C
+  and C++ sources without their comments, so a change of comments alone installs the
+  same. Builds are reproducible (``environments.reproducible_variables``): the same
+  source compiles to the same extension modules wherever its environment lies.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
+import tokenize
 from pathlib import Path, PurePosixPath
 
 from runner.deblend.revisions import git
@@ -61,6 +65,9 @@ METADATA_STEMS = frozenset(
         "CODE_OF_CONDUCT",
     }
 )
+C_SUFFIXES = frozenset({".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx"})
+# A C or C++ comment, or a string or character literal (kept: it may hold "//").
+C_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
 GITLINK = "160000"  # git's mode of a submodule
 VERSION_FILES = frozenset({"_version.py", "version.py", "_version.txt"})
 
@@ -150,15 +157,44 @@ def reaching(changed: list[str], installed: list[str]) -> list[str]:
     return reach
 
 
+def python_tokens(data: bytes) -> bytes:
+    """A Python module as its tokens, comments and blank lines aside (its bytes where it
+    cannot be tokenized)."""
+    skipped = (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING)
+    try:
+        tokens = tokenize.tokenize(io.BytesIO(data).readline)
+        kept = [f"{t.type} {t.string}" for t in tokens if t.type not in skipped]
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
+        return data
+    return "\n".join(kept).encode()
+
+
+def c_code(data: bytes) -> bytes:
+    """A C or C++ source without its comments, blank lines and trailing blanks."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    code = C_TOKENS.sub(lambda m: " " if m[0].startswith("/") else m[0], text)
+    lines = [line.rstrip() for line in code.splitlines()]
+    return "\n".join(line for line in lines if line).encode("utf-8", errors="surrogateescape")
+
+
+def _content(path: PurePosixPath, data: bytes) -> bytes:
+    """What of an installed file counts: Python and C sources without their comments."""
+    if path.suffix == ".py":
+        return python_tokens(data)
+    if path.suffix in C_SUFFIXES:
+        return c_code(data)
+    return data
+
+
 def installed_hash(env: Path, module: str) -> str:
-    """sha256 over the deblender's installed files (paths and bytes), metadata, bytecode
-    and version files aside."""
+    """sha256 over the deblender's installed files (paths and contents, comments aside),
+    metadata, bytecode and version files aside."""
     root = site_packages(env)
     digest = hashlib.sha256()
     for path in sorted(_package_files(record(root, module))):
         if path.name in VERSION_FILES:
             continue
-        data = (root / path).read_bytes()
+        data = _content(path, (root / path).read_bytes())
         digest.update(f"{path}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()
