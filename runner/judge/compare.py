@@ -33,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from runner.judge.blends import blend_changes, both_ok, lost_sources, measured, tally
-from runner.judge.failures import failures
+from runner.judge.failures import failure_reason, failures
 from runner.judge.metrics import Metric, metrics, paired_values
 from runner.judge.paired import median_interval, paired_change
 from runner.judge.policy import CompareConfig
@@ -459,18 +459,8 @@ def _labels(
 
 
 def failure_reasons(comparison: Comparison) -> list[str]:
-    """One line per distinct failure of either side, e.g. "head does not build:
-    SyntaxError: ..." or "head errors on 100 of 100 blends: ValueError in Box.contains"."""
-    lines = []
-    for failure in comparison.failures:
-        if failure.stage == "build":
-            lines.append(f"{failure.side} does not build: {failure.summary}")
-        else:
-            lines.append(
-                f"{failure.side} errors on {failure.blends} of {failure.of} blends:"
-                f" {failure.summary}"
-            )
-    return lines
+    """One line per distinct failure of either side (``failures.failure_reason``)."""
+    return [failure_reason(failure) for failure in comparison.failures]
 
 
 def _fixed_reason(comparison: Comparison, result: RunResult) -> list[str]:
