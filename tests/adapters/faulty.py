@@ -2,7 +2,8 @@
 
 The fault is read from ``images[0, 0, 0]`` of the blend, which the tests set:
 1001 raises, 1002 hangs, 1003 kills the process, 1004 returns NaNs, 1005 prints to
-stdout before answering, 1006 allocates memory without bound. Otherwise the "model" is
+stdout before answering, 1006 allocates memory without bound; every blend raises a
+ValueError where the installed ``tinydeblender.BROKEN`` is true. Otherwise the "model" is
 the image times the installed ``tinydeblender.GAIN`` (1 where it has none), and each
 source's flux the sum of a 5x5 box of the model around its centre. Each deblend works
 the CPU for ``tinydeblender.WORK`` seconds (0.02 where it has none), so that its CPU
@@ -44,6 +45,11 @@ def _work(seconds):
     return total
 
 
+def _check_box(centers):
+    """A deblender bug: every blend errors."""
+    raise ValueError(f"{len(centers)} centres outside the box")
+
+
 def deblend(blend, options):
     """Deblend trivially, or fail in the way the blend asks for."""
     started = time.perf_counter()
@@ -61,6 +67,8 @@ def deblend(blend, options):
             time.sleep(0.05)
     if fault == "print":
         print("chatty deblender output on stdout")
+    if _setting("BROKEN", False):
+        _check_box(blend["centers"])
     _work(_setting("WORK", 0.02))
     images = blend["images"].astype(float) * _setting("GAIN", 1.0)
     flux = np.array(
