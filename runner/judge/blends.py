@@ -98,7 +98,8 @@ def blend_change(blend: BlendResult, policy: BlendPolicy, bands: list[str]) -> B
     score = 0.0
     if not identical:
         largest = max(map(abs, growths), default=0.0)
-        score = abs(math.log1p(chi2_growth or 0.0)) + largest + 1e-12
+        growth = max(chi2_growth or 0.0, -1 + 1e-9)  # a perfect fit (χ² 0) is finite too
+        score = abs(math.log1p(growth)) + largest + 1e-12
     worse, better = reasons[1], reasons[-1]
     return BlendChange(
         blend.dataset,
