@@ -44,14 +44,24 @@ WORSE_LISTED = 10
 UNITS = ("mag", "px", "s")
 DELTA_NOTE = (
     "Δ: the median paired difference head − base over the blends (or injected sources)"
-    " both measured, in the unit the metric names, with its 95 % interval; × rows: the"
+    " both measured, in the unit the metric names, with its {level} interval; × rows: the"
     " median head/base ratio, timed in the same job on the same slot; tail rows: head's"
     " percentile minus base's. A metric regressed only where its whole interval lies"
     " beyond the tolerance. The base and head columns are each side's own median (tail"
     " rows: percentile), not paired: Δ need not equal their difference. mag error = truth"
     " − model magnitude. Detectable: the smallest change this run could have detected"
-    " (95 % level, 80 % power)."
+    " (5 % level, 80 % power)."
 )
+
+
+def level(comparison: Comparison) -> str:
+    """The confidence level of the comparison's intervals, e.g. "90%"."""
+    return f"{100 * comparison.config.get('confidence', 0.95):g}%"
+
+
+def delta_note(comparison: Comparison) -> str:
+    """What the metric table's columns mean."""
+    return DELTA_NOTE.format(level=level(comparison).replace("%", " %"))
 
 
 @dataclass(frozen=True)
@@ -384,7 +394,9 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         + _provenance_line(result)
         + (f"\n\n{link_line}" if link_line else ""),
         "### Versions that differ from the lock\n\n" + package_table(result),
-        metric_table(changed) if changed else "No metric changed beyond its tolerance.",
+        metric_table(changed, level(comparison))
+        if changed
+        else "No metric changed beyond its tolerance.",
     ]
     errors = failures_section(result)
     if errors:
@@ -462,15 +474,18 @@ def _metric_row(metric: MetricComparison) -> str:
 
 
 TABLE_HEAD = (
-    "| metric | Δ [95% CI] | tolerance | status | detectable | p (adj.) |"
+    "| metric | Δ [{level} CI] | tolerance | status | detectable | p (adj.) |"
     " base's own median | head's own median |\n"
     "|---|---|---:|---|---:|---:|---:|---:|"
 )
 
 
-def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
+def metric_table(
+    metrics: list[MetricComparison], interval: str = "95%", budget: int = 20_000
+) -> str:
     """A Markdown table of metrics, cut short (with a note) past ``budget`` characters."""
-    lines, size = [TABLE_HEAD], len(TABLE_HEAD)
+    head = TABLE_HEAD.format(level=interval)
+    lines, size = [head], len(head)
     for index, metric in enumerate(metrics):
         row = _metric_row(metric)
         if size + len(row) + 1 > budget:
@@ -595,7 +610,9 @@ def comment(result: RunResult, links: Links) -> str:
     if result.provenance.drift is not None:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     if changed:
-        parts.append(metric_table(changed) + f"\n\n<sub>{DELTA_NOTE}</sub>")
+        parts.append(
+            metric_table(changed, level(comparison)) + f"\n\n<sub>{delta_note(comparison)}</sub>"
+        )
     elif result.blends:
         parts.append("No metric changed beyond its tolerance.")
     worse = worse_list(comparison)
@@ -604,7 +621,7 @@ def comment(result: RunResult, links: Links) -> str:
     if unchanged and result.blends:
         parts.append(
             f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
-            + metric_table(unchanged)
+            + metric_table(unchanged, level(comparison))
             + "\n\n</details>"
         )
     images = [i for i in (_image(c, links) for c in comparison.blends) if i]
@@ -653,7 +670,9 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:
         summary_parts.append(package_table(result))
-    summary_parts.append(metric_table(metric_rows(comparison)) + f"\n\n{DELTA_NOTE}")
+    summary_parts.append(
+        metric_table(metric_rows(comparison), level(comparison)) + f"\n\n{delta_note(comparison)}"
+    )
     worse = worse_list(comparison)
     if worse:
         summary_parts.append(worse)
@@ -809,10 +828,10 @@ def html_report(result: RunResult, links: Links) -> str:
 <h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
 {"".join(paragraphs)}
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>Δ [95% CI]</th><th>tolerance</th><th>status</th>
+<table><tr><th>metric</th><th>Δ [{level(comparison)} CI]</th><th>tolerance</th><th>status</th>
 <th>detectable</th><th>p</th><th>p (adj.)</th><th>base's own median</th>
 <th>head's own median</th></tr>{rows}</table>
-<p class="note">{esc(DELTA_NOTE)}</p>
+<p class="note">{esc(delta_note(comparison))}</p>
 {failures_html(result)}{worse_html}{notes_html}
 <h2>Residuals, most changed first</h2>
 <p>observed · base model · head model · base residual · head residual · head − base</p>

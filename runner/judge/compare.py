@@ -3,25 +3,26 @@
 Base and head are paired on the same blends, and on the same injected sources within
 them. Per metric (``runner.judge.metrics``): the paired change Δ (the median of the
 paired differences, a median ratio for timings and iterations, or the change of a tail
-quantile) with its bootstrap interval, its paired test, the Benjamini-Hochberg correction
-across metrics and the smallest change the run could have detected (MDE). A metric
+quantile) with its bootstrap interval (90 %: its ends are one-sided 95 % bounds), its
+paired test, the Benjamini-Hochberg correction across metrics and the smallest change
+the run could have detected (MDE). Each metric is equivalence-tested against its
+tolerance (``_status``): **unchanged** when its whole interval lies within the
+tolerance, **regressed** (**improved**) only when its whole interval lies beyond it the
+bad (good) way and the change is significant, **changed** where a zero-goal metric's
+direction cannot be told, **inconclusive** where the interval straddles the tolerance.
+An inconclusive metric moves the verdict only where its estimate lies beyond the
+tolerance the bad way (``likely_worse``); otherwise it is only reported.
 
-- **regressed** (or **improved**) when it changed significantly (adjusted p < alpha) by
-  more than its tolerance in its bad (good) direction; for a metric whose goal is zero
-  (the magnitude errors) the direction must hold for every base bias b in base's
-  interval, |b + Δ| against |b|: where it does not, it **changed**;
-- is **inconclusive** when Δ is beyond tolerance but not significant, or when the run
-  could not have detected ``max_mde`` times the tolerance (and the interval does not
-  rule it out);
-- is **unchanged** otherwise.
-
+Timing (CPU time per source, measured by the runner, base and head on one slot) fails
+only where a confirming re-timing agrees, and never where every model is bit-identical.
 Blend by blend (``runner.judge.blends``), more blends clearly worse than allowed is a
-regression unless about as many got clearly better (then: changed). Injected sources or
-blends one side lost are errors; those both lost are excluded and listed. When base and
-head agree bit for bit on everything measured, the science is unchanged without
-statistics. Verdict: **fail** on any regression (a head that does not build counts);
-**neutral** when something changed with no clear direction, a science metric is
-inconclusive, or no comparison is possible; **pass** otherwise.
+regression unless about as many got clearly better (then: changed); mixed blends count
+as neither. Injected sources or blends one side lost are errors; those both lost are
+excluded and listed; blends only base lost are fixes, credited. When base and head agree
+bit for bit on everything measured, the science is unchanged without statistics; when
+only the models do, what the measurements moved is named and the verdict is at best
+neutral. Where base does not build or errors on blends, head is also compared with
+base's nearest good ancestor's stored run. The verdict: ``_verdict``.
 """
 
 from __future__ import annotations
@@ -177,12 +178,21 @@ def _status(comparison: MetricComparison, transform: str, config: CompareConfig)
     return "regressed" if low > tolerance else "improved"
 
 
-def resolvable(comparison: MetricComparison, transform: str, config: CompareConfig) -> bool:
-    """Whether the run can resolve the metric against its tolerance: it could detect a
-    change of ``max_mde`` times the tolerance. An inconclusive metric it cannot resolve
-    (too few pairs, too much scatter: a tail on set1's n) is only reported."""
-    _, tolerance, mde = _log_space(comparison, transform)
-    return mde is not None and mde <= config.max_mde * tolerance
+def likely_worse(comparison: MetricComparison, transform: str) -> bool:
+    """Whether an inconclusive metric's estimate lies beyond its tolerance the bad way (for
+    a zero-goal metric: |b + Δ| - |b| > t at base's median b): a regression the run can
+    neither prove nor rule out. Only such a metric makes the verdict neutral; one whose
+    estimate lies within the tolerance is only reported (its interval is merely too wide
+    to prove it unchanged: on set1 every equivalent fit with a few hundredths of a
+    magnitude of scatter, see docs/verdict.md)."""
+    if comparison.delta is None:
+        return False
+    _, tolerance, _ = _log_space(comparison, transform)
+    delta = math.log(comparison.delta) if transform == "ratio" else comparison.delta
+    if comparison.direction == "zero":
+        b = comparison.base if comparison.base is not None else 0.0
+        return abs(b + delta) - abs(b) > tolerance
+    return delta > tolerance
 
 
 def _retimed(result: RunResult, metric: MetricComparison, transform: str) -> Retimed | None:
@@ -410,11 +420,9 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
             comparison.status = _status(comparison, metric.transform, config)
         if metric.kind == "timing":
             _judge_timing(result, comparison, metric)
-        elif comparison.status == "inconclusive" and not resolvable(
-            comparison, metric.transform, config
-        ):
+        elif comparison.status == "inconclusive" and not likely_worse(comparison, metric.transform):
             comparison.gating = False
-            comparison.note = "this run cannot resolve it against its tolerance: reported only"
+            comparison.note = "its estimate lies within the tolerance: reported only"
     comparisons = [c for _, c in measured_metrics] + _error_metrics(result)
     changes = blend_changes(result.blends, config.blends, result.bands)
     blend_tally = tally(changes, config.blends, config.alpha)
