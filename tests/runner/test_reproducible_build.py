@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.deblend import adapters
 from runner.deblend.installed import record, site_packages
 from runner.release import commit

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.deblend import adapters
 from runner.deblend.pool import Side, Task, run_tasks
 from runner.release import commit

@@ -14,7 +14,7 @@ import numpy as np
 from runner.judge.compare import compare
 from runner.judge.failures import build_error
 from runner.judge.policy import CompareConfig
-from runner.report import Links, comment, html_report, what_changed
+from runner.publish.report import Links, comment, html_report, what_changed
 from runner.result import Ancestor, BlendRun, Build
 from support import synthetic_result
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.deblend import adapters
 from runner.deblend.installed import installed_hash, reaching
 from runner.deblend.revisions import git
