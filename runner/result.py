@@ -372,6 +372,14 @@ class Failure:
     of: int = 0
     examples: list[str] = field(default_factory=list)
 
+    @property
+    def reason(self) -> str:
+        """The failure in a line: "head does not build: SyntaxError: ..." or "head errors
+        on 100 of 100 blends: ValueError in Box.contains"."""
+        if self.stage == "build":
+            return f"{self.side} does not build: {self.summary}"
+        return f"{self.side} errors on {self.blends} of {self.of} blends: {self.summary}"
+
 
 @dataclass
 class AncestorComparison:

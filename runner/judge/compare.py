@@ -34,7 +34,7 @@ import numpy as np
 from scipy import stats
 
 from runner.judge.blends import blend_changes, both_ok, lost_sources, measured, tally
-from runner.judge.failures import failure_reason, failures
+from runner.judge.failures import failures
 from runner.judge.metrics import Metric, metrics, paired_values
 from runner.judge.paired import median_interval, paired_change
 from runner.judge.policy import CompareConfig
@@ -467,8 +467,8 @@ def _labels(
 
 
 def failure_reasons(comparison: Comparison) -> list[str]:
-    """One line per distinct failure of either side (``failures.failure_reason``)."""
-    return [failure_reason(failure) for failure in comparison.failures]
+    """One line per distinct failure of either side (``Failure.reason``)."""
+    return [failure.reason for failure in comparison.failures]
 
 
 def _fixed_reason(comparison: Comparison, result: RunResult) -> list[str]:

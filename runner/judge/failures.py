@@ -82,11 +82,3 @@ def failures(result: RunResult) -> list[Failure]:
         valid = [b for b in result.blends if not (b.base.error or "").startswith("bad blend file")]
         found += _deblend_failures(valid, side)
     return found
-
-
-def failure_reason(failure: Failure) -> str:
-    """A failure in a line: "head does not build: SyntaxError: ..." or "head errors on
-    100 of 100 blends: ValueError in Box.contains"."""
-    if failure.stage == "build":
-        return f"{failure.side} does not build: {failure.summary}"
-    return f"{failure.side} errors on {failure.blends} of {failure.of} blends: {failure.summary}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
-from runner.judge.failures import failure_reason
 from runner.result import (
     BlendChange,
     BlendResult,
@@ -188,7 +187,7 @@ def failure_line(failure: Failure) -> str:
 
 def _rendered_reasons(comparison: Comparison) -> list[str]:
     """The verdict's reasons as Markdown: a failure's error text in a code span."""
-    plain = {failure_reason(f): failure_line(f) for f in comparison.failures}
+    plain = {f.reason: failure_line(f) for f in comparison.failures}
     return [plain.get(reason, reason) for reason in comparison.reasons]
 
 
