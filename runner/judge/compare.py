@@ -233,6 +233,8 @@ def _judge_timing(result: RunResult, comparison: MetricComparison, metric: Metri
     elif models_bit_identical(result):
         comparison.gating = False
         comparison.note = "models bit-identical: timing alone never fails"
+    elif comparison.status == "inconclusive":
+        comparison.gating, comparison.note = False, "only a confirmed timing regression counts"
     elif comparison.status == "regressed":
         comparison.retimed = _retimed(result, comparison, metric.transform)
         if comparison.retimed is None or not comparison.retimed.confirmed:
