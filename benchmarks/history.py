@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -257,6 +258,8 @@ def main() -> None:
     parser.add_argument("--no-hog", action="store_true", help="skip the CPU-hog replay")
     parser.add_argument("--no-full", action="store_true", help="skip timing a full run")
     args = parser.parse_args()
+    # Terminated, it still ends its CPU hogs (the finally below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     if not args.repo.exists():
         sys.exit(f"no scarlet v1 repository at {args.repo} (set SCARLET1_REPO)")
     args.work.mkdir(parents=True, exist_ok=True)

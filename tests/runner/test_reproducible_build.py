@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.installed import record, site_packages
-from runner.release import commit
 from runner.result import RunResult
 from support import TINY_PYPROJECT, tiny_adapter
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.pool import Side, Task, run_tasks
-from runner.release import commit
 from runner.result import RunResult
 from runner.synth import write_synthetic_set
 from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository

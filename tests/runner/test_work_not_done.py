@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from runner.commands import main
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.installed import installed_hash, reaching
 from runner.deblend.revisions import git
-from runner.release import commit
 from runner.result import RunResult
 from support import tiny_adapter, tiny_repository
 
