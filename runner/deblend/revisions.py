@@ -184,3 +184,11 @@ def check_on_branch(repo: Path, branch: str, shas: list[str]) -> None:
         )
         if result.returncode != 0:
             raise RevisionError(f"{sha[:12]} is not a commit of the trusted ref {ref}")
+
+
+def mainline_ancestors(repo: Path, sha: str, limit: int) -> list[str]:
+    """Up to ``limit`` ancestors of ``sha`` (itself not included), nearest first, that lie
+    on the default branch (the first-parent history of the repository's ``HEAD``)."""
+    mainline = set(git(repo, "rev-list", "--first-parent", "HEAD").split())
+    older = git(repo, "rev-list", "--topo-order", sha).split()[1:]
+    return [commit for commit in older if commit in mainline][:limit]

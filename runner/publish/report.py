@@ -13,10 +13,18 @@ its own for the HTML page).
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
 from runner.publish.untrusted import code, html_code, html_line, html_lines, one_line
-from runner.result import BlendChange, BlendResult, Comparison, MetricComparison, RunResult
+from runner.result import (
+    BlendChange,
+    BlendResult,
+    Comparison,
+    Failure,
+    MetricComparison,
+    RunResult,
+)
 
 CONFIG_FILE = ".github/scarlet-regression.toml"
 
@@ -41,11 +49,24 @@ WORSE_LISTED = 10
 UNITS = ("mag", "px", "s")
 DELTA_NOTE = (
     "Δ: the median paired difference head − base over the blends (or injected sources)"
-    " both measured, in the unit the metric names; × rows: the median head/base ratio,"
-    " timed in the same job; tail rows: head's percentile minus base's. mag error = truth"
+    " both measured, in the unit the metric names, with its {level} interval; × rows: the"
+    " median head/base ratio, timed in the same job on the same slot; tail rows: head's"
+    " percentile minus base's. A metric regressed only where its whole interval lies"
+    " beyond the tolerance. The base and head columns are each side's own median (tail"
+    " rows: percentile), not paired: Δ need not equal their difference. mag error = truth"
     " − model magnitude. Detectable: the smallest change this run could have detected"
-    " (95 % level, 80 % power)."
+    " (5 % level, 80 % power)."
 )
+
+
+def level(comparison: Comparison) -> str:
+    """The confidence level of the comparison's intervals, e.g. "90%"."""
+    return f"{100 * comparison.config.get('confidence', 0.95):g}%"
+
+
+def delta_note(comparison: Comparison) -> str:
+    """What the metric table's columns mean."""
+    return DELTA_NOTE.format(level=level(comparison).replace("%", " %"))
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,15 @@ class Links:
     trends: str | None = None
     latest: str | None = None
     images: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def code_block(text: str, limit: int = 8000) -> str:
+    """Untrusted lines (a log's tail, a traceback) as a fenced code block: fenced by more
+    backticks than any run inside (three at least), cut to its last ``limit`` characters."""
+    text = text[-limit:]
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 def _number(value: float | None, sign: bool = False) -> str:
@@ -102,7 +132,7 @@ def _change(metric: MetricComparison, value: float | None) -> str:
     return _number(value, sign=True)
 
 
-RATIO_METRICS = ("init_time", "runtime_per_source", "iterations")
+RATIO_METRICS = ("init_time", "cpu_time_per_source", "iterations")
 
 
 def format_delta(metric: MetricComparison) -> str:
@@ -146,28 +176,38 @@ def headline(result: RunResult) -> str:
     return f"{comparison.verdict}" + (f": {reasons}" if reasons else "")
 
 
-def what_changed(result: RunResult) -> str:
-    """What changed, blend by blend: "N of M blends changed; K worse beyond tolerance;
-    worst: set/id (why)", or that everything measured is identical."""
-    comparison = _comparison(result)
+def failure_line(failure: Failure) -> str:
+    """A failure in words, its error as code: "head does not build: `SyntaxError: ...`",
+    "head errors on 100 of 100 blends: `ValueError in Box.contains`"."""
+    if failure.stage == "build":
+        return f"{failure.side} does not build: {code(failure.summary)}"
+    return (
+        f"{failure.side} errors on {failure.blends} of {failure.of} blends: {code(failure.summary)}"
+    )
+
+
+def _rendered_reasons(comparison: Comparison) -> list[str]:
+    """The verdict's reasons as Markdown: a failure's error text in a code span."""
+    plain = {f.reason: failure_line(f) for f in comparison.failures}
+    return [plain.get(reason, reason) for reason in comparison.reasons]
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _tally_line(comparison: Comparison) -> str:
+    """What changed blend by blend, in one sentence."""
     tally = comparison.tally
-    skipped = result.provenance.skipped
-    if skipped is not None:
-        shown = f" on {tally.blends} blends" if tally.blends else ""
-        if skipped.reason == "identical build":
-            return (
-                "Head's build installs exactly base's files (version files aside): its"
-                f" results are base's{shown}, so nothing was deblended."
-            )
-        outcome = f"its results are base's{shown}" if tally.blends else "nothing was deblended"
-        return (
-            "This PR does not change the installed scarlet: no file it changes goes into"
-            f" the package. Head was not built and {outcome}."
-        )
     if comparison.identical_models:
         return (
             f"All {tally.blends} blends are bit-identical to base's in everything measured"
             " (models, fluxes, centroids, iterations, logL): the science is unchanged."
+        )
+    if comparison.measurement_change:
+        return (
+            f"Models bit-identical on all {tally.blends} blends; measurement changed:"
+            f" {comparison.measurement_change}."
         )
     parts = [
         f"{tally.changed} of {tally.blends} blends changed",
@@ -175,6 +215,8 @@ def what_changed(result: RunResult) -> str:
     ]
     if tally.better:
         parts.append(f"{tally.better} better")
+    if tally.mixed:
+        parts.append(f"{tally.mixed} mixed (one band better, another worse)")
     changed = [c for c in comparison.blends if not c.identical]
     if changed:
         top = changed[0]
@@ -182,6 +224,51 @@ def what_changed(result: RunResult) -> str:
         word = "worst" if top.worse else "most changed"
         parts.append(f"{word}: {top.dataset}/{top.id} ({'; '.join(why[:3])})")
     return "; ".join(parts) + "."
+
+
+def what_changed(result: RunResult) -> str:
+    """What changed: what broke on either side first (said once, its error as code),
+    fixes, then blend by blend ("N of M blends changed; K worse beyond tolerance; worst:
+    set/id (why)"), that everything measured is identical, or that only measurements
+    moved."""
+    comparison = _comparison(result)
+    tally = comparison.tally
+    skipped = result.provenance.skipped
+    if skipped is not None:
+        shown = f" on {tally.blends} blends" if tally.blends else ""
+        if skipped.reason == "identical build":
+            return (
+                "Head's build installs exactly base's files (version files and comments"
+                f" aside): its results are base's{shown}, so nothing was deblended."
+            )
+        outcome = f"its results are base's{shown}" if tally.blends else "nothing was deblended"
+        return (
+            "This PR does not change the installed scarlet: no file it changes goes into"
+            f" the package. Head was not built and {outcome}."
+        )
+    sentences = [_sentence(failure_line(f)) for f in comparison.failures]
+    if result.provenance.head.build.status == "failed":
+        return " ".join([*sentences, "Nothing was deblended."])
+    if comparison.fixed:
+        sentences.append(
+            f"Fixed: {len(comparison.fixed)} of {len(result.blends)} blends that errored on"
+            " base deblend on head."
+        )
+    ancestor, found = comparison.ancestor, result.provenance.ancestor
+    if ancestor is not None and found is not None:
+        commits = f"{found.distance} commit{'s' if found.distance != 1 else ''} back"
+        reasons = "; ".join(ancestor.reasons) or "nothing changed beyond tolerance"
+        sentences.append(
+            f"Against base's nearest good ancestor `{ancestor.sha[:10]}` ({commits}, its"
+            f" stored run) on {ancestor.tally.blends} blends: {ancestor.verdict} ({reasons})."
+        )
+    elif result.provenance.base.build.status == "failed" or (comparison.fixed and not tally.blends):
+        sentences.append("No stored run of an ancestor of base was found to compare with.")
+    if tally.blends:
+        sentences.append(_tally_line(comparison))
+    elif ancestor is None:
+        sentences.append("No blend was deblended by both base and head.")
+    return " ".join(sentences)
 
 
 def notes(result: RunResult, span=code) -> list[str]:
@@ -224,27 +311,29 @@ def notes(result: RunResult, span=code) -> list[str]:
 
 def reuse_notes(result: RunResult, span=code) -> list[str]:
     """What was reused from earlier runs, how it was checked, what the timings rest on."""
-    reuse = result.provenance.reuse
-    if reuse is None:
-        return []
+    reuses = [r for r in (result.provenance.reuse, result.provenance.head_reuse) if r]
     lines = []
-    if reuse.mismatched:
-        shown = ", ".join(span(m, 80) for m in reuse.mismatched[:10])
-        where = " in their shard" if reuse.blends else ""
-        lines.append(
-            f"Base's stored outcomes did not match a fresh deblend of {shown}: base was"
-            f" deblended afresh{where} and those stored outcomes were not used."
-        )
-    if reuse.blends:
-        more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+    for reuse in reuses:
+        side = reuse.side.capitalize()
+        if reuse.mismatched:
+            shown = ", ".join(span(m, 80) for m in reuse.mismatched[:10])
+            where = " in their shard" if reuse.blends else ""
+            lines.append(
+                f"{side}'s stored outcomes did not match a fresh deblend of {shown}:"
+                f" {reuse.side} was deblended afresh{where} and those stored outcomes were"
+                " not used."
+            )
+        if reuse.blends:
+            more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+            lines.append(
+                f"{side}'s outcomes on {reuse.blends} blends were read from the store"
+                f" (measured by {'; '.join(one_line(r) for r in reuse.runs[:3])}{more});"
+                f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh"
+                " matched them bit for bit."
+            )
+    if any(reuse.blends for reuse in reuses):
         timed = sum(b.timed_in_run for b in result.blends)
-        lines += [
-            f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
-            f" {'; '.join(one_line(r) for r in reuse.runs[:3])}{more});"
-            f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh matched"
-            " them bit for bit.",
-            f"Timings rest on the {timed} blends deblended by both sides in this run.",
-        ]
+        lines.append(f"Timings rest on the {timed} blends deblended by both sides in this run.")
     return lines
 
 
@@ -322,9 +411,11 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         + _provenance_line(result)
         + (f"\n\n{link_line}" if link_line else ""),
         "### Versions that differ from the lock\n\n" + package_table(result),
-        metric_table(changed) if changed else "No metric changed beyond its tolerance.",
+        metric_table(changed, level(comparison))
+        if changed
+        else "No metric changed beyond its tolerance.",
     ]
-    errors = _errors(result)
+    errors = failures_section(result)
     if errors:
         parts.append(errors)
     parts.append(
@@ -363,20 +454,35 @@ def metric_rows(comparison: Comparison) -> list[MetricComparison]:
     return sorted(comparison.metrics, key=lambda m: STATUS_ORDER[m.status])
 
 
+def format_status(metric: MetricComparison) -> str:
+    """The status with its icon, and why it does not move the verdict where it does not;
+    a re-timing's result beside a timing's."""
+    text = f"{STATUS_ICONS[metric.status]} {metric.status}"
+    if metric.retimed is not None:
+        retimed = metric.retimed
+        low, high = retimed.ci
+        interval = f"[{_change(metric, low)}, {_change(metric, high)}]"
+        verb = "confirmed" if retimed.confirmed else "not confirmed"
+        text += f" ({verb} by a re-timing of {retimed.pairs} pairs:"
+        text += f" {_change(metric, retimed.delta)} {interval})"
+    if not metric.gating:
+        text += f" — {metric.note or 'reported only'}"
+    return text
+
+
 def metric_cells(metric: MetricComparison, raw_p: bool = False) -> list[str]:
-    """A metric's row as text: label, base, head, Δ, interval, tolerance, detectable
-    change, (the raw p,) the adjusted p and the status."""
+    """A metric's row as text: label, Δ with its interval, tolerance, status, detectable
+    change, (the raw p,) the adjusted p, and each side's own median."""
     return [
         label(metric),
-        format_value(metric, metric.base),
-        format_value(metric, metric.head),
-        format_delta(metric),
-        format_ci(metric),
+        " ".join(part for part in (format_delta(metric), format_ci(metric)) if part != "–") or "–",
         format_tolerance(metric),
+        format_status(metric),
         format_mde(metric),
         *([_p(metric.p)] if raw_p else []),
         _p(metric.p_adjusted),
-        f"{STATUS_ICONS[metric.status]} {metric.status}",
+        format_value(metric, metric.base),
+        format_value(metric, metric.head),
     ]
 
 
@@ -385,18 +491,22 @@ def _metric_row(metric: MetricComparison) -> str:
 
 
 TABLE_HEAD = (
-    "| metric | base | head | Δ | 95% CI | tolerance | detectable | p (adj.) | status |\n"
-    "|---|---:|---:|---:|---|---:|---:|---:|---|"
+    "| metric | Δ [{level} CI] | tolerance | status | detectable | p (adj.) |"
+    " base's own median | head's own median |\n"
+    "|---|---|---:|---|---:|---:|---:|---:|"
 )
 
 
-def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
+def metric_table(
+    metrics: list[MetricComparison], interval: str = "95%", budget: int = 20_000
+) -> str:
     """A Markdown table of metrics, cut short (with a note) past ``budget`` characters."""
-    lines, size = [TABLE_HEAD], len(TABLE_HEAD)
+    head = TABLE_HEAD.format(level=interval)
+    lines, size = [head], len(head)
     for index, metric in enumerate(metrics):
         row = _metric_row(metric)
         if size + len(row) + 1 > budget:
-            lines.append(f"| … {len(metrics) - index} more in the full report |" + " |" * 8)
+            lines.append(f"| … {len(metrics) - index} more in the full report |" + " |" * 7)
             break
         lines.append(row)
         size += len(row) + 1
@@ -432,21 +542,29 @@ def _image(change, links: Links) -> str | None:
     return f"{_caption(change)}\n\n![residuals of {change.id}]({url})"
 
 
-def _errors(result: RunResult, limit: int = 50) -> str:
-    rows = []
-    for blend in result.blends:
-        for side in ("base", "head"):
-            run = getattr(blend, side)
-            if run.status == "errored":
-                reason = code(run.error) if run.error else ""
-                rows.append(f"- {code(f'{blend.dataset}/{blend.id}', 80)} {side}: {reason}")
-    if not rows:
+def failures_section(result: RunResult) -> str:
+    """What broke, once per distinct error, each in its own details: a build's error and
+    its log's tail, a deblender's error with the blends it hit and one traceback."""
+    failures = _comparison(result).failures
+    if not failures:
         return ""
-    shown = rows[:limit]
-    if len(rows) > limit:
-        shown.append(f"- … and {len(rows) - limit} more (see the full report)")
-    summary = f"<details><summary>{len(rows)} errored deblend(s)</summary>"
-    return summary + "\n\n" + "\n".join(shown) + "\n\n</details>"
+    errored = sum(f.blends for f in failures if f.stage == "deblend")
+    parts = []
+    for failure in failures:
+        if failure.stage == "build":
+            what = "the build log's last lines"
+        else:
+            shown = ", ".join(code(e, 80) for e in failure.examples)
+            more = " …" if failure.blends > len(failure.examples) else ""
+            what = f"e.g. {shown}{more}; the last lines of one traceback"
+        detail = code_block(failure.detail) if failure.detail else "(no output)"
+        parts.append(
+            f"<details><summary>{failure_line(failure)}</summary>\n\n{what}:\n\n"
+            f"{detail}\n\n</details>"
+        )
+    if errored:
+        parts.insert(0, f"{errored} errored deblend(s), by kind:")
+    return "\n\n".join(parts)
 
 
 def utf8_size(text: str) -> int:
@@ -467,7 +585,7 @@ def _fit(parts: list[str], limit: int, tail: str, size=len) -> str:
 
 
 def _reasons(comparison: Comparison) -> str:
-    return "\n".join(f"- {reason}" for reason in comparison.reasons)
+    return "\n".join(f"- {reason}" for reason in _rendered_reasons(comparison))
 
 
 def worse_list(comparison: Comparison, limit: int = WORSE_LISTED) -> str:
@@ -503,10 +621,15 @@ def comment(result: RunResult, links: Links) -> str:
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
     parts = [title, opening, intro]
+    errors = failures_section(result)
+    if errors:
+        parts.append(errors)
     if result.provenance.drift is not None:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     if changed:
-        parts.append(metric_table(changed) + f"\n\n<sub>{DELTA_NOTE}</sub>")
+        parts.append(
+            metric_table(changed, level(comparison)) + f"\n\n<sub>{delta_note(comparison)}</sub>"
+        )
     elif result.blends:
         parts.append("No metric changed beyond its tolerance.")
     worse = worse_list(comparison)
@@ -515,7 +638,7 @@ def comment(result: RunResult, links: Links) -> str:
     if unchanged and result.blends:
         parts.append(
             f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
-            + metric_table(unchanged)
+            + metric_table(unchanged, level(comparison))
             + "\n\n</details>"
         )
     images = [i for i in (_image(c, links) for c in comparison.blends) if i]
@@ -538,9 +661,6 @@ def comment(result: RunResult, links: Links) -> str:
     extra = notes(result)
     if extra:
         parts.append("\n".join(f"- {line}" for line in extra))
-    errors = _errors(result)
-    if errors:
-        parts.append(errors)
     tail = f"<sub>scarlet-regression {result.provenance.runner_version}</sub>"
     return _fit(parts, COMMENT_LIMIT, tail)
 
@@ -567,7 +687,9 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:
         summary_parts.append(package_table(result))
-    summary_parts.append(metric_table(metric_rows(comparison)) + f"\n\n{DELTA_NOTE}")
+    summary_parts.append(
+        metric_table(metric_rows(comparison), level(comparison)) + f"\n\n{delta_note(comparison)}"
+    )
     worse = worse_list(comparison)
     if worse:
         summary_parts.append(worse)
@@ -583,7 +705,7 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         for c in comparison.blends
     ]
     text_parts = []
-    errors = _errors(result)
+    errors = failures_section(result)
     if errors:
         text_parts.append(errors)
     if blend_lines:
@@ -622,6 +744,25 @@ figure { margin: 1.5em 0; } img { max-width: 100%; }
 code { background: #f6f8fa; padding: 1px 4px; }
 .note { color: #59636e; font-size: 12px; }
 """
+
+
+def failures_html(result: RunResult) -> str:
+    """What broke, once per distinct error, for the HTML page: the error, the blends it
+    hit, and the build log's tail or one traceback."""
+    failures = _comparison(result).failures
+    if not failures:
+        return ""
+    esc = html.escape
+    items = []
+    for failure in failures:
+        title = failure_line(failure).replace("`", "")
+        examples = ", ".join(failure.examples)
+        hit = f"<p>e.g. {esc(examples)}</p>" if examples else ""
+        items.append(
+            f"<details open><summary>{esc(title)}</summary>{hit}"
+            f"<pre>{esc(failure.detail or '(no output)')}</pre></details>"
+        )
+    return "<h2>What broke</h2>" + "".join(items)
 
 
 def html_report(result: RunResult, links: Links) -> str:
@@ -691,7 +832,9 @@ def html_report(result: RunResult, links: Links) -> str:
     )
     paragraphs = [
         f"<p><strong>{esc(what_changed(result))}</strong></p>",
-        "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in comparison.reasons) + "</ul>"
+        "<ul>"
+        + "".join(f"<li>{esc(r.replace('`', ''))}</li>" for r in _rendered_reasons(comparison))
+        + "</ul>"
         if comparison.reasons
         else "",
         f"<p>{html_line(lambda span: _provenance_line(result, span))}</p>",
@@ -719,10 +862,11 @@ def html_report(result: RunResult, links: Links) -> str:
 <h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
 {"".join(paragraphs)}
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>base</th><th>head</th><th>Δ</th><th>95% CI</th><th>tolerance</th>
-<th>detectable</th><th>p</th><th>p (adj.)</th><th>status</th></tr>{rows}</table>
-<p class="note">{esc(DELTA_NOTE)}</p>
-{worse_html}{notes_html}
+<table><tr><th>metric</th><th>Δ [{level(comparison)} CI]</th><th>tolerance</th><th>status</th>
+<th>detectable</th><th>p</th><th>p (adj.)</th><th>base's own median</th>
+<th>head's own median</th></tr>{rows}</table>
+<p class="note">{esc(delta_note(comparison))}</p>
+{failures_html(result)}{worse_html}{notes_html}
 <h2>Residuals, most changed first</h2>
 <p>observed · base model · head model · base residual · head residual · head − base</p>
 {figures or "<p>No residual comparisons.</p>"}
