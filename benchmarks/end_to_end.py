@@ -150,14 +150,15 @@ async def ack_latency(seconds: float) -> None:
             print("fake-gcs-server did not start")
             return
         try:
-            bucket = emulator.client().create_bucket(f"bot-state-{uuid.uuid4().hex[:12]}")
-            state = {
-                "SCARLET_BOT_STATE": f"gs://{bucket.name}/state",
-                "STORAGE_EMULATOR_HOST": emulator.endpoint,
-            }
             for rate in (200.0, 50.0, 20.0):
+                bucket = emulator.client().create_bucket(f"bot-state-{uuid.uuid4().hex[:12]}")
+                state = {
+                    "SCARLET_BOT_STATE": f"gs://{bucket.name}/state",
+                    "STORAGE_EMULATOR_HOST": emulator.endpoint,
+                }
                 print(f"\nGCS state (fake-gcs-server on loopback), {rate:g} deliveries/s:")
-                await webhook_load.run(rate, seconds, 0.05, state)
+                others = {"fake-gcs-server": emulator.process.pid}
+                await webhook_load.run(rate, seconds, 0.05, state, others=others)
         finally:
             emulator.stop()
     print("\nSQLite state (the embedded default), 200 deliveries/s:")

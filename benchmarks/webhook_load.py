@@ -43,6 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 SECRET = "load-test-secret"
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -171,9 +177,16 @@ async def load(url: str, rate: float, seconds: float, repeat: float, event: str)
 
 
 async def run(
-    rate: float, seconds: float, repeat: float, env: dict[str, str], event: str = "pull_request"
+    rate: float,
+    seconds: float,
+    repeat: float,
+    env: dict[str, str],
+    event: str = "pull_request",
+    others: dict[str, int] | None = None,
 ) -> None:
-    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it."""
+    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it;
+    print the CPU time per delivery of the bot and of ``others`` (name: pid), and the
+    machine's load average."""
     github_port, bot_port = free_port(), free_port()
     stub = StubGitHub()
     github = await stub.serve(github_port)
@@ -209,10 +222,19 @@ async def run(
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.1)
+            pids = {"bot": bot.pid, **(others or {})}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             await load(f"{url}/webhook", rate, seconds, repeat, event)
             await asyncio.sleep(1.0)  # the last deliveries' work, after their answers
             if event == "pull_request":
                 print(f"PRs read from GitHub after the answer: {stub.reads}")
+            deliveries = rate * seconds
+            used = ", ".join(
+                f"{name} {(cpu_seconds(pid) - before[name]) / deliveries * 1e3:.1f} ms"
+                for name, pid in pids.items()
+            )
+            load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            print(f"CPU per delivery: {used}; machine load average {load_average}")
         finally:
             bot.terminate()
             bot.wait(timeout=10)
