@@ -413,7 +413,8 @@ import subprocess, sys
 bomb = subprocess.run(["/bin/sh", "-c", "for i in $(seq 300); do sleep 20 & done; wait"],
                       capture_output=True, text=True)
 print(bomb.stderr[-200:], file=sys.stderr)
-sys.exit(1 if "fork" in bomb.stderr.lower() else 0)
+if "fork" in bomb.stderr.lower():
+    sys.exit(1)
 """
 DISK_FILL = """
 import pathlib, sys, time
