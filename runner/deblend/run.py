@@ -78,6 +78,7 @@ from runner.result import (
 from runner.store import ArtifactStore, LocalStore, StoreError, open_store
 
 SIDES = ("base", "head")
+ARRAY_KEYS = ("flux", "centroid", "model")  # what is read of a worker's arrays
 CLOUD_RUN_VARIABLE = "CLOUD_RUN_JOB"  # set in a Cloud Run job's tasks
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
@@ -745,7 +746,7 @@ class Run:
         relative = str(outcome.task.out.relative_to(self.config.out))
         try:
             with np.load(outcome.task.out, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+                arrays = {key: archive[key] for key in ARRAY_KEYS if key in archive.files}
             reply = outcome.reply or {}
             return measure(blend, arrays, reply, relative, outcome.wall, outcome.cpu)
         except (MeasurementError, OSError, ValueError, KeyError) as error:
