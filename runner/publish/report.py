@@ -760,7 +760,7 @@ def failures_html(result: RunResult) -> str:
         hit = f"<p>e.g. {esc(examples)}</p>" if examples else ""
         items.append(
             f"<details open><summary>{esc(title)}</summary>{hit}"
-            f"<pre>{esc(failure.detail or '(no output)')}</pre></details>"
+            f"<pre><code>{esc(failure.detail or '(no output)')}</code></pre></details>"
         )
     return "<h2>What broke</h2>" + "".join(items)
 
