@@ -277,7 +277,7 @@ def test_a_terminated_run_takes_its_workers_down(setup, tmp_path):
 
 def science(result: RunResult) -> list:
     """Every measurement of a result but its timings."""
-    timings = {"wall_time", "init_time", "fit_time"}
+    timings = {"wall_time", "cpu_time", "init_time", "fit_time"}
     return [
         (b.dataset, b.id, side, {k: v for k, v in asdict(getattr(b, side)).items()
                                  if k not in timings})
