@@ -187,8 +187,12 @@ def failure_line(failure: Failure) -> str:
 
 def _rendered_reasons(comparison: Comparison) -> list[str]:
     """The verdict's reasons as Markdown: a failure's error text in a code span."""
-    plain = {f.reason: failure_line(f) for f in comparison.failures}
-    return [plain.get(reason, reason) for reason in comparison.reasons]
+    rendered = []
+    for reason in comparison.reasons:
+        for failure in comparison.failures:
+            reason = reason.replace(failure.reason, failure_line(failure))
+        rendered.append(reason)
+    return rendered
 
 
 def _sentence(text: str) -> str:
