@@ -105,9 +105,10 @@ class RunConfig:
     """Everything a run needs to know. ``store``: where environments and measured outcomes
     are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
     only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
-    change a model, base outcomes already measured); off, both sides are built and
-    deblended in full. ``timing_sample``: blends timed on both sides in this run when base
-    is reused (the timing metrics rest on them)."""
+    change a model, outcomes of either side already measured); off, both sides are built
+    and deblended in full (but nothing where head does not build). ``timing_sample``:
+    blends deblended on both sides in this run when a side is reused (spot-checking the
+    stored outcomes; the timing metrics rest on them)."""
 
     repo: str
     head: str
@@ -653,8 +654,9 @@ class Run:
         sides: dict[str, Side],
         loaded: dict[tuple[str, str], Blend | BlendError],
     ) -> None:
-        """Deblend and measure ``plan``'s (blend, side) pairs, in order (so base and head
-        of a blend interleave and machine drift cancels in their timings)."""
+        """Deblend and measure ``plan``'s (blend, side) pairs, in order: both sides of a
+        blend next to each other run on the same slot (``pool.TaskQueue``), so that the
+        same load meets both in their timings."""
         config = self.config
         workdir = config.out / "logs"
         workdir.mkdir(parents=True, exist_ok=True)
