@@ -147,7 +147,7 @@ async def test_two_prs_of_one_head_sha_each_get_their_own_check_run_and_report(b
     for pull, run in ((to_main, by_name["scarlet regression"]),
                       (to_develop, by_name["scarlet regression (develop)"])):  # fmt: skip
         job = await service.jobs.latest(REPO, pull.number)
-        assert (job.check_run_id, job.base) == (run.id, pull.base_ref)
+        assert (job.check_run_id, job.base) == (run.id, f"refs/heads/{pull.base_ref}")
         (report,) = bot.report_comments(pull.number)
         verdict = report.body.split("scarlet regression: ", 1)[1].split()[0]
         expected = {"pass": "success", "fail": "failure", "neutral": "neutral"}[verdict]
