@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 
@@ -274,14 +275,19 @@ async def test_a_burst_of_pushes_runs_at_most_the_cap_and_reports_the_newest(
                 most = max(most, runners(bot))
                 await asyncio.sleep(0.05)
 
+        # Twenty pushes within seconds: their deliveries arrive together, in no order.
+        shas = [push(bot, f"push {n}") for n in range(20)]
+        merge = {"repository": {"clone_url": str(bot.repo)}}
+        deliveries = [
+            fake_github.webhook("pull_request", "synchronize", pull=pull, head_sha=sha, merge=merge)
+            for sha in shas
+        ]
+        pull.head_sha = newest = shas[-1]
         watching = asyncio.create_task(watch())
         try:
-            shas = []
-            for n in range(20):
-                pull.head_sha = push(bot, f"push {n}")
-                shas.append(pull.head_sha)
-                assert await bot.send("pull_request", "synchronize", pull=pull) == 202
-            newest = shas[-1]
+            random.Random(25).shuffle(deliveries)
+            statuses = await asyncio.gather(*(bot.deliver(*d) for d in deliveries))
+            assert statuses == [202] * 20
             (run,) = await bot.completed(newest, timeout=300)
             await asyncio.sleep(2.0)
         finally:
