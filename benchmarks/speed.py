@@ -5,14 +5,16 @@ one invocation (so the machine's load is shared by every figure):
 
 - the full run (``--full``: head new, base's environment cached, everything built and
   deblended on both sides, as every run did before work was skipped), head a
-  Python-only commit; it leaves base's outcomes in the store;
+  Python-only commit;
 - a second Python-only commit (goal <= 0.50: the compile cached, head's deblending, the
   timing sample and spot-check on base);
 - a docs-only commit (goal <= 0.10: nothing built, nothing deblended);
 - a C++ change (goal <= 1.05: compiled, head deblended, base reused).
 
 Each line gives the run's seconds, its ratio to the full run, the verdict and what was
-done. Base is given as a branch, so its build is trusted (it writes the compiler cache).
+done. First, untimed, a baseline run of ``--base`` (``--trusted-ref trunk``, as the bot runs
+the default branch's commits) builds base's environment, writes the compiler cache and
+stores base's outcomes; the pull requests' runs give base as the branch ``trunk``.
 
     python benchmarks/speed.py [--repo PATH] [--base REV] [--workers N] [--cache DIR]
 """
@@ -96,13 +98,10 @@ def main() -> None:
     }  # fmt: skip
     common = ["--repo", str(clone), "--base", "trunk", "--cache", str(cache)]
     common += ["--workers", str(args.workers)] + [f"--dataset={s}" for s in SETS]
-    one = work / "one"  # one blend: the preparation builds base's environment
-    one.mkdir()
-    first = sorted(SETS[0].glob("*.npz"))[0]
-    (one / first.name).write_bytes(first.read_bytes())
-    print(f"preparing: base {base[:12]}'s environment (untimed)", flush=True)
-    timed(["run", "--repo", str(clone), "--head", "trunk", "--base", "trunk", "--cache",
-           str(cache), "--dataset", str(one), "--out", str(work / "prep")])  # fmt: skip
+    print(f"preparing: base {base[:12]}'s baseline run (untimed)", flush=True)
+    timed(["run", "--repo", str(clone), "--head", "trunk", "--base", "trunk", "--trusted-ref",
+           "trunk", "--cache", str(cache), "--workers", str(args.workers),
+           *(f"--dataset={s}" for s in SETS), "--out", str(work / "prep")])  # fmt: skip
     seconds: dict[str, float] = {}
     for name, head in heads.items():
         extra = ["--full"] if name == "full" else []

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
+# 4: runner-measured times, sandboxed, trusted_ref; 5: the verdict on real history
 SCHEMA_VERSION = 5
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
@@ -58,10 +59,15 @@ class SourceModel:
 class BlendRun:
     """One revision's outcome on one blend; ``reused_from``: the run that measured it,
     when it was read from the store instead of deblended in this run (its timings then
-    belong to that run's job and are not paired with the other side's). ``wall_time`` and
-    ``cpu_time``: seconds of the whole deblend request, measured by the runner (the
-    worker's CPU time from ``/proc``, user and system); ``traceback``: the last frames of
-    the deblender's exception, where it raised one."""
+    belong to that run's job and are not paired with the other side's).
+
+    Timings: ``wall_time`` and ``cpu_time`` are measured by the runner, never reported by
+    the revision's code: the seconds between sending the request to the worker and its
+    reply, and the CPU seconds (user and system) the kernel counted for the worker's
+    processes meanwhile (``/proc/<pid>/stat`` before and after). ``init_time`` and
+    ``fit_time`` are what the deblender itself reported (its code could claim anything).
+    ``traceback``: the last frames of the deblender's exception, where it raised one;
+    ``raised_in`` the function that raised it."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
@@ -222,8 +228,13 @@ class Ancestor:
 @dataclass
 class Provenance:
     """Where the numbers come from; ``drift`` is set on a drift run only; ``skipped`` when
-    head was not deblended, ``reuse`` when stored outcomes were read instead of deblended;
-    ``ancestor`` when head is also compared with base's nearest good ancestor."""
+    head was not deblended, ``reuse`` when base's outcomes came from the store.
+    ``isolation``: how each kind of untrusted command ran (one line each); ``sandboxed``
+    False when it ran unisolated (``--unsandboxed``); ``trusted_ref`` the protected branch
+    whose own commits this run built (``--trusted-ref``: only such a run writes the shared
+    compiler cache and stored outcomes), None for any other run. ``ancestor`` when head is
+    also compared with base's nearest good ancestor; ``head_reuse`` when head's outcomes
+    were read from the store."""
 
     repository: str
     adapter: str
@@ -242,6 +253,8 @@ class Provenance:
     machine: Machine | None = None
     skipped: Skip | None = None
     reuse: Reuse | None = None
+    sandboxed: bool = True
+    trusted_ref: str | None = None
     ancestor: Ancestor | None = None
     head_reuse: Reuse | None = None
 

@@ -1,5 +1,7 @@
-"""Which files on this machine hold secrets: what the sandbox (``runner.deblend.sandbox``)
-hides from untrusted code, and how a caller (the bot) names its own.
+"""Which files on this machine hold secrets, and how a caller (the bot) names its own.
+
+The sandbox (``runner.deblend.sandbox``) no longer needs them: it is an allow-list, so
+untrusted code sees none of them, named or not.
 
 Secret files are those named by ``GOOGLE_APPLICATION_CREDENTIALS``, by any ``*_FILE``
 variable but certificate authorities' (``SSL_CERT_FILE``, ...) and by ``SCARLET_REGRESSION_HIDE``

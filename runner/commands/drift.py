@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import uuid
@@ -21,16 +20,9 @@ from runner.commands.options import publishing, run_config, run_options
 from runner.commands.output import fail_early, finish, progress, warn_failed_builds
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter
-from runner.deblend.compilecache import CompilerCache
-from runner.deblend.environments import (
-    BuildError,
-    Environment,
-    build_files,
-    build_newest_environment,
-)
+from runner.deblend.environments import BuildError, Environment, build_newest_environment
 from runner.deblend.lockfile import normalise
 from runner.deblend.run import Progress, Run, RunConfig, RunError, _environment
-from runner.deblend.sandbox import isolation
 from runner.result import Drift, PackageChange, RunResult
 
 
@@ -66,18 +58,25 @@ class DriftRun(Run):
         result.write(self.config.out / "result.json")
         return result
 
-    def isolate(self, adapter: Adapter) -> None:
-        """As a run's, and the newest environment's build with network: resolving the
-        revision's dependencies needs the index (the revision is the default branch's)."""
-        super().isolate(adapter)
-        needed = [*self.needed(adapter), *build_files(os.environ)]
-        self.isolation["newest build"] = isolation(os.environ, needed, network=True)
+    def isolate(self) -> None:
+        """As a run's; the newest environment's build too runs without network: the runner
+        resolves and fetches its requirements (see ``runner.deblend.environments``)."""
+        super().isolate()
+        self.isolation["newest build"] = self.isolation["build"]
+
+    def described_isolation(self) -> dict[str, str]:
+        described = super().described_isolation()
+        described["newest build"] = (
+            "requirements resolved (wheels only) and fetched by the runner, with network;"
+            " installed offline: " + self.isolation["newest build"].describe()
+        )
+        return described
 
     def _environments(
         self, repo: Path, revs: revisions.Revisions, adapter: Adapter
     ) -> dict[str, Environment | BuildError]:
         self.progress(Progress("building the locked environment"))
-        compiler_cache = CompilerCache(self.config.cache / "ccache")  # read only
+        compiler_cache = None  # no trusted ref: compiled without the shared cache
         locked = _environment(
             repo, revs.head, adapter, self.config.cache, self.isolation["build"], compiler_cache
         )

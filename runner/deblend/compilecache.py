@@ -14,12 +14,19 @@ headers the lock installed: pybind11's, Eigen's) relative to the build's working
 (``CCACHE_NOHASHDIR``). A hit's object is byte for byte the one the writing build compiled.
 
 A cache that pull requests could write would let one poison the objects of later builds,
-so only trusted builds (of a base given as a branch) write it: the sandbox binds it
-writable for them. Every other build reads it through the sandbox's read-only file system,
-ccache told not to write (``CCACHE_READONLY``, no statistics). Each build counts its own
-hits and misses in a log of its scratch folder (``CCACHE_STATSLOG``: the build's own
-account, which its code could rewrite). Where ccache is missing, revisions build without
-a cache. With a store, the cache travels between machines (``runner.deblend.shared``).
+so only trusted builds write it: those of a run of the protected default branch's own
+commits (``--trusted-ref``), which the sandbox binds it writable for. Every other build
+sees it read-only, ccache told not to write (``CCACHE_READONLY``, no statistics). Each
+cache belongs to the trusted ref that writes it (``<cache>/ccache/<ref>``, and the store's
+key names it too): a run reads the one of its ``--trusted-ref``, or of the branch its base
+was given as (only a trusted run of that branch can have written it).
+
+The hits and misses of a trusted build are counted by the runner, from ccache's own
+statistics before and after (``ccache --print-stats``, run outside the sandbox); they
+decide whether the cache is shared. A read-only build's counts are its own account (a log
+in its scratch folder, ``CCACHE_STATSLOG``, which its code could rewrite): shown, never
+acted on. Where ccache is missing, revisions build without a cache. With a store, the
+cache travels between machines (``runner.deblend.shared``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
+import subprocess
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +43,37 @@ from pathlib import Path
 STATS_LOG = "ccache-stats.log"
 MISS = "cache_miss"
 RESULTS = {MISS, "direct_cache_hit", "preprocessed_cache_hit"}  # of a cacheable compilation
-# A summary's counts inside the environment, of a build that could write the cache.
-_WRITABLE = re.compile(r"ccache: \d+ hits?, (\d+) miss(?:es)? \(writable\)")
+MAX_SIZE = "1G"  # what ccache keeps of a trusted ref's cache (it evicts the oldest)
+STATS_LIMIT = 2**20  # bytes of a read-only build's own statistics log read
+# A summary's counts, of a build that could write the cache.
+_WRITABLE = re.compile(r"ccache: \d+ hits?, (\d+) miss(?:es)? \(writable")
+
+
+def ref_folder(ref: str) -> str:
+    """A trusted ref as one folder or key name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", ref.removeprefix("refs/heads/")) or "_"
 
 
 @dataclass(frozen=True)
 class CompilerCache:
-    """The ccache folder ``path``, and whether this build may add to it (``writable``: a
-    trusted revision's) or only read it."""
+    """The ccache folder ``path`` of the trusted ref ``ref``, and whether this build may
+    add to it (``writable``: a trusted run's) or only read it."""
 
     path: Path
     writable: bool = False
+    ref: str = ""
 
     def binds(self) -> list[Path]:
         """What the sandbox must let the build write: the cache if writable (made here)."""
         if not self.writable or ccache() is None:
             return []
         self.path.mkdir(parents=True, exist_ok=True)
+        return [self.path]
+
+    def readable(self) -> list[Path]:
+        """What the sandbox must let a read-only build see: the cache, if there is one."""
+        if self.writable or ccache() is None or not self.path.is_dir():
+            return []
         return [self.path]
 
     def variables(self, env: Path, scratch: Path) -> dict[str, str]:
@@ -68,25 +91,58 @@ class CompilerCache:
             "CCACHE_NOHASHDIR": "1",
             "CCACHE_TEMPDIR": str(scratch),
             "CCACHE_STATSLOG": str(scratch / STATS_LOG),
+            "CCACHE_MAXSIZE": MAX_SIZE,
         }
         if not self.writable:
             variables.update(CCACHE_READONLY="1", CCACHE_NOSTATS="1")
         return variables
 
-    def summary(self, scratch: Path) -> str | None:
+    def counts(self) -> dict[str, int]:
+        """ccache's statistics of this cache, read by the runner (empty where there are
+        none, or for a read-only build, which keeps none)."""
+        binary = ccache()
+        if binary is None or not self.writable or not self.path.is_dir():
+            return {}
+        result = subprocess.run(
+            [binary, "--print-stats"],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ.get("PATH", ""), "CCACHE_DIR": str(self.path)},
+            timeout=60,
+            check=False,
+        )
+        counts = {}
+        for line in result.stdout.splitlines():
+            name, _, value = line.partition("\t")
+            if value.strip().isdigit():
+                counts[name] = int(value)
+        return counts
+
+    def summary(self, scratch: Path, before: dict[str, int]) -> str | None:
         """One line on what the build whose scratch folder is ``scratch`` compiled: its
-        hits and misses and whether it could write the cache; compilations of files outside
-        the environment (a setup.py's checks of compiler flags, on temporary files that
-        cannot hit) counted apart. None if it compiled nothing."""
+        hits and misses and whether it could write the cache. A writable build's are
+        counted by the runner (ccache's statistics now against ``before``); a read-only
+        build's come from its own log, compilations of files outside the environment (a
+        setup.py's checks of compiler flags, on temporary files that cannot hit) counted
+        apart. None if it compiled nothing."""
         if ccache() is None:
             return "no ccache on this machine: compiled without a cache"
+        if self.writable:
+            after = self.counts()
+            change = {key: after.get(key, 0) - before.get(key, 0) for key in RESULTS}
+            misses = change[MISS]
+            hits = sum(change.values()) - misses
+            if not hits + misses:
+                return None
+            return f"ccache: {_count(hits, 'hit')}, {_count(misses, 'miss')} (writable)"
         compiled = [(path, results) for path, results in _calls(scratch / STATS_LOG) if results]
         if not compiled:
             return None
         inside = [results for path, results in compiled if not os.path.isabs(path)]
         hits = sum(MISS not in results for results in inside)
-        mode = "writable" if self.writable else "read-only"
-        line = f"ccache: {_count(hits, 'hit')}, {_count(len(inside) - hits, 'miss')} ({mode})"
+        misses = len(inside) - hits
+        line = f"ccache: {_count(hits, 'hit')}, {_count(misses, 'miss')} (read-only"
+        line += "; the build's own count)"
         if outside := len(compiled) - len(inside):
             line += f", not counting {_count(outside, 'compiler check')} outside the environment"
         return line
@@ -99,7 +155,7 @@ def ccache() -> str | None:
 
 def added(summary: str | None) -> bool:
     """Whether the build that ``summary`` (:meth:`CompilerCache.summary`) describes added
-    objects to the cache: it could write it and compiled something there."""
+    objects to the cache: it could write it and, by the runner's count, missed."""
     counts = _WRITABLE.match(summary or "")
     return counts is not None and int(counts[1]) > 0
 
@@ -110,8 +166,8 @@ def compilers() -> list[list]:
     described = []
     for command in filter(None, sysconfig.get_config_vars("CC", "CXX")):
         program = shutil.which(command.split()[0])
-        stat = os.stat(program) if program else None
-        described.append([command, program, stat and stat.st_size, stat and stat.st_mtime_ns])
+        found = os.stat(program) if program else None
+        described.append([command, program, found and found.st_size, found and found.st_mtime_ns])
     return described
 
 
@@ -121,10 +177,17 @@ def _count(number: int, noun: str) -> str:
 
 
 def _calls(log: Path) -> list[tuple[str, set[str]]]:
-    """The calls of ccache a statistics log records: the source file (relative to the
-    build's folder where it is under the base folder) and its cacheable results."""
+    """The calls of ccache a statistics log records (its first MiB): the source file
+    (relative to the build's folder where it is under the base folder) and its cacheable
+    results."""
     calls: list[tuple[str, set[str]]] = []
-    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    try:  # the build made the file: it may be a link or a pipe
+        fd = os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return calls
+    with open(fd, "rb") as stream:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        lines = stream.read(STATS_LIMIT).decode(errors="replace").splitlines() if regular else []
     for line in lines:
         if line.startswith("# "):
             calls.append((line[2:], set()))

@@ -12,12 +12,21 @@ and without uv's or pip's cache, from a copy of its tree in its environment, abl
 only the environment and a scratch folder. Its C and C++ code compiles through the compiler
 cache (``runner.deblend.compilecache``), which only a trusted revision's build may write.
 
-A drift run also builds the *newest* environment: the lock, then the revision installed
-with dependency resolution and upgrades, so every package the revision requires comes
-at the newest release its requirements allow (from the index uv or pip is configured
-with: ``UV_INDEX_URL``, ``UV_FIND_LINKS``, ``PIP_INDEX_URL``, ...). It is never cached:
-what it resolves to changes with every release. Resolving needs the index, so there the
-revision is installed behind a sandbox with network.
+Every file of an environment is its own copy: uv is told ``--link-mode=copy`` whatever
+the caller's ``UV_LINK_MODE`` says, so no file a revision's build can write shares an
+inode with uv's cache or another environment. Every build step and the import check has
+a timeout (:data:`BUILD_LIMITS`); a build's log keeps its first bytes and its tail; what
+the environment and the build's scratch hold on disk is watched while it builds, and an
+environment larger than the limit is a build error (it would not be shared anyway).
+
+A drift run also builds the *newest* environment: the lock and the revision as above,
+then every package the revision requires (its ``Requires-Dist``, read from its installed
+metadata) at the newest release its requirements allow, from the index uv is configured
+with (``UV_INDEX_URL``, ``UV_FIND_LINKS``, ...). The runner resolves them (``uv pip
+compile``, wheels only: no package's code runs) and fetches the wheels into a cache of
+the build's own, outside the sandbox, with network; the sandbox then installs them from
+that cache without network. It is never cached: what it resolves to changes with every
+release.
 """
 
 from __future__ import annotations
@@ -27,23 +36,29 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from email.parser import HeaderParser
 from pathlib import Path
-from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 from runner.deblend.adapters import Adapter
 from runner.deblend.compilecache import CompilerCache
+from runner.deblend.installed import InstalledError, record, site_packages
+from runner.deblend.logs import CappedLog, read_tail
 from runner.deblend.sandbox import Isolation
 
-# 2: the revision built offline behind the read-only sandbox; 3: compiled reproducibly
-RECIPE_VERSION = 3
+# 3: copies, not links, of uv's cache; the allow-list sandbox; 4: compiled reproducibly
+RECIPE_VERSION = 4
 # Seconds since the epoch for anything a build stamps with a time (1980-01-01, the
 # earliest a zip file can hold).
 SOURCE_DATE_EPOCH = "315532800"
@@ -54,6 +69,36 @@ BUILD_VARIABLES = (
     *("PATH", "HOME", "LANG", "TMPDIR"),
     *("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"),
 )
+# uv's settings that name where packages come from: the newest environment's offline
+# install needs them to find what the runner fetched (credentials taken out).
+INDEX_VARIABLES = (
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_FIND_LINKS",
+    "UV_NO_INDEX",
+    "UV_INDEX_STRATEGY",
+)
+DISK_CHECK_INTERVAL = 2.0  # seconds between looks at what a build holds on disk
+
+
+@dataclass(frozen=True)
+class BuildLimits:
+    """Seconds a build step (``step``) and the import check may take; bytes of a build's
+    log kept before only its tail is (``log``); bytes an environment and its build's
+    scratch may hold on disk while it builds (``disk``) and the environment's files once
+    built (``size``: more cannot be shared, see ``runner.deblend.shared``)."""
+
+    step: float = 1800.0
+    import_check: float = 300.0
+    log: int = 4 * 2**20
+    disk: int = 8 * 2**30
+    size: int = 2 * 2**30
+
+
+BUILD_LIMITS = BuildLimits()
+TAIL_BYTES = 64 * 2**10
 
 
 class BuildError(RuntimeError):
@@ -84,15 +129,6 @@ class Environment:
     reused: bool
     fetched_from: str | None = None
     compiler_cache: str | None = None
-
-
-def build_files(environ: dict[str, str] | os._Environ) -> list[Path]:
-    """Files the build reads by name from the variables it gets (uv's or pip's settings)."""
-    return [
-        Path(value)
-        for key, value in environ.items()
-        if key.startswith(("UV_", "PIP_")) and key.endswith("_FILE") and value
-    ]
 
 
 def uv_binary() -> str | None:
@@ -139,66 +175,72 @@ def environment_lock(env: Path) -> Iterator[None]:
 
 
 def _steps(
-    uv: str | None, env: Path, source: Path, adapter: Adapter, newest: bool = False
+    uv: str | None, env: Path, source: Path, adapter: Adapter
 ) -> tuple[list[list[str]], list[list[str]]]:
     """The trusted steps, run as the runner with network: create the environment, install
-    exactly the lock (no resolution), check that it is complete. Then the revision's own
-    (its build runs its code), run behind the sandbox and with no cache (a revision could
-    poison it): install the revision without build isolation, without dependencies and
-    offline; or (``newest``) resolving and upgrading its dependencies, then check again."""
+    exactly the lock (no resolution, copies of uv's cache), check that it is complete.
+    Then the revision's own (its build runs its code), run behind the sandbox and with no
+    cache (a revision could poison it): install the revision without build isolation,
+    without dependencies and offline."""
     python = str(env / "bin" / "python")
     lock = str(adapter.lock)
     if uv:
-        install = [uv, "pip", "install", "--python", python, "--no-progress"]
-        check = [uv, "pip", "check", "--python", python]
-        revision = [*install, "--no-cache", "--no-build-isolation", "--reinstall", str(source)]
+        install = [uv, "pip", "install", "--python", python, "--no-progress", "--link-mode=copy"]
         trusted = [
             [uv, "venv", "--quiet", "--python", sys.executable, str(env)],
             [*install, "--no-deps", "--requirement", lock],
-            check,
+            [uv, "pip", "check", "--python", python],
         ]
-        if newest:
-            return trusted, [[*revision, "--upgrade"], [*check, "--no-cache"]]
-        return trusted, [[*revision, "--no-deps", "--offline"]]
+        own = [*install, "--no-cache", "--no-build-isolation", "--reinstall", "--no-deps"]
+        return trusted, [[*own, "--offline", str(source)]]
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--quiet"]
-    check = [python, "-m", "pip", "check"]
-    revision = [*pip, "--no-cache-dir", "--no-build-isolation", str(source)]
-    upgrade = ["--upgrade", "--upgrade-strategy", "eager"]
     trusted = [
         [sys.executable, "-m", "venv", str(env)],
         [*pip, "--no-deps", "--requirement", lock],
-        check,
+        [python, "-m", "pip", "check"],
     ]
-    if newest:
-        return trusted, [[*revision, *upgrade], check]
-    return trusted, [[*revision, "--no-deps", "--no-index"]]
+    own = [*pip, "--no-cache-dir", "--no-build-isolation", "--no-deps", "--no-index"]
+    return trusted, [[*own, str(source)]]
 
 
-def _probe(env: Path, adapter: Adapter, prefix: tuple[str, ...], variables: dict[str, str]) -> dict:
-    """Import the deblender with the environment's interpreter behind ``prefix``, with the
-    environment ``variables``, and check where it lives."""
+def _probe(
+    env: Path,
+    adapter: Adapter,
+    sandbox: Isolation | None,
+    scratch: Path,
+    variables: dict[str, str],
+    log: CappedLog,
+) -> dict:
+    """Import the deblender with the environment's interpreter behind ``sandbox`` (seeing
+    the environment read-only, writing only ``scratch``), with the environment
+    ``variables``, and check where it lives; RuntimeError if it does not import."""
     code = (
-        "import importlib, importlib.metadata as md, json, platform, numpy\n"
+        "import importlib, importlib.metadata as md, json, platform, sys, numpy\n"
         f"m = importlib.import_module({adapter.module!r})\n"
         "packages = {d.metadata['Name']: d.version for d in md.distributions()}\n"
-        "print(json.dumps({'version': getattr(m, '__version__', 'unknown'),"
-        " 'file': m.__file__, 'numpy': numpy.__version__, 'packages': packages,"
-        " 'python': platform.python_version()}))\n"
+        "info = {'version': getattr(m, '__version__', 'unknown'), 'file': m.__file__,"
+        " 'numpy': numpy.__version__, 'packages': packages,"
+        " 'python': platform.python_version()}\n"
+        "sys.__stdout__.write('\\n' + json.dumps(info) + '\\n')\n"
     )
-    result = subprocess.run(
-        [*prefix, str(env / "bin" / "python"), "-I", "-c", code],
-        capture_output=True,
-        text=True,
-        env=variables,
-        cwd=env,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"import {adapter.module} failed:\n{result.stderr}")
-    info = json.loads(result.stdout.splitlines()[-1])
-    if not Path(info["file"]).resolve().is_relative_to(env.resolve()):
-        raise RuntimeError(f"{adapter.module} was imported from {info['file']}, outside {env}")
-    return info
+    prefix = sandbox.prefix([scratch], [env], owner=f"build-{env.name}") if sandbox else ()
+    with tempfile.TemporaryFile(dir=env.parent) as out:
+        command = [str(env / "bin" / "python"), "-I", "-c", code]
+        code_ = _supervise(
+            [*prefix, *command], variables, env, log, [scratch], out, BUILD_LIMITS.import_check
+        )
+        if code_ != 0:
+            reason = code_ if isinstance(code_, str) else f"exit {code_}"
+            raise RuntimeError(f"import {adapter.module} failed ({reason})")
+        out.seek(max(out.seek(0, os.SEEK_END) - 4 * 2**20, 0))
+        lines = out.read().decode(errors="replace").splitlines()
+    try:
+        info = json.loads(lines[-1])
+        if not Path(info["file"]).resolve().is_relative_to(env.resolve()):
+            raise RuntimeError(f"{adapter.module} was imported from {info['file']}, outside {env}")
+        return info
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise RuntimeError(f"import {adapter.module}: no description came back") from None
 
 
 def reproducible_variables(env: Path) -> dict[str, str]:
@@ -212,8 +254,7 @@ def reproducible_variables(env: Path) -> dict[str, str]:
 
 
 def _tail(log: Path) -> str:
-    lines = log.read_text(errors="replace").splitlines()
-    return "\n".join(lines[-LOG_TAIL_LINES:])
+    return read_tail(log, LOG_TAIL_LINES)
 
 
 def _clear(path: Path) -> None:
@@ -225,11 +266,46 @@ def _clear(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _variables() -> tuple[dict[str, str], dict[str, str]]:
+    """The trusted steps' variables (ours that builds need, uv's and pip's but its link
+    mode), and the revision's own steps' (offline: none of uv's, pip's or the
+    certificates')."""
+    trusted = {
+        key: value
+        for key, value in os.environ.items()
+        if (key in BUILD_VARIABLES or key.startswith(("UV_", "PIP_", "LC_")))
+        and key != "UV_LINK_MODE"
+    }
+    trusted.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
+    own = {k: v for k, v in trusted.items() if k in ("PATH", "LANG", "MAX_JOBS", "PIP_NO_INPUT")}
+    own.update({k: v for k, v in trusted.items() if k.startswith("LC_")})
+    return trusted, own
+
+
+def _without_credentials(value: str) -> str:
+    """A list of addresses with any user name and password taken out."""
+
+    def plain(address: str) -> str:
+        parts = urlsplit(address)
+        if not parts.netloc or "@" not in parts.netloc:
+            return address
+        return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+    return " ".join(plain(address) for address in value.split())
+
+
+def _local_links(variables: dict[str, str]) -> list[Path]:
+    """The local folders that ``UV_FIND_LINKS`` names (the offline install reads them)."""
+    names = re.split(r"[\s,]+", variables.get("UV_FIND_LINKS", ""))
+    found = [Path(name.removeprefix("file://")) for name in names if name]
+    return [path.resolve() for path in found if path.is_absolute() and path.is_dir()]
+
+
 def _build(
     env: Path,
     source: Path,
     adapter: Adapter,
-    log: Path,
+    log_path: Path,
     sandbox: Isolation | None,
     compiler_cache: CompilerCache | None,
     newest: bool = False,
@@ -237,24 +313,22 @@ def _build(
     """Build ``env``: the trusted steps as the runner, then the revision's own behind
     ``sandbox``, from a copy of ``source`` in ``env`` (removed after), compiling through
     ``compiler_cache``, writing only the environment, a scratch folder and the compiler
-    cache if this build may; finally the import check, there too (writing only the
-    scratch). Returns what the import check found, and the compiler cache's summary."""
+    cache if this build may; for the ``newest`` environment, its requirements at their
+    newest; finally the import check, there too (writing only the scratch). Returns what
+    the import check found, and the compiler cache's summary."""
     uv = uv_binary()
-    # None of our variables reach the build; the revision's steps get uv's and pip's only
-    # where they need an index (``newest``): those may hold an index's credentials.
-    trusted_env = {
-        key: value
-        for key, value in os.environ.items()
-        if key in BUILD_VARIABLES or key.startswith(("UV_", "PIP_", "LC_"))
-    }
-    trusted_env.update(PIP_NO_INPUT="1", MAX_JOBS=str(os.cpu_count() or 1))
-    own_env = {k: v for k, v in trusted_env.items() if newest or not k.startswith(("UV_", "PIP_"))}
+    if newest and not uv:
+        raise BuildError("the newest environment is built with uv, which is missing", "", log_path)
+    trusted_env, own_env = _variables()
+    owner = f"build-{env.name}"
     with (
-        open(log, "w") as stream,
+        open(log_path, "wb") as stream,
         # Not named after the environment: ccache would count it in (CCACHE_BASEDIR is a
         # prefix of strings, not of paths).
         tempfile.TemporaryDirectory(prefix=f"build-{env.name}.", dir=env.parent) as folder,
+        tempfile.TemporaryDirectory(prefix=f"runner-{env.name}.", dir=env.parent) as ours,
     ):
+        log = CappedLog(stream, BUILD_LIMITS.log)
         scratch = Path(folder)
         own_env.update(HOME=str(scratch), TMPDIR=str(scratch), PIP_NO_INPUT="1")
         own_env.update(reproducible_variables(env))
@@ -263,25 +337,173 @@ def _build(
         # The tree goes into the environment once it exists: then the paths of the headers
         # the environment holds, relative to the tree, are the same in every environment.
         tree = env / SOURCE
-        trusted, own = _steps(uv, env, tree, adapter, newest)
+        trusted, own = _steps(uv, env, tree, adapter)
         for step in trusted:
-            _run(step, (), trusted_env, None, stream, log)
+            _run(step, (), trusted_env, None, log, log_path, [])
+        watched = [env, scratch]
+        readable = [Path(uv)] if uv else []
+        if compiler_cache is not None:
+            readable += compiler_cache.readable()
+        counted = compiler_cache.counts() if compiler_cache else {}
         try:
             shutil.copytree(source, tree, symlinks=True)
             writable = [env, scratch, *(compiler_cache.binds() if compiler_cache else [])]
-            prefix = sandbox.prefix(writable) if sandbox else ()
             for step in own:
-                _run(step, prefix, own_env, scratch, stream, log)
+                prefix = sandbox.prefix(writable, readable, owner) if sandbox else ()
+                _run(step, prefix, own_env, scratch, log, log_path, watched)
+            if newest:
+                _install_newest(
+                    env, adapter, uv, Path(ours), sandbox, trusted_env, own_env, log, log_path
+                )
         finally:
             _clear(tree)  # before the import check, which must not find the package there
+        size = _size(env)
+        if size > BUILD_LIMITS.size:
+            message = (
+                f"the environment holds {size / 2**30:.2f} GiB, over the limit of"
+                f" {BUILD_LIMITS.size / 2**30:g} GiB"
+            )
+            log.note(f"{message}\n")
+            raise BuildError(message, _tail(log_path), log_path)
         try:
-            info = _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
+            info = _probe(env, adapter, sandbox, scratch, own_env, log)
         except RuntimeError as error:
-            stream.write(f"{error}\n")
-            stream.flush()
-            raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
-        info["compiler_cache"] = compiler_cache.summary(scratch) if compiler_cache else None
+            log.note(f"{error}\n")
+            raise BuildError(str(error).splitlines()[0], _tail(log_path), log_path) from None
+        info["compiler_cache"] = (
+            compiler_cache.summary(scratch, counted) if compiler_cache else None
+        )
         return info
+
+
+def _install_newest(
+    env: Path,
+    adapter: Adapter,
+    uv: str,
+    ours: Path,
+    sandbox: Isolation | None,
+    trusted_env: dict[str, str],
+    own_env: dict[str, str],
+    log: CappedLog,
+    log_path: Path,
+) -> None:
+    """Bring the revision's requirements in ``env`` to their newest releases: resolved and
+    fetched by the runner (wheels only, into ``ours``, a folder of its own), installed
+    behind ``sandbox`` without network from what was fetched, then checked there."""
+    requirements = ours / "requirements.in"
+    requirements.write_text("".join(f"{r}\n" for r in requires(env, adapter.module)))
+    resolved, cache, staging = ours / "resolved.txt", ours / "uv-cache", ours / "staging"
+    cache.mkdir()
+    compile_ = [uv, "pip", "compile", "--quiet", "--no-header", "--no-build", "--no-progress"]
+    compile_ += ["--python", sys.executable, "--output-file", str(resolved), str(requirements)]
+    fetch = [uv, "pip", "install", "--quiet", "--no-deps", "--no-build", "--link-mode=copy"]
+    fetch += ["--cache-dir", str(cache), "--python", str(staging / "bin" / "python")]
+    for step in (
+        compile_,
+        [uv, "venv", "--quiet", "--python", sys.executable, str(staging)],
+        [*fetch, "--requirement", str(resolved)],
+    ):
+        _run(step, (), trusted_env, None, log, log_path, [])
+    shutil.rmtree(staging)
+    python = str(env / "bin" / "python")
+    install = [uv, "pip", "install", "--offline", "--no-deps", "--no-build", "--no-progress"]
+    install += ["--link-mode=copy", "--cache-dir", str(cache), "--python", python]
+    check = [uv, "pip", "check", "--offline", "--cache-dir", str(cache), "--python", python]
+    # Where packages come from (credentials taken out), for uv to find what was fetched.
+    index = {k: _without_credentials(v) for k, v in trusted_env.items() if k in INDEX_VARIABLES}
+    readable = [Path(uv), resolved, *_local_links(index)]
+    scratch = Path(own_env["HOME"])
+    writable = [env, scratch, cache]
+    for step in ([*install, "--requirement", str(resolved)], check):
+        prefix = sandbox.prefix(writable, readable, f"build-{env.name}") if sandbox else ()
+        _run(step, prefix, {**own_env, **index}, scratch, log, log_path, writable)
+
+
+def requires(env: Path, module: str) -> list[str]:
+    """The requirements (``Requires-Dist``) of the installed distribution holding
+    ``module``, read from its metadata (at most its first MiB)."""
+    root = site_packages(env)
+    files = record(root, module)
+    infos = {Path(p).parts[0] for p in files if Path(p).parts[0].endswith(".dist-info")}
+    for info in sorted(infos):
+        metadata = root / info / "METADATA"
+        if metadata.is_file() and not metadata.is_symlink():
+            with open(metadata, "rb") as stream:
+                text = stream.read(2**20).decode(errors="replace")
+            return HeaderParser().parsestr(text).get_all("Requires-Dist") or []
+    raise InstalledError(f"no metadata of {module}'s distribution in {root}")
+
+
+def _size(path: Path) -> int:
+    """Bytes of the files under ``path`` (as a packed archive would hold them)."""
+    return sum(stat.st_size for stat in _stats([path]))
+
+
+def _disk(paths: list[Path]) -> int:
+    """Bytes of disk the files under ``paths`` take."""
+    return sum(stat.st_blocks * 512 for stat in _stats(paths))
+
+
+def _stats(paths: list[Path]) -> Iterator[os.stat_result]:
+    """The status of every file under ``paths`` (links themselves, not what they name)."""
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for name in files:
+                with suppress(OSError):
+                    yield os.lstat(os.path.join(root, name))
+
+
+def _supervise(
+    command: list[str],
+    variables: dict[str, str],
+    cwd: Path | None,
+    log: CappedLog,
+    watched: list[Path],
+    stdout,
+    timeout: float,
+) -> int | str:
+    """Run ``command``, its output (stdout too unless ``stdout`` is a file) into ``log``;
+    its exit code, or why it was stopped: past ``timeout`` seconds, or the ``watched``
+    folders holding more than the disk limit."""
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stdout is None else stdout,
+        stderr=subprocess.STDOUT if stdout is None else subprocess.PIPE,
+        env=variables,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    pipe = process.stdout if stdout is None else process.stderr
+    copier = threading.Thread(target=lambda: _copy(pipe, log), daemon=True)
+    copier.start()
+    deadline = time.monotonic() + timeout
+    stopped = None
+    while stopped is None:
+        try:
+            process.wait(timeout=min(DISK_CHECK_INTERVAL, max(deadline - time.monotonic(), 0.01)))
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            stopped = f"took longer than {timeout:g} s"
+        elif watched and (used := _disk(watched)) > BUILD_LIMITS.disk:
+            stopped = (
+                f"wrote {used / 2**30:.1f} GiB, over the limit of {BUILD_LIMITS.disk / 2**30:g} GiB"
+            )
+    if stopped is not None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    copier.join()
+    pipe.close()
+    log.close_part()
+    return stopped if stopped is not None else process.returncode
+
+
+def _copy(pipe, log: CappedLog) -> None:
+    for chunk in iter(lambda: pipe.read1(1 << 16), b""):
+        log.write(chunk)
 
 
 def _run(
@@ -289,24 +511,32 @@ def _run(
     prefix: tuple[str, ...],
     variables: dict[str, str],
     cwd: Path | None,
-    stream: IO[str],
-    log: Path,
+    log: CappedLog,
+    log_path: Path,
+    watched: list[Path],
 ) -> None:
-    """Run one build step behind ``prefix``, logging to ``stream``; a BuildError if it fails."""
-    stream.write(f"$ {' '.join(step)}\n")
-    stream.flush()
-    result = subprocess.run(
-        [*prefix, *step],
-        stdin=subprocess.DEVNULL,
-        stdout=stream,
-        stderr=subprocess.STDOUT,
-        env=variables,
-        cwd=cwd,
-        check=False,
-    )
-    if result.returncode != 0:
+    """Run one build step behind ``prefix``, logging to ``log``; a BuildError if it fails
+    or is stopped (past the step's timeout, over the disk limit)."""
+    log.note(f"$ {' '.join(step)}\n")
+    outcome = _supervise([*prefix, *step], variables, cwd, log, watched, None, BUILD_LIMITS.step)
+    if outcome != 0:
         name = Path(step[0]).name + " " + " ".join(step[1:3])
-        raise BuildError(f"'{name}' exited {result.returncode}", _tail(log), log)
+        if isinstance(outcome, str):
+            message = f"'{name}' {outcome}; stopped"
+        elif outcome < 0 or outcome > 128:
+            signal_number = -outcome if outcome < 0 else outcome - 128
+            message = f"'{name}' was killed by signal {signal_number}" + _signal_reason(
+                signal_number
+            )
+        else:
+            message = f"'{name}' exited {outcome}"
+        log.note(f"{message}\n")
+        raise BuildError(message, _tail(log_path), log_path)
+
+
+def _signal_reason(number: int) -> str:
+    """Why the sandbox's limits would send signal ``number``."""
+    return {25: " (a file over the size limit)", 9: ""}.get(number, "")
 
 
 def build_environment(

@@ -75,8 +75,16 @@ def chi2_per_dof(blend: Blend, model: np.ndarray) -> float:
     return float(residual[inside].sum() / inside.sum())
 
 
-def measure(blend: Blend, arrays: dict[str, np.ndarray], reply: dict, arrays_path: str) -> BlendRun:
-    """The measurements of one revision on one blend."""
+def measure(
+    blend: Blend,
+    arrays: dict[str, np.ndarray],
+    reply: dict,
+    arrays_path: str,
+    wall: float | None = None,
+    cpu: float | None = None,
+) -> BlendRun:
+    """The measurements of one revision on one blend; ``wall`` and ``cpu`` the seconds the
+    runner measured while it deblended."""
     check_arrays(blend, arrays)
     flux, centroid, model = arrays["flux"], arrays["centroid"], arrays["model"]
     mags = magnitude(flux)
@@ -98,7 +106,8 @@ def measure(blend: Blend, arrays: dict[str, np.ndarray], reply: dict, arrays_pat
         )
     return BlendRun(
         status="ok",
-        wall_time=finite(reply.get("wall")),
+        wall_time=finite(wall),
+        cpu_time=finite(cpu),
         init_time=finite(reply["init_time"]),
         fit_time=finite(reply["fit_time"]),
         iterations=int(reply["iterations"]),

@@ -3,16 +3,19 @@
 Each slot of the pool (one per core by default) runs blends one at a time, starting
 a persistent worker per revision with that revision's own interpreter. Tasks come in
 the order given; consecutive tasks of one blend (base and head, alternated by the caller)
-run on the SAME slot one after the other, so both sides of a blend are timed on the same
-core under the same load, and a busy machine slows both alike. Each task's wall time and
-CPU time (user and system, of the worker and what it started, read from ``/proc``) are
-measured here, not reported by the worker. Workers see a scrubbed environment
-and run behind their side's sandbox (``runner.deblend.sandbox``: no network, no secret files, and
-where the machine allows it nothing writable but their own scratch folder and their
-side's ``writable`` folders). A worker writes its arrays into its scratch folder; the pool
-copies them to the task's ``out`` (a regular file only), where no worker can write. A
-crash, a hang past the timeout or a deblender exception errors that task only: the worker
-is replaced and the other tasks go on.
+run on the same slot one after the other, so both sides of a blend are timed on the same
+core under the same load, and a busy machine slows both alike. Workers see a scrubbed environment
+and run behind their side's sandbox (``runner.deblend.sandbox``): they see their own
+environment, the worker script and its adapter read-only, and write only their own scratch
+folder and their side's ``writable`` folders. They never see a blend file: before each
+request the pool writes the blend's inputs alone (:data:`INPUT_KEYS`: images, variance,
+footprint, PSFs, detected centres; never the injected sources' truth) into the worker's
+scratch folder. A worker writes its arrays there too; the pool copies them to the task's
+``out`` (a regular file only), where no worker can write. The pool times every request
+itself: wall time around it, and CPU time as the kernel counts it for the worker's
+processes (``/proc/<pid>/stat``, before and after), never what the worker says. A crash, a
+hang past the timeout or a deblender exception errors that task only: the worker is
+replaced and the other tasks go on.
 """
 
 from __future__ import annotations
@@ -26,17 +29,19 @@ import stat
 import subprocess
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.deblend.logs import read_tail
 from runner.deblend.sandbox import Isolation
 
 WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between looks at a busy worker's memory
 STDERR_TAIL_LINES = 12
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/<pid>/stat's CPU times
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -44,6 +49,10 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+INPUT_KEYS = ("images", "variance", "footprint", "psfs", "centers")  # what a worker is given
+INPUTS = "blend.npz"  # the inputs' name in a worker's scratch folder
+ARRAYS_LIMIT = 256 * 2**20  # bytes of arrays a worker may return for one blend
+TICKS = os.sysconf("SC_CLK_TCK")
 # What a worker may see of the parent's environment; everything else is scrubbed.
 PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -60,6 +69,55 @@ def _resident(pid: int) -> int | None:
     return None
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user and system, its waited-for children's included) of one process,
+    0 where it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return sum(int(value) for value in fields[11:15]) / TICKS
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and everything it started."""
+    found, pending, scanned = [], [pid], None
+    while pending:
+        process = pending.pop()
+        found.append(process)
+        children = _children_of(process)
+        if children is None:  # a kernel without the children files: scan every process
+            scanned = scanned if scanned is not None else _children()
+            children = scanned.get(process, [])
+        pending += children
+    return found
+
+
+def _children_of(pid: int) -> list[int] | None:
+    """The children of one process, from its threads' ``children`` files (None where the
+    kernel has none; a process that is gone has none)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    children = []
+    for task in tasks:
+        try:
+            children += map(int, Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except FileNotFoundError:
+            if Path(f"/proc/{pid}/task/{task}").exists():
+                return None
+        except (OSError, ValueError):
+            continue
+    return children
+
+
+def cpu_time(pid: int) -> float:
+    """CPU seconds the kernel counted for a process and everything it started (a
+    sandbox's worker is its grandchild)."""
+    return sum(_cpu(p) for p in _tree(pid))
+
+
 def _children() -> dict[int, list[int]]:
     """Every process's children, by parent pid."""
     children: dict[int, list[int]] = {}
@@ -72,39 +130,13 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _cpu_ticks(pid: int) -> int:
-    """User and system CPU time of one process in clock ticks, 0 where it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user and system) a process and everything it started have used."""
-    children = _children()
-    total, pending = 0, [pid]
-    while pending:
-        process = pending.pop()
-        total += _cpu_ticks(process)
-        pending += children.get(process, [])
-    return total / CLOCK_TICKS
-
-
 def resident_memory(pid: int) -> int | None:
     """Resident memory in bytes of a process and everything it started (a sandbox's
     worker is its grandchild), None where unknown."""
     total = _resident(pid)
     if total is None:
         return None
-    children = _children()
-    pending = list(children.get(pid, []))
-    while pending:
-        child = pending.pop()
-        total += _resident(child) or 0
-        pending += children.get(child, [])
-    return total
+    return total + sum(_resident(child) or 0 for child in _tree(pid)[1:])
 
 
 class WorkerError(RuntimeError):
@@ -141,7 +173,8 @@ class Task:
 @dataclass(frozen=True)
 class Outcome:
     """What became of a task: the worker's reply, or the reason it failed; ``wall`` and
-    ``cpu`` the seconds the request took (None: not measured), ``slot`` where it ran."""
+    ``cpu`` the seconds the pool measured (``cpu`` None where the request did not end
+    with a reply), ``slot`` where it ran."""
 
     task: Task
     reply: dict | None
@@ -185,9 +218,14 @@ class Worker:
         """Start the process and wait until the deblender is imported."""
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as stderr:
-            command = [str(self.side.python), "-I", str(WORKER_SCRIPT), str(self.side.adapter_file)]
-            sandbox = self.side.sandbox
-            prefix = sandbox.prefix([self.home, *self.side.writable]) if sandbox else ()
+            side = self.side
+            command = [str(side.python), "-I", str(WORKER_SCRIPT), str(side.adapter_file)]
+            prefix = ()
+            if side.sandbox is not None:
+                env = Path(side.python).parent.parent
+                seen = [env, WORKER_SCRIPT, side.adapter_file]
+                writable = [self.home, *side.writable]
+                prefix = side.sandbox.prefix(writable, seen, owner=f"worker-{env.name}")
             self.process = subprocess.Popen(
                 [*prefix, *command],
                 stdin=subprocess.PIPE,
@@ -205,13 +243,14 @@ class Worker:
             raise WorkerStartError(f"worker could not start: {error}") from None
 
     def ensure_started(self) -> None:
-        """Start the worker unless it is running."""
+        """Start the worker unless it runs."""
         if self.process is None or self.process.poll() is not None:
             self.start()
 
-    def cpu_seconds(self) -> float | None:
-        """CPU seconds the running worker has used so far, None where it is not running."""
-        return cpu_seconds(self.process.pid) if self.process else None
+    def cpu(self) -> float:
+        """CPU seconds its processes have used so far."""
+        assert self.process is not None
+        return cpu_time(self.process.pid)
 
     def run(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most ``timeout`` seconds for its reply."""
@@ -261,8 +300,13 @@ class Worker:
         assert self.process is not None
         code = self.process.wait()
         reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        lines = self.log.read_text(errors="replace").splitlines()[-STDERR_TAIL_LINES:]
-        tail = "\n".join(lines)
+        sandbox = self.side.sandbox
+        if sandbox is not None and sandbox.tool == "bwrap":
+            limit = sandbox.limits.file_size
+            with suppress(OSError):
+                if self.log.stat().st_size >= limit:
+                    reason += f"; its output reached the size limit of {limit / 2**20:g} MiB"
+        tail = read_tail(self.log, STDERR_TAIL_LINES)
         return f"{what} ({reason})" + (f"; stderr:\n{tail}" if tail else "")
 
     def kill(self) -> None:
@@ -352,23 +396,26 @@ def _run_one(
     """Run one task on ``worker`` (started first, so that its start is not timed)."""
     if task.side in broken:
         return Outcome(task, None, broken[task.side], 0.0, None, slot)
-    arrays = worker.home / "arrays.npz"
-    arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
-    request = {"blend": str(task.blend), "out": str(arrays), "options": task.options}
     try:
         worker.ensure_started()
     except WorkerStartError as error:
         broken[task.side] = str(error)
         return Outcome(task, None, str(error), 0.0, None, slot)
-    cpu = worker.cpu_seconds()
-    started = time.perf_counter()
+    arrays, inputs = worker.home / "arrays.npz", worker.home / INPUTS
+    try:
+        arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
+        write_inputs(task.blend, inputs)
+    except (OSError, zipfile.BadZipFile, KeyError) as error:
+        return Outcome(
+            task, None, f"the blend's inputs cannot be given: {error}", 0.0, None, slot
+        )
+    request = {"blend": str(inputs), "out": str(arrays), "options": task.options}
+    cpu, started = worker.cpu(), time.perf_counter()
     try:
         reply = worker.run(request, timeout)
     except WorkerError as error:
         return Outcome(task, None, str(error), time.perf_counter() - started, None, slot)
-    wall = time.perf_counter() - started
-    used = worker.cpu_seconds()
-    cpu = None if cpu is None or used is None else round(used - cpu, 3)
+    wall, cpu = time.perf_counter() - started, worker.cpu() - cpu
     if not reply.get("ok"):
         error = reply.get("error", "unknown worker error")
         return Outcome(task, reply, error, wall, cpu, slot)
@@ -380,13 +427,27 @@ def _run_one(
     return Outcome(task, reply, None, wall, cpu, slot)
 
 
+def write_inputs(blend: Path, inputs: Path) -> None:
+    """Write the arrays of the blend file ``blend`` a deblender is given (:data:`INPUT_KEYS`)
+    to ``inputs``, as stored (replacing whatever is there: a worker may have left a link)."""
+    inputs.unlink(missing_ok=True)
+    with zipfile.ZipFile(blend) as source, zipfile.ZipFile(inputs, "x") as target:
+        for key in INPUT_KEYS:
+            info = source.getinfo(f"{key}.npy")
+            target.writestr(info, source.read(info))
+
+
 def collect(arrays: Path, out: Path) -> None:
     """Copy the file a worker wrote to ``out`` and remove it, refusing anything but a
-    regular file (a symbolic link would have us copy what it points to, a pipe block)."""
+    regular file (a symbolic link would have us copy what it points to, a pipe block) of
+    at most :data:`ARRAYS_LIMIT` bytes."""
     fd = os.open(arrays, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise OSError(f"{arrays.name} is not a regular file")
+        if status.st_size > ARRAYS_LIMIT:
+            raise OSError(f"{arrays.name} holds over {ARRAYS_LIMIT // 2**20} MiB")
         with open(out, "wb") as target:
             shutil.copyfileobj(source, target)
     arrays.unlink()

@@ -28,7 +28,7 @@ from runner.datasets import (
 )
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
-from runner.deblend.compilecache import CompilerCache
+from runner.deblend.compilecache import CompilerCache, ref_folder
 from runner.deblend.environments import (
     BuildError,
     Environment,
@@ -47,7 +47,7 @@ from runner.deblend.machine import this_machine
 from runner.deblend.measure import MeasurementError, measure
 from runner.deblend.outcomes import Outcomes, Stored, outcome_key, spot_sample
 from runner.deblend.pool import Outcome, Side, Task, run_tasks
-from runner.deblend.sandbox import Isolation, isolation
+from runner.deblend.sandbox import Isolation, SandboxError, check_offline, isolation
 from runner.deblend.shared import Wanted, open_sharing
 from runner.judge.blends import measured
 from runner.judge.compare import compare, needs_retiming
@@ -78,6 +78,8 @@ from runner.result import (
 from runner.store import ArtifactStore, LocalStore, StoreError, open_store
 
 SIDES = ("base", "head")
+ARRAY_KEYS = ("flux", "centroid", "model")  # what is read of a worker's arrays
+CLOUD_RUN_VARIABLE = "CLOUD_RUN_JOB"  # set in a Cloud Run job's tasks
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
 DEFAULT_TIMING_SAMPLE = 12
@@ -102,13 +104,19 @@ class Progress:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know. ``store``: where environments and measured outcomes
-    are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
-    only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
-    change a model, outcomes of either side already measured); off, both sides are built
-    and deblended in full (but nothing where head does not build). ``timing_sample``:
-    blends deblended on both sides in this run when a side is reused (spot-checking the
-    stored outcomes; the timing metrics rest on them)."""
+    """Everything a run needs to know. ``store``: where environments, measured outcomes
+    and the compiler cache are shared between tasks and runs, the runner's own and never
+    public (a ``--private-store`` spec; None: this machine's cache only). ``shortcuts``:
+    skip work that cannot change the answer (a head that cannot change a model, outcomes
+    of either side already measured); off, both sides are built and deblended in full
+    (but nothing where head does not build). ``timing_sample``: blends deblended on both
+    sides in this run when a side is reused (spot-checking the stored outcomes; the timing
+    metrics rest on them). ``trusted_ref``: the protected branch whose own commits head
+    and base are (a push or baseline run; checked): only such a run writes the shared
+    compiler cache and stored outcomes. ``unsandboxed``: run the revisions' code
+    unisolated where the sandbox cannot run (a developer's own machine; otherwise such a
+    run is refused). ``base_sha``: the base branch's commit the pull request's event named
+    (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
 
     repo: str
     head: str
@@ -127,6 +135,9 @@ class RunConfig:
     store_deadline: float | None = None
     shortcuts: bool = True
     timing_sample: int = DEFAULT_TIMING_SAMPLE
+    trusted_ref: str | None = None
+    unsandboxed: bool = False
+    base_sha: str | None = None
 
 
 def default_cache() -> Path:
@@ -258,16 +269,21 @@ class Run:
         self.files: dict[tuple[str, str], BlendFile] = {}
         self.identity = ""  # names this run in the outcomes it stores
 
-    def isolate(self, adapter: Adapter) -> None:
-        """Choose how the revisions' own builds and their workers run: without network,
-        secrets hidden from them, what they need of ours still in reach (read-only)."""
-        way = isolation(os.environ, self.needed(adapter), network=False)
+    def isolate(self) -> None:
+        """Choose how the revisions' own builds and their workers run: behind the
+        allow-list, without network; a RunError where that cannot be had (unless
+        ``unsandboxed``). On Cloud Run, first prove from inside the sandbox that the
+        metadata server and the internet are out of reach."""
+        unsandboxed = self.config.unsandboxed
+        try:
+            if unsandboxed and os.environ.get(CLOUD_RUN_VARIABLE):
+                raise SandboxError("--unsandboxed is refused on Cloud Run")
+            way = isolation(network=False, unsandboxed=unsandboxed)
+            if os.environ.get(CLOUD_RUN_VARIABLE):
+                check_offline(way)
+        except SandboxError as error:
+            raise RunError(str(error)) from None
         self.isolation = {"build": way, "workers": way}
-
-    def needed(self, adapter: Adapter) -> list[Path]:
-        """What the revisions' builds and workers must still reach of ours."""
-        config = self.config
-        return [config.cache, config.out, *config.datasets, adapter.worker_file, adapter.lock]
 
     def described_isolation(self) -> dict[str, str]:
         """``provenance.isolation``: how each kind of untrusted command ran."""
@@ -297,13 +313,15 @@ class Run:
         self.progress(Progress("resolving revisions"))
         try:
             repo = revisions.local_repository(config.repo, config.cache)
-            revs = revisions.resolve_pair(repo, config.head, config.base)
+            revs = revisions.resolve_pair(repo, config.head, config.base, config.base_sha)
             self.identity = f"the run of {revs.head[:12]} against {revs.base[:12]} at {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
             adapter = get_adapter(config.adapter) if config.adapter else detect_adapter(head_tree)
             compare_config, policy = load_policy(repo, revs, config.config_from)
-            self.isolate(adapter)
+            if config.trusted_ref is not None:
+                revisions.check_on_branch(repo, config.trusted_ref, [revs.head, revs.base])
+            self.isolate()
             envs = self._environments(repo, revs, adapter)
         except (revisions.RevisionError, ValueError) as error:
             raise RunError(str(error)) from None
@@ -349,6 +367,8 @@ class Run:
                 machine=this_machine(),
                 skipped=self.skipped,
                 reuse=self.reuse,
+                sandboxed=all(way.tool == "bwrap" for way in self.isolation.values()),
+                trusted_ref=config.trusted_ref,
                 head_reuse=self.head_reuse,
                 ancestor=self.ancestor,
             ),
@@ -371,10 +391,10 @@ class Run:
     ) -> dict[str, Environment | BuildError | None]:
         """Base's and head's environments, each from the lock: from this machine's cache,
         from the store (built once per run by one of its tasks) or built here; head's is
-        not built (None) when no file that goes into the installed package changed. Base
-        given as a branch is trusted to write the compiler cache (and, with a store, to
-        share it): its merge-base with head is on a branch of the repository; head never
-        is. ``--full`` compiles without the cache, as every run did before."""
+        not built (None) when no file that goes into the installed package changed. Both
+        compile through the compiler cache of the run's trusted ref, or of the branch base
+        was given as; only a trusted run (``trusted_ref``) writes it. ``--full``
+        compiles without the cache, as every run did before."""
         sandbox, cache = self.isolation["build"], self.config.cache
         shortcuts = self.config.shortcuts
         sharing = open_sharing(
@@ -384,13 +404,17 @@ class Run:
             cache,
             lambda phase: self.progress(Progress(phase)),
         )
+        trusted = self.config.trusted_ref is not None
+        ref = self.config.trusted_ref or (revs.base_rev if revs.merge_base is not None else None)
 
-        def environment(side: str, sha: str, trusted: bool) -> Environment | BuildError:
-            compiler = CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
+        def environment(side: str, sha: str) -> Environment | BuildError:
+            compiler = None
+            if shortcuts and ref is not None:
+                compiler = CompilerCache(cache / "ccache" / ref_folder(ref), trusted, ref)
             local = functools.partial(_environment, repo, sha, adapter, cache, sandbox, compiler)
             return sharing.environment(Wanted(side, sha, local, compiler))
 
-        base = environment("base", revs.base, trusted=revs.merge_base is not None)
+        base = environment("base", revs.base)
         envs: dict[str, Environment | BuildError | None] = {"base": base, "head": None}
         installed = self._installed("base", base, adapter)
         skippable = shortcuts and revs.head != revs.base
@@ -398,7 +422,7 @@ class Run:
         if installed is not None and skippable and not reaching(changed, installed):
             self.skipped = Skip("no installed file changed", changed)
             return envs
-        head = environment("head", revs.head, trusted=False)
+        head = environment("head", revs.head)
         envs["head"] = head
         self._installed("head", head, adapter)
         same = "head" in self.installed and self.installed["head"] == self.installed.get("base")
@@ -683,7 +707,10 @@ class Run:
         envs: dict[str, Environment | BuildError | None],
         adapter: Adapter,
     ) -> None:
-        """Store the outcomes deblended afresh without error, for later runs to reuse."""
+        """Store the outcomes deblended afresh without error, for later runs to reuse: by a
+        trusted run only (``trusted_ref``), whose revisions are the protected branch's."""
+        if self.config.trusted_ref is None:
+            return
         self.progress(Progress("storing outcomes"))
         for side in SIDES:
             outcomes = self._outcomes(envs[side], adapter)
@@ -721,11 +748,11 @@ class Run:
         relative = str(outcome.task.out.relative_to(self.config.out))
         try:
             with np.load(outcome.task.out, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
-            run = measure(blend, arrays, outcome.reply or {}, relative)
+                arrays = {key: archive[key] for key in ARRAY_KEYS if key in archive.files}
+            reply = outcome.reply or {}
+            return measure(blend, arrays, reply, relative, outcome.wall, outcome.cpu)
         except (MeasurementError, OSError, ValueError, KeyError) as error:
             return BlendRun(status="errored", error=str(error), **times)
-        return dataclasses.replace(run, **times)
 
     def _blend_result(
         self,

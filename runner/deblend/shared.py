@@ -2,7 +2,7 @@
 
 Every task of a sharded run on Cloud Run starts with an empty cache (its own ``/tmp``), so
 without this each would build both environments (scarlet v1 ~100 s; scarlet2 with JAX
-~64 s and ~920 MB). With a store (``--store``) an environment missing from this machine's
+~64 s and ~920 MB). With a store (``--private-store``) an environment missing from this machine's
 cache is looked for in the store first, under content-addressed keys
 ``environments/<key>/<place>.*``: ``<key>`` is :func:`environment_key` (SHA, adapter, lock,
 Python, machine, recipe) and ``<place>`` a digest of the environment's absolute path. A
@@ -33,13 +33,18 @@ build wrote that environment, so packing and unpacking let through only what a v
 holds (:func:`check_member`). A store that fails is given up for the run: the task then
 builds for itself, as without a store.
 
+Nothing larger than :data:`ARCHIVE_LIMIT` (the files' bytes, before compression) is
+packed: a build that fills its environment (copies of whatever it could read, a sparse
+file of gigabytes) is refused before anything is compressed or uploaded.
+
 The compiler cache (``runner.deblend.compilecache``) travels the same way, as every task's
-starts empty: before a task builds, it fetches ``ccache/<key>.*`` (the key covering what
-makes an object reusable: lock, Python, machine, compilers) into a ``<cache>/ccache`` it
-has none of, so that even a pull request's read-only build hits what a trusted build of
-another task or run compiled; after a trusted build that compiled something, it stores
-its cache over the one it saw (created where there was none; a build that got there
-first wins). A store that fails only leaves the build without the fetched cache.
+starts empty: before a task builds, it fetches ``ccache/<ref>/<key>.*`` (``<ref>`` the
+trusted ref that wrote it, the key covering what makes an object reusable: lock, Python,
+machine, compilers) into a ``<cache>/ccache/<ref>`` it has none of, so that even a pull
+request's read-only build hits what a trusted build of another task or run compiled;
+after a trusted build that, by the runner's count, compiled something, it stores its
+cache over the one it saw (created where there was none; a build that got there first
+wins). A store that fails only leaves the build without the fetched cache.
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.deblend.adapters import Adapter
-from runner.deblend.compilecache import CompilerCache, added, ccache, compilers
+from runner.deblend.compilecache import CompilerCache, added, ccache, compilers, ref_folder
 from runner.deblend.environments import (
     COMPLETE_MARKER,
     BuildError,
@@ -81,6 +86,7 @@ PREFIX = "environments/"
 COMPILER_PREFIX = "ccache/"
 PATH_HEADER = "scarlet-regression.path"
 RUN_VARIABLE = "CLOUD_RUN_EXECUTION"
+ARCHIVE_LIMIT = 2 * 2**30  # bytes of files an archive may hold (scarlet2's ~0.9 GB)
 _INTERPRETER_LINK = re.compile(r"bin/python(3(\.\d+)?)?")
 
 
@@ -189,10 +195,17 @@ def _inside(path: str, dest: str) -> bool:
     return os.path.commonpath([path, dest]) == dest
 
 
-def pack(env: Path, archive: Path, codec: Codec) -> None:
+def pack(env: Path, archive: Path, codec: Codec, limit: int | None = None) -> None:
     """Pack the environment (or compiler cache) at ``env`` into ``archive``, recording
     ``env``'s path; what a task could not unpack (:func:`check_member`) is refused here
-    already."""
+    already, and so is a folder whose files hold more than ``limit`` bytes (default:
+    :data:`ARCHIVE_LIMIT`), before anything is packed."""
+    limit = ARCHIVE_LIMIT if limit is None else limit
+    size = _size(env)
+    if size > limit:
+        raise ArchiveError(
+            f"not shared: it holds {size / 2**30:.2f} GiB, over the limit of {limit / 2**30:g} GiB"
+        )
 
     def checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
         check_member(member, str(env))
@@ -212,6 +225,16 @@ def pack(env: Path, archive: Path, codec: Codec) -> None:
             code = compressor.wait()
     if code != 0:
         raise ArchiveError(f"{codec.pack[0]} exited {code}")
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
 
 
 def unpack(archive: Path, into: Path, env: Path | None, codec: Codec) -> None:
@@ -358,8 +381,9 @@ class Sharing:
             self._give_up(error)
         return env
 
-    def _compiler_archive(self) -> str:
-        """The key of the compiler cache that serves the adapter's builds on this machine."""
+    def _compiler_archive(self, compiler: CompilerCache) -> str:
+        """The key of the compiler cache of ``compiler``'s trusted ref that serves the
+        adapter's builds on this machine."""
         identity = {
             "lock": self.adapter.lock_hash,
             "python": sys.version,
@@ -367,7 +391,8 @@ class Sharing:
             "machine": platform.machine(),
             "compilers": compilers(),
         }
-        return f"{COMPILER_PREFIX}{identity_key(identity)}{self.codec.suffix}"
+        folder = ref_folder(compiler.ref)
+        return f"{COMPILER_PREFIX}{folder}/{identity_key(identity)}{self.codec.suffix}"
 
     def _fetch_compiler_cache(self, compiler: CompilerCache | None) -> str | None:
         """Before a build through ``compiler``: the version of the stored compiler cache
@@ -376,7 +401,7 @@ class Sharing:
         then reads it (or, if trusted, adds to it); the store failing, it builds without."""
         if compiler is None or ccache() is None:
             return None
-        key, version = self._compiler_archive(), None
+        key, version = self._compiler_archive(compiler), None
         try:
             version = self.store.stat(key).version
             if compiler.path.is_dir() and any(compiler.path.iterdir()):
@@ -408,7 +433,7 @@ class Sharing:
         if compiler is None or not compiler.writable or env.reused or not added(env.compiler_cache):
             return
         self.progress("sharing the compiler cache")
-        key = self._compiler_archive()
+        key = self._compiler_archive(compiler)
         with tempfile.TemporaryDirectory(prefix="ccache.pack-", dir=compiler.path.parent) as tmp:
             archive = Path(tmp) / f"ccache{self.codec.suffix}"
             try:
@@ -529,7 +554,7 @@ def open_sharing(
     cache: Path,
     progress: Callable[[str], None],
 ) -> Sharing:
-    """The sharing of a task's environments through the store ``spec`` (a ``--store``;
+    """The sharing of a task's environments through the store ``spec`` (a ``--private-store``;
     None, or a store that cannot be opened: built here)."""
     store = None
     if spec is not None:

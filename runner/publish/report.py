@@ -3,14 +3,20 @@
 Pure functions from a ``RunResult`` (with its ``comparison``) and the addresses of its
 artifacts to text. No numpy, no I/O, no GitHub calls: the bot and the runner's
 ``--report`` both use them. Everything fits GitHub's limits however large the input:
-past them, the least important parts go first, then a pointer to the full report.
+past them, the least important parts go first, then a pointer to the full report. Text a
+revision controls (its version strings, error messages, its config's keys, package names)
+is shown only through ``runner.publish.untrusted``: one line, capped, in a code span. Functions
+that write such text take the ``span`` to write it with (``code``; ``html_line`` passes
+its own for the HTML page).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
+from runner.publish.untrusted import code, html_code, html_line, html_lines, one_line
 from runner.result import (
     BlendChange,
     BlendResult,
@@ -73,18 +79,13 @@ class Links:
     images: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
-def code(text: str) -> str:
-    """Untrusted text (an error, a version, a log line) as an inline code span: the one
-    place such text is rendered into Markdown."""
-    text = " ".join(text.split())
-    fence = "``" if "`" in text else "`"
-    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
-
-
-def code_block(text: str) -> str:
-    """Untrusted lines (a log's tail, a traceback) as a fenced code block."""
-    fence = "````" if "```" in text else "```"
-    return f"{fence}\n{text}\n{fence}"
+def code_block(text: str, limit: int = 8000) -> str:
+    """Untrusted lines (a log's tail, a traceback) as a fenced code block: fenced by more
+    backticks than any run inside (three at least), cut to its last ``limit`` characters."""
+    text = text[-limit:]
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 def _number(value: float | None, sign: bool = False) -> str:
@@ -274,30 +275,37 @@ def what_changed(result: RunResult) -> str:
     return " ".join(sentences)
 
 
-def notes(result: RunResult) -> list[str]:
+def notes(result: RunResult, span=code) -> list[str]:
     """What a reader should know beside the metrics: the policy and what the head's config
     would change, what was excluded, fits that stopped at their iteration cap."""
     comparison = _comparison(result)
     policy = comparison.policy
     lines = []
     if policy.source in ("base", "head"):
-        sha = f" at `{policy.sha[:10]}`" if policy.sha else ""
-        lines.append(f"Judged by the {policy.source}'s `{CONFIG_FILE}`{sha} (or its defaults).")
+        sha = f" at {span(policy.sha[:10])}" if policy.sha else ""
+        lines.append(f"Judged by the {policy.source}'s {span(CONFIG_FILE)}{sha} (or its defaults).")
         other = "head" if policy.source == "base" else "base"
         if policy.differences:
-            changes = "; ".join(f"`{d}`" for d in policy.differences)
+            changes = "; ".join(span(d, 120) for d in policy.differences)
             lines.append(f"The {other}'s config differs and was not used: {changes}.")
         if policy.note:
-            lines.append(f"The {other}'s config could not be read: {policy.note}")
+            lines.append(f"The {other}'s config could not be read: {span(policy.note)}.")
     elif policy.source == "file":
-        lines.append(f"Judged by the config file {policy.note or ''} given to `compare`.")
+        lines.append(
+            f"Judged by the config file {span(policy.note or '')} given to {span('compare')}."
+        )
     if comparison.excluded:
-        shown = ", ".join(f"`{e}`" for e in comparison.excluded[:20])
+        shown = ", ".join(span(e, 80) for e in comparison.excluded[:20])
         more = f" and {len(comparison.excluded) - 20} more" if len(comparison.excluded) > 20 else ""
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
         )
-    lines += reuse_notes(result)
+    if not result.provenance.sandboxed:
+        lines.append(
+            "The revisions' code ran **unsandboxed** (`--unsandboxed`): it could read and"
+            " write what the runner can."
+        )
+    lines += reuse_notes(result, span)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
         counts = ", ".join(f"{n} {side}" for side, n in capped.items())
@@ -305,14 +313,14 @@ def notes(result: RunResult) -> list[str]:
     return lines
 
 
-def reuse_notes(result: RunResult) -> list[str]:
+def reuse_notes(result: RunResult, span=code) -> list[str]:
     """What was reused from earlier runs, how it was checked, what the timings rest on."""
     reuses = [r for r in (result.provenance.reuse, result.provenance.head_reuse) if r]
     lines = []
     for reuse in reuses:
         side = reuse.side.capitalize()
         if reuse.mismatched:
-            shown = ", ".join(f"`{m}`" for m in reuse.mismatched[:10])
+            shown = ", ".join(span(m, 80) for m in reuse.mismatched[:10])
             where = " in their shard" if reuse.blends else ""
             lines.append(
                 f"{side}'s stored outcomes did not match a fresh deblend of {shown}:"
@@ -323,7 +331,7 @@ def reuse_notes(result: RunResult) -> list[str]:
             more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
             lines.append(
                 f"{side}'s outcomes on {reuse.blends} blends were read from the store"
-                f" (measured by {'; '.join(reuse.runs[:3])}{more});"
+                f" (measured by {'; '.join(one_line(r) for r in reuse.runs[:3])}{more});"
                 f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh"
                 " matched them bit for bit."
             )
@@ -339,19 +347,26 @@ def _comparison(result: RunResult) -> Comparison:
     return result.comparison
 
 
-def _provenance_line(result: RunResult) -> str:
+VERSION_LIMIT = 60
+
+
+def _provenance_line(result: RunResult, span=code) -> str:
     p = result.provenance
     merge = " (merge-base)" if p.merge_base else ""
-    sets = ", ".join(f"{d.name} ({d.blends})" for d in p.datasets)
-    version = p.head.deblender_version or p.head.build.status
+    sets = ", ".join(f"{one_line(d.name, 80)} ({d.blends})" for d in p.datasets)
+    version = (
+        span(p.head.deblender_version, VERSION_LIMIT)
+        if p.head.deblender_version
+        else p.head.build.status
+    )
     if p.head.build.status == "skipped":
-        version = f"{p.base.deblender_version} (base's; head not built)"
+        version = f"{span(p.base.deblender_version or '', VERSION_LIMIT)} (base's; head not built)"
     errored = sum(b.head.status == "errored" or b.base.status == "errored" for b in result.blends)
-    revisions = f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge}"
+    revisions = f"head {span(p.head.sha[:10])} vs base {span(p.base.sha[:10])}{merge}"
     if p.drift is not None:
         revisions = (
-            f"`{p.drift.rev}` at `{p.drift.sha[:10]}`: newest allowed releases (head)"
-            " vs the lock (base)"
+            f"{span(p.drift.rev, 80)} at {span(p.drift.sha[:10])}: newest allowed releases"
+            " (head) vs the lock (base)"
         )
     measured = f"{len(result.blends)} blends" if result.blends else "nothing deblended"
     return f"{revisions} · {p.adapter} {version} · {measured}: {sets}" + (
@@ -367,7 +382,10 @@ def package_table(result: RunResult) -> str:
         return ""
     if not drift.packages:
         return "Every package is at its locked version."
-    rows = [f"| `{p.name}` | {p.locked or '–'} | {p.newest or '–'} |" for p in drift.packages]
+    rows = [
+        "| " + " | ".join(code(v, VERSION_LIMIT, table=True) if v else "–" for v in row) + " |"
+        for row in ((p.name, p.locked, p.newest) for p in drift.packages)
+    ]
     return "| package | lock | newest |\n|---|---|---|\n" + "\n".join(rows)
 
 
@@ -384,7 +402,7 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
     drift = result.provenance.drift
     if drift is None:
         raise ValueError("not the result of a drift run")
-    names = ", ".join(p.name for p in drift.packages) or "no package"
+    names = ", ".join(one_line(p.name, 60) for p in drift.packages) or "no package"
     title = f"Newer releases of dependencies break the deblender ({names})"
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1] + "…"
@@ -540,7 +558,7 @@ def failures_section(result: RunResult) -> str:
         if failure.stage == "build":
             what = "the build log's last lines"
         else:
-            shown = ", ".join(f"`{e}`" for e in failure.examples)
+            shown = ", ".join(code(e, 80) for e in failure.examples)
             more = " …" if failure.blends > len(failure.examples) else ""
             what = f"e.g. {shown}{more}; the last lines of one traceback"
         detail = code_block(failure.detail) if failure.detail else "(no output)"
@@ -720,13 +738,17 @@ def _cell(value: object) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
+def _code_cell(text: str | None, limit: int = 300) -> str:
+    return f"<td>{html_code(text, limit)}</td>" if text else "<td></td>"
+
+
 def _blend_row(blend: BlendResult, change) -> str:
     cells = [blend.dataset, blend.id, blend.n_sources, blend.base.status, blend.head.status]
     cells += [_number(blend.base.chi2_dof), _number(blend.head.chi2_dof)]
     cells += [_number(change.mag_error_delta, sign=True) if change else "–"]
     cells += ["; ".join(change.worse or change.better) if change else ""]
-    error = blend.head.error or blend.base.error or ""
-    return "<tr>" + "".join(_cell(c) for c in [*cells, error[:300]]) + "</tr>"
+    error = blend.head.error or blend.base.error
+    return "<tr>" + "".join(_cell(c) for c in cells) + _code_cell(error) + "</tr>"
 
 
 STYLE = """
@@ -755,7 +777,7 @@ def failures_html(result: RunResult) -> str:
         hit = f"<p>e.g. {esc(examples)}</p>" if examples else ""
         items.append(
             f"<details open><summary>{esc(title)}</summary>{hit}"
-            f"<pre>{esc(failure.detail or '(no output)')}</pre></details>"
+            f"<pre><code>{esc(failure.detail or '(no output)')}</code></pre></details>"
         )
     return "<h2>What broke</h2>" + "".join(items)
 
@@ -778,32 +800,45 @@ def html_report(result: RunResult, links: Links) -> str:
         if (c.dataset, c.id) in links.images
     )
     p = result.provenance
+
+    def revision(info) -> str:
+        return html_line(
+            lambda span: (
+                f"{span(info.rev, 120)} {span(info.sha)}"
+                f" ({span(info.deblender_version or '–', VERSION_LIMIT)})"
+            )
+        )
+
+    drifted = [
+        html_line(
+            lambda span, c=c: (
+                f"{span(c.name, 60)} {span(c.locked or '–', VERSION_LIMIT)}"
+                f" → {span(c.newest or '–', VERSION_LIMIT)}"
+            )
+        )
+        for c in (p.drift.packages if p.drift is not None else [])
+    ]
+    versions = html_line(
+        lambda span: (
+            f"{span(p.head.numpy_version or '–', VERSION_LIMIT)}"
+            f" / {span(p.head.python_version or '–', VERSION_LIMIT)}"
+        )
+    )
     provenance = "".join(
-        f"<tr><th>{esc(k)}</th>{_cell(v)}</tr>"
+        f"<tr><th>{esc(k)}</th><td>{v}</td></tr>"
         for k, v in (
-            ("repository", p.repository),
-            ("head", f"{p.head.rev} {p.head.sha} ({p.head.deblender_version})"),
-            ("base", f"{p.base.rev} {p.base.sha} ({p.base.deblender_version})"),
-            ("merge-base", p.merge_base or "–"),
-            ("adapter", p.adapter),
-            ("numpy / Python", f"{p.head.numpy_version} / {p.head.python_version}"),
-            ("lock", p.lock),
-            *(
-                [
-                    (
-                        "newer than the lock",
-                        ", ".join(
-                            f"{c.name} {c.locked or '–'} → {c.newest or '–'}"
-                            for c in p.drift.packages
-                        )
-                        or "nothing",
-                    )
-                ]
-                if p.drift is not None
-                else []
-            ),
-            ("datasets", ", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets)),
-            ("started / finished", f"{p.started} / {p.finished}"),
+            ("repository", esc(p.repository)),
+            ("head", revision(p.head)),
+            ("base", revision(p.base)),
+            ("merge-base", esc(p.merge_base or "–")),
+            ("adapter", esc(p.adapter)),
+            ("numpy / Python", versions),
+            ("lock", esc(p.lock)),
+            *([("newer than the lock", ", ".join(drifted) or "nothing")] if p.drift else []),
+            ("datasets", esc(", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets))),
+            *((esc(f"isolation: {stage}"), esc(way)) for stage, way in p.isolation.items()),
+            ("trusted ref", esc(p.trusted_ref or "– (writes no shared cache)")),
+            ("started / finished", esc(f"{p.started} / {p.finished}")),
         )
     )
     title = f"scarlet regression: {comparison.verdict}"
@@ -819,7 +854,7 @@ def html_report(result: RunResult, links: Links) -> str:
         + "</ul>"
         if comparison.reasons
         else "",
-        f"<p>{esc(_provenance_line(result).replace('`', ''))}</p>",
+        f"<p>{html_line(lambda span: _provenance_line(result, span))}</p>",
         f"<p>{links_html}</p>" if links_html else "",
     ]
     worse_html = ""
@@ -834,7 +869,7 @@ def html_report(result: RunResult, links: Links) -> str:
                 )
                 + "</ul>"
             )
-    notes_html = "".join(f"<p>{esc(line.replace('`', ''))}</p>" for line in notes(result))
+    notes_html = "".join(f"<p>{line}</p>" for line in html_lines(lambda span: notes(result, span)))
     identical = _identical_line(comparison)
     if identical:
         figures += f"<p>{esc(identical)}</p>"

@@ -4,7 +4,6 @@ write the cache and by pull requests that only read it, whatever their setup.py 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -57,6 +56,9 @@ pathlib.Path(sys.prefix, "attack.json").write_text(json.dumps(attack))
 )
 
 
+READ_ONLY = "ccache: {} (read-only; the build's own count)"
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
@@ -74,7 +76,7 @@ def tiny_c(tmp_path):
     (repo / "tinydeblender" / "__init__.py").write_text("from ._fast import GAIN\n")
     sha = commit(repo, "1.0", init=True)
     adapter, cache = tiny_adapter(tmp_path), tmp_path / "cache"
-    sandbox = isolation(os.environ, [cache, adapter.lock], network=False)
+    sandbox = isolation(network=False)
 
     def build(sha: str, writable: bool):
         source = checkout(repo, sha, cache / "checkouts" / sha)
@@ -86,21 +88,19 @@ def tiny_c(tmp_path):
 
 @pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
 def test_trusted_builds_write_the_compiler_cache_and_pull_requests_only_read_it(tiny_c):
-    repo, sha, cache, sandbox, build = tiny_c
-    if sandbox.tool != "bwrap":
-        pytest.skip(f"the file system cannot be made read-only here: {sandbox.describe()}")
+    repo, sha, cache, _, build = tiny_c
     assert build(sha, writable=True).compiler_cache == "ccache: 0 hits, 1 miss (writable)"
     written = snapshot(cache / "ccache")
     assert written, "the trusted build wrote the cache"
 
     (repo / "tinydeblender" / "__init__.py").write_text("from ._fast import GAIN\nBIAS = 0\n")
     python_only = build(commit(repo, "a pull request that changes only Python"), writable=False)
-    assert python_only.compiler_cache == "ccache: 1 hit, 0 misses (read-only)"
+    assert python_only.compiler_cache == READ_ONLY.format("1 hit, 0 misses")
 
     (repo / "tinydeblender" / "_fast.c").write_text(EXTENSION.format(gain=2))
     (repo / "setup.py").write_text(POISONING_SETUP.format(cache=str(cache / "ccache")))
     poisoning = build(commit(repo, "a pull request that poisons the cache"), writable=False)
-    assert poisoning.compiler_cache == "ccache: 0 hits, 1 miss (read-only)"
+    assert poisoning.compiler_cache == READ_ONLY.format("0 hits, 1 miss")
     attack = json.loads((poisoning.path / "attack.json").read_text())
     assert attack == {"tried": len(written) + 1, "wrote": []}
     assert snapshot(cache / "ccache") == written
@@ -109,35 +109,52 @@ def test_trusted_builds_write_the_compiler_cache_and_pull_requests_only_read_it(
 @pytest.fixture
 def runs(tiny_c, synthetic_set, tmp_path, monkeypatch):
     """The tiny C deblender's base (``main``) and a pull request that changes only Python;
-    a function that runs the pull request against a base in a cache of its own (more
-    arguments after) and returns base's and head's ``compiler_cache`` lines."""
+    a function that runs a head against a base in a cache (more arguments after) and
+    returns base's and head's ``compiler_cache`` lines."""
     repo, base, _, _, _ = tiny_c
     monkeypatch.setitem(adapters.ADAPTERS, "tiny", tiny_adapter(tmp_path))
     blends = two_blends(synthetic_set, tmp_path / "blends")
     git(repo, "checkout", "--quiet", "-b", "feature")
     (repo / "tinydeblender" / "__init__.py").write_text("from ._fast import GAIN\nBIAS = 0\n")
     head = commit(repo, "a pull request that changes only Python")
+    count = iter(range(100))
 
-    def builds(base_rev: str, name: str, *more: str):
-        out, cache = tmp_path / name, tmp_path / f"cache-{name}"
+    def builds(head: str, base_rev: str, cache: str, *more: str):
+        out = tmp_path / f"out-{next(count)}"
         args = ["run", "--repo", str(repo), "--head", head, "--base", base_rev, "--adapter", "tiny",
-                "--dataset", str(blends), "--out", str(out), "--cache", str(cache),
+                "--dataset", str(blends), "--out", str(out), "--cache", str(tmp_path / cache),
                 *more]  # fmt: skip
         assert main(args) == 0
         provenance = RunResult.read(out / "result.json").provenance
         return provenance.base.build.compiler_cache, provenance.head.build.compiler_cache
 
-    return base, builds
+    return base, head, builds
 
 
 @pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
-def test_a_run_trusts_a_base_given_as_a_branch_and_never_head(runs):
-    base, builds = runs
-    assert builds(base, "by-sha") == ("ccache: 0 hits, 1 miss (read-only)",) * 2
-    assert builds("main", "by-branch") == (
-        "ccache: 0 hits, 1 miss (writable)",
-        "ccache: 1 hit, 0 misses (read-only)",
-    )
+def test_only_a_run_of_the_trusted_ref_writes_the_compiler_cache(runs, tmp_path):
+    base, head, builds = runs
+    assert builds(head, base, "by-sha") == (None, None), "no branch: no cache"
+    miss = READ_ONLY.format("0 hits, 1 miss")
+    assert builds(head, "main", "by-branch") == (miss, miss), "a branch's base is no writer"
+    assert not list((tmp_path / "by-branch" / "ccache").rglob("*.*"))
+    writable = "ccache: 0 hits, 1 miss (writable)"
+    assert builds(base, base, "trusted", "--trusted-ref", "main") == (writable, writable)
+    hit = READ_ONLY.format("1 hit, 0 misses")
+    assert builds(head, "main", "trusted") == (writable, hit), "base reused, head hits"
+
+
+def test_a_trusted_ref_must_hold_the_run_s_commits(runs, tmp_path, capsys):
+    _, head, _ = runs
+    repo = tmp_path / "repo"
+    args = ["run", "--repo", str(repo), "--head", head, "--base", "main", "--adapter", "tiny",
+            "--dataset", str(tmp_path / "blends"), "--out", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache"), "--trusted-ref", "main"]  # fmt: skip
+    assert main(args) == 2
+    assert "is not a commit of the trusted ref refs/heads/main" in capsys.readouterr().err
+    git(repo, "tag", "release", "main")
+    assert main([*args[:-1], "release"]) == 2, "a tag is no trusted ref"
+    assert "the trusted ref 'release' is not a branch" in capsys.readouterr().err
 
 
 def test_without_ccache_revisions_build_without_a_cache(tiny_c, monkeypatch):
@@ -154,14 +171,17 @@ def test_without_ccache_revisions_build_without_a_cache(tiny_c, monkeypatch):
 
 
 @pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
-def test_the_compiler_cache_a_trusted_base_wrote_travels_through_the_store(runs, tmp_path):
-    base, builds = runs
+def test_the_compiler_cache_a_trusted_run_wrote_travels_through_the_store(runs, tmp_path):
+    base, head, builds = runs
     store = LocalStore(tmp_path / "store")
-    shared = ("--store", str(store.root), "--repository", "octo/scarlet")
-    assert builds("main", "trusted", *shared)[0] == "ccache: 0 hits, 1 miss (writable)"
+    shared = ("--private-store", str(store.root), "--repository", "octo/scarlet")
+    trusted = builds(base, base, "trusted", "--trusted-ref", "main", *shared)
+    assert trusted[0] == "ccache: 0 hits, 1 miss (writable)"
     (key,) = store.list("ccache/")
+    assert key.startswith("ccache/main/"), "the key names the trusted ref"
     stored = store.stat(key).version, store.get(key)
     # Another machine, its cache empty (at another path, so no stored environment serves
     # it), with nothing trusted: both build read-only through the cache fetched first.
-    assert builds(base, "untrusted", *shared) == ("ccache: 1 hit, 0 misses (read-only)",) * 2
+    hit = READ_ONLY.format("1 hit, 0 misses")
+    assert builds(head, "main", "untrusted", *shared) == (hit, hit)
     assert (store.stat(key).version, store.get(key)) == stored, "untrusted builds upload nothing"

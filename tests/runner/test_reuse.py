@@ -56,8 +56,11 @@ def gain(repo: Path, value: float) -> str:
     return commit(repo, f"gain {value}")
 
 
-def run(world, head: str, name: str, *extra: str) -> RunResult:
+def run(world, head: str, name: str, *extra: str, trusted: bool = False) -> RunResult:
+    """Run head against base; ``trusted``: as a run of ``main``'s own commits, which
+    stores its outcomes."""
     repo, base, dataset, tmp_path = world
+    extra = (*extra, "--trusted-ref", "main") if trusted else extra
     out = tmp_path / name
     args = ["run", "--repo", str(repo), "--head", head, "--base", base, "--adapter", "tiny",
             "--dataset", str(dataset), "--out", str(out), "--workers", "2", *extra]  # fmt: skip
@@ -69,6 +72,17 @@ def run(world, head: str, name: str, *extra: str) -> RunResult:
 
 def worker_logs(world, name: str) -> list[Path]:
     return sorted((world[3] / name).glob("logs/worker-*.log"))
+
+
+def test_only_a_trusted_run_stores_outcomes(world):
+    repo, _, _, tmp_path = world
+    head = gain(repo, 1.5)
+    run(world, head, "pull-request")
+    assert not (tmp_path / "cache" / "store" / PREFIX).exists(), "a pull request's run stores none"
+    assert run(world, head, "again").provenance.reuse is None
+    run(world, head, "trusted", trusted=True)
+    assert len(list((tmp_path / "cache" / "store" / PREFIX).glob("*/*.json"))) == 12
+    assert run(world, gain(repo, 1.6), "reads", "--timing-sample", "2").provenance.reuse.blends == 4
 
 
 def test_a_docs_only_change_is_neither_built_nor_deblended(world):
@@ -92,7 +106,7 @@ def test_a_docs_only_change_is_neither_built_nor_deblended(world):
 
 def test_a_docs_only_change_after_base_was_measured_shows_base_results_for_both(world):
     repo, base, _, _ = world
-    run(world, gain(repo, 1.5), "first")
+    run(world, gain(repo, 1.5), "first", trusted=True)
     git(repo, "checkout", "--quiet", "-b", "docs", base)
     (repo / "CHANGELOG.md").write_text("- nothing\n")
     docs = commit(repo, "changelog")
@@ -127,7 +141,7 @@ def test_full_does_all_the_work(world):
 
 def test_base_outcomes_are_reused_spot_checked_and_the_timings_stay_paired(world):
     repo, base, _, _ = world
-    first = run(world, gain(repo, 1.5), "first")
+    first = run(world, gain(repo, 1.5), "first", trusted=True)
     assert first.provenance.reuse is None
     head = gain(repo, 1.6)
     result = run(world, head, "second", "--timing-sample", "2")
@@ -151,7 +165,7 @@ def test_base_outcomes_are_reused_spot_checked_and_the_timings_stay_paired(world
 
 def test_a_stored_outcome_tampered_with_is_caught_and_base_is_deblended_again(world):
     repo, _, dataset, tmp_path = world
-    first = run(world, gain(repo, 1.5), "first")
+    first = run(world, gain(repo, 1.5), "first", trusted=True)
     head = gain(repo, 1.6)
     (checked,) = spot_sample(open_datasets([dataset])[0].blends, head, 1)
     environment = first.provenance.base.build.environment
@@ -169,7 +183,7 @@ def test_a_stored_outcome_tampered_with_is_caught_and_base_is_deblended_again(wo
 
 def test_an_unreadable_stored_outcome_is_a_miss(world):
     repo, _, _, tmp_path = world
-    run(world, gain(repo, 1.5), "first")
+    run(world, gain(repo, 1.5), "first", trusted=True)
     for document in (tmp_path / "cache" / "store" / PREFIX).glob("*/*.json"):
         document.write_text("{not json")
     result = run(world, gain(repo, 1.6), "second")
@@ -178,7 +192,7 @@ def test_an_unreadable_stored_outcome_is_a_miss(world):
 
 def test_reuse_misses_when_the_options_or_a_blend_s_bytes_change(world):
     repo, _, dataset, _ = world
-    run(world, gain(repo, 1.5), "first")
+    run(world, gain(repo, 1.5), "first", trusted=True)
     head = gain(repo, 1.6)
     assert run(world, head, "options", "--max-iter", "7").provenance.reuse is None
     changed = sorted(dataset.glob("*.npz"))[0]
@@ -191,7 +205,7 @@ def test_reuse_misses_when_the_options_or_a_blend_s_bytes_change(world):
 
 def test_reuse_misses_on_another_kind_of_machine(world, monkeypatch):
     repo, _, _, _ = world
-    run(world, gain(repo, 1.5), "first")
+    run(world, gain(repo, 1.5), "first", trusted=True)
     monkeypatch.setattr("runner.deblend.run.this_machine", lambda: HERE)
     result = run(world, gain(repo, 1.6), "elsewhere")
     assert result.provenance.reuse is None and result.provenance.machine == HERE

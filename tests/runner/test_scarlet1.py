@@ -81,7 +81,8 @@ def run(root, blends, head, base, name, repo=MIRROR, *extra, cache=None):
 
 def test_a_commit_that_changes_the_fit_changes_every_model(scarlet1):
     root, blends = scarlet1
-    result = run(root, blends, AFTER_284, BEFORE_284, "changed")
+    # Both are master's own commits: a trusted run, which stores its outcomes.
+    result = run(root, blends, AFTER_284, BEFORE_284, "changed", MIRROR, "--trusted-ref", "master")
     assert result.provenance.adapter == "scarlet1"
     head, base = result.provenance.head, result.provenance.base
     assert head.deblender_version.endswith(f"+g{head.sha[:7]}")
@@ -165,6 +166,8 @@ def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet1, pull_r
         "        scale = 1.5 if model.shape[-1] >= 60 else 1.0\n"
         "        return scale * self.renderer(model, *parameters)\n",
     )  # fmt: skip
+    # A baseline run of master's 45187fd stores base's set1 outcomes (a trusted run).
+    run(root, set1, BEFORE_284, BEFORE_284, "baseline", MIRROR, "--trusted-ref", "master")
     full = run(root, set1, head, BEFORE_284, "wide", clone, "--full")
     result = run(root, set1, head, BEFORE_284, "wide-reused", clone)  # base from the store
     assert full.provenance.reuse is None and result.provenance.reuse.blends == 88
@@ -209,19 +212,23 @@ def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request
 
 @pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
 def test_a_pull_request_that_changes_only_python_compiles_nothing(scarlet1, pull_request, tmp_path):
-    # Base given as a branch is trusted: its build writes the compiler cache, from which
-    # the head's build, in an environment of its own, takes both extensions.
+    # A trusted run of the branch's own commit writes the compiler cache, from which the
+    # head's build of a pull request on it, in an environment of its own, takes both
+    # extensions.
     root, blends = scarlet1
     clone, head = pull_request(
         "Python: a sum in two steps", "scarlet/measure.py", MEASURE,
         "    total = model.sum(axis=(1, 2))\n    return total\n",
     )  # fmt: skip
     git(clone, "branch", "--force", "main-284", BEFORE_284)
-    result = run(root, blends, head, "main-284", "python-only", clone, cache=tmp_path / "cache")
+    cache, trusted = tmp_path / "cache", ("--trusted-ref", "main-284")
+    baseline = run(root, blends, BEFORE_284, BEFORE_284, "main-284", clone, *trusted, cache=cache)
+    writable = baseline.provenance.base.build.compiler_cache
+    assert writable.startswith("ccache: 0 hits, 2 misses (writable)")
+    result = run(root, blends, head, "main-284", "python-only", clone, cache=cache)
     base, head = result.provenance.base.build, result.provenance.head.build
-    assert not base.reused and not head.reused
-    assert base.compiler_cache.startswith("ccache: 0 hits, 2 misses (writable)")
-    assert head.compiler_cache.startswith("ccache: 2 hits, 0 misses (read-only)")
+    assert base.reused and not head.reused
+    assert head.compiler_cache.startswith("ccache: 2 hits, 0 misses (read-only")
     assert result.comparison.identical_models
 
 

@@ -114,7 +114,8 @@ def test_a_comment_in_a_module_builds_to_base_s_install_and_is_not_deblended(wor
 def test_a_sha_measured_as_base_is_not_deblended_again_as_head(world):
     repo, base, _, _ = world
     brighter = change(repo, "tinydeblender/__init__.py", "GAIN = 1.5\n", "brighter")
-    run(world, brighter, base, "first")  # base measured (and stored) here
+    # base measured here, and stored: a trusted run of the protected branch's commits
+    run(world, brighter, base, "first", "--trusted-ref", "main")
     git(repo, "checkout", "--quiet", "-b", "other", base)
     dimmer = change(repo, "tinydeblender/__init__.py", "GAIN = 0.5\n", "dimmer")
     result = run(world, base, dimmer, "second", "--timing-sample", "2")
@@ -129,7 +130,8 @@ def test_a_broken_base_is_compared_with_its_nearest_good_ancestor(world):
     repo, good, _, _ = world
     probe = git(repo, "rev-parse", "HEAD")
     git(repo, "checkout", "--quiet", "-b", "probe")
-    run(world, change(repo, "tinydeblender/__init__.py", "GAIN = 1.5\n", "probe"), good, "good")
+    probed = change(repo, "tinydeblender/__init__.py", "GAIN = 1.5\n", "probe")
+    run(world, probed, good, "good", "--trusted-ref", "probe")  # stored: a trusted run
     git(repo, "checkout", "--quiet", "main")
     assert git(repo, "rev-parse", "HEAD") == probe
     broken = change(repo, "tinydeblender/__init__.py", "BROKEN = True\n", "every blend errors")
