@@ -107,6 +107,9 @@ def test_a_blend_better_in_one_band_and_worse_in_another_is_mixed_not_worse():
     assert comparison.tally.status != "regressed"
     result.comparison = comparison
     assert "6 mixed (one band better, another worse)" in what_changed(result)
+    text = comment(result, Links())
+    assert "### 6 blend(s) mixed" in text and "clearly worse\n" not in text
+    assert "r: |mag error| +0.300 mag — but source 0 i: |mag error| -0.240 mag" in text
 
 
 def test_a_band_where_the_source_is_undetected_does_not_count_blend_by_blend():
