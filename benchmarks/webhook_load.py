@@ -1,13 +1,19 @@
 """Load on the webhook endpoint: 200 signed deliveries a second for 60 s, on 127.0.0.1.
 
     python benchmarks/webhook_load.py [--rate 200] [--seconds 60] [--repeat 0.05]
+                                      [--event pull_request|push]
 
-Starts the bot (``python -m bot``) in its own process against a stub GitHub that only
-issues installation tokens, then sends ``push`` deliveries to a branch that is not the
-default one (verified, de-duplicated and routed, but no run), a share ``--repeat`` of
-them redeliveries of an earlier delivery id. Prints p50 and p99 latency, errors (non-2xx
-or failed requests) and how many redeliveries were accepted as new (goal: p99 <= 50 ms,
-0 errors, 0 duplicates). Bounded: it stops after ``--seconds`` by itself.
+Starts the bot (``python -m bot``) in its own process against a stub GitHub, then sends
+deliveries, a share ``--repeat`` of them redeliveries of an earlier delivery id:
+``pull_request`` ``synchronize`` (the default: verified, de-duplicated, routed, and the
+PR read from GitHub after the answer, as every push is; the stub's PR is at another
+head, so the delivery is stale and runs nothing), or ``push`` to a branch that is not
+the default one (no GitHub call but the token). Prints p50 and p99 latency, errors
+(non-2xx or failed requests), how many PR reads the stub answered, and how many
+redeliveries were accepted as new: a delivery id answered 202 more than once, which
+would be a duplicate run (a redelivery of one first answered with an error is rightly
+accepted). Goal: p99 <= 50 ms, 0 errors, 0 duplicates. Bounded: it stops after
+``--seconds`` by itself.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
@@ -36,67 +43,99 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 SECRET = "load-test-secret"
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-async def stub_github(port: int) -> web.AppRunner:
-    """Answers installation token requests, the only call a push to a side branch needs."""
+REPOSITORY = {
+    "full_name": "octo/scarlet",
+    "clone_url": "https://example.invalid/octo/scarlet.git",
+    "default_branch": "main",
+}
 
-    async def token(request: web.Request) -> web.Response:
+
+class StubGitHub:
+    """Answers installation tokens and PR reads (each PR open at a head no delivery
+    names), counting the reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def token(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"token": "ghs_load", "expires_at": "2099-01-01T00:00:00Z"}, status=201
         )
 
-    app = web.Application()
-    app.router.add_post("/app/installations/{id}/access_tokens", token)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+    async def pull(self, request: web.Request) -> web.Response:
+        self.reads += 1
+        number = int(request.match_info["number"])
+        now = pull_request(number, "f" * 40) | {"updated_at": "2099-01-01T00:00:00Z"}
+        return web.json_response(now)
+
+    async def serve(self, port: int) -> web.AppRunner:
+        app = web.Application()
+        app.router.add_post("/app/installations/{id}/access_tokens", self.token)
+        app.router.add_get("/repos/{owner}/{repo}/pulls/{number}", self.pull)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
 
 
-def delivery(delivery_id: str, number: int) -> tuple[dict, bytes]:
-    body = json.dumps(
-        {
-            "ref": "refs/heads/load-test",
-            "before": "0" * 40,
-            "after": f"{number:040x}",
-            "repository": {
-                "full_name": "octo/scarlet",
-                "clone_url": "https://example.invalid/octo/scarlet.git",
-                "default_branch": "main",
-            },
-            "installation": {"id": 1},
-        }
-    ).encode()
+def pull_request(number: int, sha: str) -> dict:
+    """A pull request as a payload or GitHub's API has it (the parts the bot reads)."""
+    side = {"repo": {"full_name": REPOSITORY["full_name"]}}
+    return {
+        "number": number,
+        "state": "open",
+        "draft": False,
+        "updated_at": "2026-01-01T00:00:00Z",
+        "head": {"sha": sha, "ref": f"branch-{number}", **side},
+        "base": {"sha": "0" * 40, "ref": "main", **side},
+    }
+
+
+def delivery(delivery_id: str, number: int, event: str = "pull_request") -> tuple[dict, bytes]:
+    if event == "push":
+        data = {"ref": "refs/heads/load-test", "before": "0" * 40, "after": f"{number:040x}"}
+    else:
+        data = {"action": "synchronize", "pull_request": pull_request(number, f"{number:040x}")}
+    data |= {"repository": REPOSITORY, "installation": {"id": 1}}
+    body = json.dumps(data).encode()
     signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     headers = {
         "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
+        "X-GitHub-Event": event,
         "X-GitHub-Delivery": delivery_id,
         "X-Hub-Signature-256": signature,
     }
     return headers, body
 
 
-async def load(url: str, rate: float, seconds: float, repeat: float) -> None:
+async def load(url: str, rate: float, seconds: float, repeat: float, event: str) -> None:
     latencies: list[float] = []
-    errors = duplicates_accepted = repeats = 0
+    errors = repeats = 0
+    accepted: Counter[str] = Counter()
     sent: list[str] = []
     rng = random.Random(0)
 
     async def send(session: aiohttp.ClientSession, number: int) -> None:
-        nonlocal errors, duplicates_accepted, repeats
+        nonlocal errors, repeats
         is_repeat = bool(sent) and rng.random() < repeat
         delivery_id = rng.choice(sent) if is_repeat else str(uuid.uuid4())
         if is_repeat:
             repeats += 1
         else:
             sent.append(delivery_id)
-        headers, body = delivery(delivery_id, number)
+        headers, body = delivery(delivery_id, number % 1000 + 1, event)
         started = time.perf_counter()
         try:
             async with session.post(url, data=body, headers=headers) as response:
@@ -108,8 +147,8 @@ async def load(url: str, rate: float, seconds: float, repeat: float) -> None:
         latencies.append(time.perf_counter() - started)
         if status >= 300:
             errors += 1
-        elif is_repeat and status == 202:
-            duplicates_accepted += 1
+        elif status == 202:
+            accepted[delivery_id] += 1
 
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -133,13 +172,24 @@ async def load(url: str, rate: float, seconds: float, repeat: float) -> None:
         "  (goal p99 <= 50 ms)"
     )
     print(f"errors {errors}  (goal 0)")
-    print(f"redeliveries accepted as new: {duplicates_accepted}  (goal 0)")
+    duplicates = sum(count - 1 for count in accepted.values())
+    print(f"redeliveries accepted as new: {duplicates}  (goal 0)")
 
 
-async def run(rate: float, seconds: float, repeat: float, env: dict[str, str]) -> None:
-    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it."""
+async def run(
+    rate: float,
+    seconds: float,
+    repeat: float,
+    env: dict[str, str],
+    event: str = "pull_request",
+    others: dict[str, int] | None = None,
+) -> None:
+    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it;
+    print the CPU time per delivery of the bot and of ``others`` (name: pid), and the
+    machine's load average."""
     github_port, bot_port = free_port(), free_port()
-    github = await stub_github(github_port)
+    stub = StubGitHub()
+    github = await stub.serve(github_port)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -172,7 +222,19 @@ async def run(rate: float, seconds: float, repeat: float, env: dict[str, str]) -
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.1)
-            await load(f"{url}/webhook", rate, seconds, repeat)
+            pids = {"bot": bot.pid, **(others or {})}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            await load(f"{url}/webhook", rate, seconds, repeat, event)
+            await asyncio.sleep(1.0)  # the last deliveries' work, after their answers
+            if event == "pull_request":
+                print(f"PRs read from GitHub after the answer: {stub.reads}")
+            deliveries = rate * seconds
+            used = ", ".join(
+                f"{name} {(cpu_seconds(pid) - before[name]) / deliveries * 1e3:.1f} ms"
+                for name, pid in pids.items()
+            )
+            load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            print(f"CPU per delivery: {used}; machine load average {load_average}")
         finally:
             bot.terminate()
             bot.wait(timeout=10)
@@ -184,8 +246,9 @@ async def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeat", type=float, default=0.05)
+    parser.add_argument("--event", choices=["pull_request", "push"], default="pull_request")
     args = parser.parse_args()
-    await run(args.rate, args.seconds, args.repeat, {})
+    await run(args.rate, args.seconds, args.repeat, {}, args.event)
 
 
 if __name__ == "__main__":

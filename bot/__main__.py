@@ -23,7 +23,9 @@ SETTINGS = """settings (environment variables):
     SCARLET_BOT_STATE             gs://bucket/prefix: state shared by every instance
     SCARLET_BOT_STORE             gs://bucket/prefix: where runs are published
     SCARLET_BOT_STORE_URL         where the store's objects are public
+    SCARLET_BOT_PRIVATE_STORE     gs://bucket/prefix: the runner's own, never public
     SCARLET_BOT_CLOUD_RUN_JOB     run on Cloud Run Jobs instead of in-process
+    SCARLET_BOT_RUNS_PER_REPOSITORY  runs of one repository at a time (2; 0: no cap)
     SCARLET_BOT_SCHEDULER_SECRET  the drift scheduler's token
     GITHUB_API_URL                another GitHub (https://api.github.com)
   a *_SECRET variable may name a Secret Manager version holding the value; the README's

@@ -122,22 +122,30 @@ def about(event: sansio.Event) -> dict[str, object]:
 
 async def process(app: web.Application, event: sansio.Event) -> None:
     """Dispatch one event to the routers with a client of its installation; then record
-    the delivery done, or release it for a redelivery when its work failed."""
+    the delivery done, or release it for a redelivery when its work failed or was cut
+    short (the bot stopping: SIGTERM)."""
     deliveries = app[DELIVERIES]
     try:
         gh = None
         if event.event not in OF_INSTALLATION:
             gh = await app[CLIENTS].client(event.data["installation"]["id"])
         await router.dispatch(event, gh, app[SERVICE])
+    except asyncio.CancelledError:
+        log.warning("%s delivery %s cut short: released", event.event, event.delivery_id)
+        await _finish(deliveries.release, event.delivery_id)
+        raise
     except Exception:
         log.exception("processing %s delivery %s failed", event.event, event.delivery_id)
-        finish = deliveries.release
+        await _finish(deliveries.release, event.delivery_id)
     else:
-        finish = deliveries.done
+        await _finish(deliveries.done, event.delivery_id)
+
+
+async def _finish(step, delivery_id: str) -> None:
     try:
-        await finish(event.delivery_id)
+        await step(delivery_id)
     except Exception:
-        log.exception("delivery %s: the delivery log failed", event.delivery_id)
+        log.exception("delivery %s: the delivery log failed", delivery_id)
 
 
 def _start_drift(app: web.Application) -> web.Response:
@@ -171,8 +179,18 @@ async def cron_drift(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness, and App Engine's ``/_ah/start`` for a manually scaled instance."""
-    return web.json_response({"ok": True})
+    """Liveness, and App Engine's ``/_ah/start`` for a manually scaled instance: the
+    dispatcher's watcher, with its last successful pass; 503 when that is older than
+    ``health_stale`` seconds (a watcher stuck or failing)."""
+    health = request.app[SERVICE].dispatcher.health()
+    ok = not health.stale(request.app[SETTINGS].health_stale)
+    watcher = {
+        "last_pass": health.last_pass,
+        "age": None if health.age is None else round(health.age, 1),
+        "failures": health.failures,
+        "last_error": health.last_error,
+    }
+    return web.json_response({"ok": ok, "watcher": watcher}, status=200 if ok else 503)
 
 
 async def artifact(request: web.Request) -> web.Response:
@@ -238,7 +256,7 @@ def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
 
     on_the_webhook = Bucket(*shared, deadline=DELIVERY_DEADLINE, timeout=DELIVERY_DEADLINE)
     return (
-        GCSJobStore(Bucket(*shared), lease=settings.lease),
+        GCSJobStore(Bucket(*shared, deadline=settings.state_deadline), lease=settings.lease),
         GCSDeliveryLog(on_the_webhook, lease=settings.lease),
     )
 
@@ -280,7 +298,8 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             merge_args=merge_arguments(settings),
             on_finished=service.on_finished,
             on_progress=service.on_progress,
-            poll_interval=settings.cloud_run_poll,
+            poll_interval=settings.watch_interval,
+            cap=settings.runs_per_repository,
             **_cloud_run_emulator(settings.cloud_run_emulator),
         )
     from bot.dispatch.local import EmbeddedDispatcher
@@ -290,9 +309,11 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
         command,
         Path(settings.data_dir) / "runs",
         concurrency=settings.concurrency,
+        cap=settings.runs_per_repository,
         timeout=settings.run_timeout,
         on_progress=service.on_progress,
         on_finished=service.on_finished,
+        poll_interval=settings.watch_interval,
     )
 
 
@@ -315,9 +336,11 @@ async def _lifecycle(app: web.Application):
     yield
     reconciler.cancel()
     await asyncio.gather(reconciler, return_exceptions=True)
-    await service.dispatcher.stop()
-    for task in list(app[TASKS]):
+    tasks = list(app[TASKS])
+    for task in tasks:  # deliveries cut short release their claims: redeliverable
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await service.dispatcher.stop()
     await session.close()
     await jobs.close()
     await app[DELIVERIES].close()

@@ -1,9 +1,16 @@
 """The regression service: turns requests for runs into jobs, check runs and one comment.
 
-Webhook handlers call ``request_run`` and ``cancel_pr``; the dispatcher calls back
-``on_progress`` and ``on_finished``; the reconciler (``bot.state.reconcile``) calls ``resume``
-and ``on_finished`` for what a bot process that died left. GitHub is written to here and
-in ``bot.github.client`` only; the text comes from ``runner.publish.report``.
+Webhook handlers call ``request_run``, ``approve`` and ``cancel_pr``; the dispatcher calls
+back ``on_progress`` and ``on_finished``; the reconciler (``bot.state.reconcile``) calls
+``resume`` and ``on_finished`` for what a bot process that died left. GitHub is written to
+here and in ``bot.github.client`` only; the text comes from ``runner.publish.report``.
+
+A job is stored held, given its check run, and only then queued (a fork's stays held
+until a maintainer approves it), so nothing runs without a check run, and no pass of the
+reconciler can start a fork's code. Holding, cancelling and superseding go through the
+store and the dispatcher, which stops whatever runs. What a check run shows is decided
+from the shared state: its ``started_at`` is sent once, progress never follows its
+conclusion, and a report GitHub refuses is tried a bounded number of times.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from bot import drift_issue
 from bot.dispatch.local import RUNNER_FAILURES, VERDICT_CONCLUSIONS
 from bot.github import client as github
 from bot.pages.trends import trends_url
-from bot.settings import Settings
+from bot.settings import CHECK_NAME, Settings, check_name
 from bot.state.jobs import Job, JobStore
 from runner.publish.report import CheckRunOutput, Links, check_run_output, comment
+from runner.publish.untrusted import code, one_line
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
 
@@ -43,11 +51,11 @@ EXPLANATIONS = {
     "stored, so no report was posted and the PR's report comment was left as it was.",
 }
 RERUN = "Comment `/rerun-regression` on the pull request to run it again."
-HELD = "waiting for a maintainer"
 FORK_WAITS = (
     "Code from forks runs after a maintainer approves it: the check run's "
     "**Approve and run** button, or a comment `/rerun-regression`."
 )
+APPROVED = "Approved by a maintainer: queued."
 NOT_HEAD = (
     "This run is of {sha}, which is no longer the pull request's head: its report is "
     "here only, and the PR's report comment (of the head) was left as it was."
@@ -55,6 +63,8 @@ NOT_HEAD = (
 NO_COMMENT = (
     "**The PR's report comment could not be written** ({error}); the report is here. " + RERUN
 )
+PROGRESS_HOLD = 30.0  # seconds a progress write may take before the concluder goes on
+MAX_REPORT_WAIT = 3600.0  # the longest wait between two tries of a report
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,14 @@ class RunRequest:
     branch: str | None = None
     merged_at: str | None = None
     supersede: bool = True  # cancel the PR's runs of other SHAs (a push does; a re-run not)
+    base_sha: str | None = None  # the base branch's commit the event named (base: its ref)
+    default_branch: str | None = None
+
+    @property
+    def check_name(self) -> str:
+        """The name of its check run: a PR's carries its base when that is not the
+        repository's default branch."""
+        return check_name(self.base, self.default_branch) if self.kind == "pr" else CHECK_NAME
 
 
 def _waiting(text: str) -> CheckRunOutput:
@@ -81,14 +99,20 @@ def _waiting(text: str) -> CheckRunOutput:
 
 def failure_output(job: Job) -> CheckRunOutput:
     """The check run's output for a job that ended without a result: the error's headline
-    (the part before ``": "``), what it means, the error itself and how to run again."""
+    (the part before ``": "``), what it means, the error itself (it may quote the PR's
+    own text: one line in a code span) and how to run again."""
     error = job.error or job.conclusion or "unknown"
-    headline = error.partition(": ")[0][:200]
-    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), f"```\n{error}\n```"]
+    headline = one_line(error.partition(": ")[0])
+    parts = [EXPLANATIONS.get(headline, "The run ended without a result."), code(error, 1000)]
     if job.pr is not None:
         parts.append(RERUN)
     summary = "\n\n".join(parts)
     return CheckRunOutput(headline, summary[:60000], "")
+
+
+def refusal_mark(repository: str, pr: int) -> str:
+    """The mark of the refusal comment given on a PR (given once; then a reaction)."""
+    return f"refusal:{repository}#{pr}"
 
 
 class RegressionService:
@@ -108,12 +132,10 @@ class RegressionService:
         self.client = client
         self.bot_login = bot_login
         self.dispatcher = None
-        self._pr_locks: dict[tuple[str, int], asyncio.Lock] = {}
-        # One lock per unfinished job's check run: progress and conclusion are written in
-        # turn, and no progress follows a conclusion (it would reopen the check run).
-        self._check_run_locks: dict[str, asyncio.Lock] = {}
-        self._progress_sent: dict[str, float] = {}
-        self._started: set[str] = set()  # jobs whose check run has its started_at
+        # Requests for one PR's runs (or one repository's commits) are taken in turn here:
+        # reading the PR's head, superseding and queueing.
+        self._pr_locks: dict[tuple[str, int | None], asyncio.Lock] = {}
+        self._request_locks: dict[tuple[str, int | None], asyncio.Lock] = {}
 
     def details_url(self, repository: str, pr: int | None, sha: str) -> str:
         """The stable address of the report a check run links to (served by the bot)."""
@@ -133,11 +155,19 @@ class RegressionService:
         except (StoreError, ValueError):
             return None
 
+    def requesting(self, repository: str, pr: int | None) -> asyncio.Lock:
+        """The lock a handler holds while it reads a PR's head and requests its run, so
+        that this instance takes one PR's deliveries in turn."""
+        return self._request_locks.setdefault((repository, pr), asyncio.Lock())
+
     async def request_run(self, gh: GitHubAPI, request: RunRequest) -> Job | None:
-        """Queue a run: supersede older SHAs of the PR (unless told not to), create the
-        check run (its ``external_id`` the job's id), dispatch."""
+        """Request a run: supersede the PR's runs of other SHAs (unless told not to), store
+        the job held, give it its check run (``external_id`` the job's id), then queue it,
+        or leave it held for a maintainer (a fork's not yet approved). A request for a job
+        held for a maintainer, approved, approves it."""
         if request.pr is not None and request.supersede:
             await self.cancel_pr(gh, request.repository, request.pr, except_sha=request.head_sha)
+        hold = request.fork and not request.approved and not self.settings.run_forks
         job = await self.jobs.add(
             Job(
                 repository=request.repository,
@@ -149,53 +179,102 @@ class RegressionService:
                 pr=request.pr,
                 branch=request.branch,
                 merged_at=request.merged_at,
+                base_sha=request.base_sha,
+                state="held",
+                approval=hold,
+                check_name=request.check_name,
             )
         )
-        if job.check_run_id is not None:
-            return job  # the same run is queued or running already
-        hold = request.fork and not request.approved and not self.settings.run_forks
+        if job.check_run_id is not None:  # the same run is held, queued or running already
+            if job.state == "held" and job.approval and not hold:
+                return await self.approve(gh, job)
+            return job
         job = await self.open_check_run(gh, job, FORK_WAITS if hold else "Queued.", hold)
-        if job is None:
+        if job is None or hold:
             return None
-        if hold:
-            if await self.jobs.finish(job.id, "cancelled", error=HELD) is not None:
-                await self.jobs.mark_notified(job.id)  # its check run waits, queued
+        return await self._queue(job)
+
+    async def _queue(self, job: Job) -> Job | None:
+        """Held → queued, and to the dispatcher; None when the job ended meanwhile."""
+        queued = await self.jobs.queue(job.id)
+        if queued is None:
             return None
-        await self.dispatcher.submit(job)
-        return job
+        return await self.dispatcher.submit(queued)
+
+    async def approve(self, gh: GitHubAPI, job: Job) -> Job | None:
+        """Run a job held for a maintainer, in its check run (its button taken away);
+        None when it is no longer held."""
+        queued = await self.jobs.queue(job.id)
+        if queued is None:
+            return None
+        if queued.check_run_id is not None:
+            await github.wait_check_run(
+                gh, queued.repository, queued.check_run_id, _waiting(APPROVED)
+            )
+        return await self.dispatcher.submit(queued)
 
     async def open_check_run(
         self, gh: GitHubAPI, job: Job, text: str, hold: bool = False
     ) -> Job | None:
-        """Give the job its queued check run (a fork's waiting one on that SHA, else a new
-        one; with the approval button when it is held for a maintainer); None, with the
-        check run concluded, when the job ended meanwhile (the PR closed, or a newer push
-        came)."""
-        check_run_id = await github.waiting_check_run(gh, job.repository, job.head_sha)
+        """Give the job its queued check run (one waiting on that SHA for this job, or for
+        an earlier job of the same key, else a new one; with the approval button when it
+        is held for a maintainer); None, with the check run concluded, when the job ended
+        meanwhile (the PR closed, or a newer push came)."""
+        check_run_id = await self._adoptable(gh, job)
         if check_run_id is None:
             details = self.details_url(job.repository, job.pr, job.head_sha)
             check_run_id = await github.create_check_run(
-                gh, job.repository, job.head_sha, details, _waiting(text), job.id, hold
+                gh,
+                job.repository,
+                job.head_sha,
+                job.check_name or CHECK_NAME,
+                details,
+                _waiting(text),
+                job.id,
+                hold,
             )
         else:
-            await github.adopt_check_run(gh, job.repository, check_run_id, job.id, hold)
+            await github.adopt_check_run(
+                gh, job.repository, check_run_id, job.id, _waiting(text), hold
+            )
         job = await self.jobs.set_check_run(job.id, check_run_id) or job
         if job.finished:
-            async with self._check_run_lock(job.id):
-                await github.complete_check_run(
-                    gh, job.repository, check_run_id, "cancelled", _waiting(CANCELLED)
-                )
+            await self._conclude(gh, job, "cancelled", _waiting(job.error or CANCELLED))
             await self.jobs.mark_notified(job.id)
-            self._forget(job.id)
             return None
         return job
 
+    async def _adoptable(self, gh: GitHubAPI, job: Job) -> int | None:
+        """A queued check run of the job's name on its SHA whose ``external_id`` names this
+        job, or an ended job of the same key (a fork's that waited for a maintainer
+        before this bot kept held jobs): never one of another PR or base."""
+        for run in await github.queued_check_runs(gh, job.repository, job.head_sha):
+            if run["name"] != (job.check_name or CHECK_NAME):
+                continue
+            named = run.get("external_id")
+            if named == job.id:
+                return int(run["id"])
+            other = await self.jobs.get(named) if named else None
+            if other is not None and other.key == job.key and other.finished:
+                return int(run["id"])
+        return None
+
     async def resume(self, job: Job) -> None:
-        """Get a queued job run that a bot process left before giving it its check run
-        (drift runs have none)."""
-        if job.kind != "drift" and job.check_run_id is None:
-            gh = await self.client(job.installation_id)
-            if await self.open_check_run(gh, job, "Queued.") is None:
+        """Carry on with a job a bot process left held or queued: give it its check run if
+        it has none (drift runs have none), queue it unless it waits for a maintainer,
+        and get it run."""
+        if job.kind != "drift":
+            if job.check_run_id is None:
+                gh = await self.client(job.installation_id)
+                text = FORK_WAITS if job.approval else "Queued."
+                opened = await self.open_check_run(gh, job, text, job.approval)
+                if opened is None:
+                    return
+                job = opened
+            if job.state == "held":
+                if job.approval:
+                    return
+                await self._queue(job)
                 return
         await self.dispatcher.submit(job)
 
@@ -207,28 +286,16 @@ class RegressionService:
         except_sha: str | None = None,
         reason: str | None = None,
     ) -> None:
-        """Cancel the PR's queued and running jobs (all, or those not at ``except_sha``),
-        and conclude a fork's check run left waiting for a maintainer, saying ``reason``
-        (by default: superseded, or closed)."""
+        """Cancel the PR's held, queued and running jobs (all, or those not at
+        ``except_sha``) through the dispatcher, which stops whatever runs them, and
+        conclude their check runs saying ``reason`` (by default: superseded, or closed)."""
         if reason is None:
             reason = "Superseded by a newer push." if except_sha else "The PR was closed."
-        latest = await self.jobs.latest(repository, pr)
         for job in await self.jobs.cancel(repository, pr=pr, except_sha=except_sha):
             await self.dispatcher.cancel(job)
-            if job.check_run_id is not None:
-                async with self._check_run_lock(job.id):
-                    await github.complete_check_run(
-                        gh, repository, job.check_run_id, "cancelled", _waiting(reason)
-                    )
+            if job.check_run_id is not None:  # else its maker concludes it once made
+                await self._conclude(gh, job, "cancelled", _waiting(reason))
                 await self.jobs.mark_notified(job.id)
-            self._forget(job.id)
-        held = latest is not None and latest.error == HELD and latest.head_sha != except_sha
-        if held and latest.check_run_id is not None:
-            waiting = await github.waiting_check_run(gh, repository, latest.head_sha)
-            if waiting == latest.check_run_id:
-                await github.complete_check_run(
-                    gh, repository, waiting, "cancelled", _waiting(reason)
-                )
 
     async def stop_installation(
         self, installation_id: int, repositories: set[str] | None = None
@@ -243,36 +310,56 @@ class RegressionService:
                 continue
             await self.dispatcher.cancel(job)
             await self.jobs.mark_notified(job.id)
-            self._forget(job.id)
             stopped += 1
         log.info("installation %s: %d job(s) stopped", installation_id, stopped)
 
     async def on_progress(self, job: Job, phase: str, done: int, total: int) -> None:
-        """Show progress on the check run, at most every ``progress_interval`` seconds and
-        never once the job has ended (a closed PR's run still reports its last phases)."""
-        last = self._progress_sent.get(job.id)
-        if last is not None and time.monotonic() - last < self.settings.progress_interval:
+        """Show progress on the check run, at most every ``progress_interval`` seconds
+        (whichever instance shows it) and never once the job has ended: the write is
+        leased in the shared state, and the concluder waits it out. The first progress
+        of a job, on any instance, sends the check run's ``started_at``."""
+        taken = await self.jobs.begin_progress(
+            job.id, self.settings.progress_interval, PROGRESS_HOLD
+        )
+        if taken is None:
             return
-        self._progress_sent[job.id] = time.monotonic()
-        title = f"{phase}: {done} of {total}" if total else phase
-        gh = await self.client(job.installation_id)
-        async with self._check_run_lock(job.id):
-            current = await self.jobs.get(job.id)
-            if current is None or current.finished:
-                self._forget(job.id)
-                return
+        current, first = taken
+        try:
             if current.check_run_id is None:
                 return
-            first = job.id not in self._started
-            await github.start_check_run(
-                gh, job.repository, current.check_run_id, CheckRunOutput(title, title, ""), first
-            )
-            self._started.add(job.id)
+            title = f"{phase}: {done} of {total}" if total else phase
+            gh = await self.client(job.installation_id)
+            async with asyncio.timeout(PROGRESS_HOLD):
+                await github.start_check_run(
+                    gh,
+                    job.repository,
+                    current.check_run_id,
+                    CheckRunOutput(title, title, ""),
+                    first,
+                )
+        finally:
+            await self.jobs.end_progress(job.id)
+
+    async def _conclude(
+        self, gh: GitHubAPI, job: Job, conclusion: str, output: CheckRunOutput
+    ) -> None:
+        """Conclude the job's check run once no progress is being written to it (the
+        job has ended, so none starts): the conclusion is its last word."""
+        deadline = time.time() + PROGRESS_HOLD
+        while time.time() < deadline:
+            current = await self.jobs.get(job.id)
+            if current is None or current.progress_until is None:
+                break
+            if current.progress_until < time.time():
+                break
+            await asyncio.sleep(0.1)
+        await github.complete_check_run(gh, job.repository, job.check_run_id, conclusion, output)
 
     async def on_finished(self, job: Job) -> None:
         """Report the job's end, then mark it notified: the PR's one report comment and the
         check run's conclusion (a drift run: open, update or close the drift issue). The
-        check run is concluded whatever happens to the comment, with the reason."""
+        check run is concluded whatever happens to the comment, with the reason. A report
+        that fails is tried again later, with a backoff (``report_failed``)."""
         try:
             async with self._reporting(job):
                 if job.kind == "drift":
@@ -280,13 +367,34 @@ class RegressionService:
                 elif job.check_run_id is not None:
                     gh = await self.client(job.installation_id)
                     conclusion, output = await self._outcome(gh, job)
-                    async with self._check_run_lock(job.id):
-                        await github.complete_check_run(
-                            gh, job.repository, job.check_run_id, conclusion, output
-                        )
-            await self.jobs.mark_notified(job.id)
-        finally:
-            self._forget(job.id)
+                    await self._conclude(gh, job, conclusion, output)
+        except Exception as error:
+            await self.report_failed(job, error)
+            return
+        await self.jobs.mark_notified(job.id)
+
+    async def report_failed(self, job: Job, error: Exception) -> None:
+        """A report failed: try again after ``report_backoff`` · 2^(attempts - 1) seconds
+        (at most an hour), or, once GitHub has refused it (a 4xx that is no rate limit)
+        ``report_attempts`` times, give up with one ERROR line."""
+        stored = await self.jobs.get(job.id) or job
+        attempts = stored.report_attempts + 1
+        if github.refused(error) and attempts >= self.settings.report_attempts:
+            reason = f"GitHub refused the report {attempts} times: {error}"[:500]
+            await self.jobs.report_failed(job.id, time.time(), give_up=reason)
+            log.error("job %s of %s: failed to report: %s", job.id, job.repository, reason)
+            return
+        wait = min(self.settings.report_backoff * 2 ** (attempts - 1), MAX_REPORT_WAIT)
+        await self.jobs.report_failed(job.id, time.time() + wait)
+        log.warning(
+            "job %s: report attempt %d failed (%s: %s); trying again in %.0f s",
+            job.id,
+            attempts,
+            type(error).__name__,
+            error,
+            wait,
+            exc_info=not isinstance(error, GitHubException | aiohttp.ClientError),
+        )
 
     @contextlib.asynccontextmanager
     async def _reporting(self, job: Job) -> AsyncIterator[None]:
@@ -314,7 +422,7 @@ class RegressionService:
             result, links = await asyncio.to_thread(self.load, job)
         except (StoreError, ValueError, KeyError) as error:
             return "failure", CheckRunOutput(
-                "the run result could not be read", str(error)[:60000], ""
+                "the run result could not be read", code(str(error), 1000), ""
             )
         output = check_run_output(result, links)
         if job.pr is not None:
@@ -335,7 +443,7 @@ class RegressionService:
                 await github.upsert_comment(gh, job.repository, job.pr, body, bot_login)
         except (GitHubException, aiohttp.ClientError, LookupError) as error:
             log.warning("job %s: the report comment failed: %r", job.id, error)
-            return NO_COMMENT.format(error=str(error)[:300] or type(error).__name__)
+            return NO_COMMENT.format(error=code(str(error) or type(error).__name__, 300))
         return None
 
     async def _drift_finished(self, job: Job) -> None:
@@ -370,15 +478,6 @@ class RegressionService:
 
     def _pr_lock(self, repository: str, pr: int) -> asyncio.Lock:
         return self._pr_locks.setdefault((repository, pr), asyncio.Lock())
-
-    def _check_run_lock(self, job_id: str) -> asyncio.Lock:
-        return self._check_run_locks.setdefault(job_id, asyncio.Lock())
-
-    def _forget(self, job_id: str) -> None:
-        """Drop what was kept for an unfinished job (its progress time and lock)."""
-        self._progress_sent.pop(job_id, None)
-        self._check_run_locks.pop(job_id, None)
-        self._started.discard(job_id)
 
 
 SERVICE = web.AppKey("service", RegressionService)

@@ -12,6 +12,21 @@ from bot.secrets import SecretsError, load_secrets
 CHECK_NAME = "scarlet regression"
 
 
+def check_name(base: str, default_branch: str | None) -> str:
+    """The check run's name: with the base branch when it is not the default one, so two
+    PRs of one head SHA against different bases show two checks a reader can tell
+    apart. ``base`` is a branch's name or its full ref (``refs/heads/<name>``)."""
+    branch = base.removeprefix("refs/heads/")
+    if default_branch is None or branch == default_branch:
+        return CHECK_NAME
+    return f"{CHECK_NAME} ({branch})"
+
+
+def is_check_name(name: str) -> bool:
+    """Whether a check run's name is one the bot gives."""
+    return name == CHECK_NAME or (name.startswith(f"{CHECK_NAME} (") and name.endswith(")"))
+
+
 # Settings without a default; the App's private key comes from either of two variables.
 REQUIRED = ("GITHUB_APP_ID", "GITHUB_WEBHOOK_SECRET", "SCARLET_BOT_DATASETS")
 
@@ -32,10 +47,12 @@ class Settings:
     api_url: str = "https://api.github.com"
     public_url: str = "http://127.0.0.1:8080"
     store: str = ""
+    private_store: str = ""
     store_public_url: str = ""
     store_deadline: float | None = None
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     concurrency: int = 1
+    runs_per_repository: int | None = 2
     run_timeout: float = 3 * 3600
     run_drafts: bool = False
     run_forks: bool = False
@@ -44,13 +61,17 @@ class Settings:
     github_backoff: float = 1.0
     cloud_run_job: str = ""
     cloud_run_tasks: int = 1
-    cloud_run_poll: float = 30.0
+    watch_interval: float = 30.0
     cloud_run_emulator: str = ""
     scheduler_secret: str = ""
     app_engine: bool = False
     state: str = ""
     reconcile_interval: float = 60.0
     lease: float = 60.0
+    state_deadline: float | None = None
+    health_stale: float = 180.0
+    report_attempts: int = 5
+    report_backoff: float = 60.0
 
     @property
     def shared_state(self) -> tuple[str, str] | None:
@@ -67,6 +88,13 @@ class Settings:
     def store_spec(self) -> str:
         """Where runs are published: the configured store, or a folder in the data dir."""
         return self.store or str(self.data_dir / "store")
+
+    @property
+    def private_store_spec(self) -> str:
+        """Where the runner keeps what is its own (shared environments, stored outcomes,
+        the compiler cache, shard partials, leases, failure records): the configured
+        store, or a folder in the data dir that ``/artifacts/`` does not serve."""
+        return self.private_store or str(self.data_dir / "private")
 
     @property
     def store_url(self) -> str | None:
@@ -107,6 +135,7 @@ class Settings:
             api_url=env.get("GITHUB_API_URL", "https://api.github.com"),
             public_url=env.get("SCARLET_BOT_PUBLIC_URL", "http://127.0.0.1:8080").rstrip("/"),
             store=env.get("SCARLET_BOT_STORE", ""),
+            private_store=env.get("SCARLET_BOT_PRIVATE_STORE", ""),
             store_public_url=env.get("SCARLET_BOT_STORE_URL", ""),
             store_deadline=float(env["SCARLET_BOT_STORE_DEADLINE"])
             if env.get("SCARLET_BOT_STORE_DEADLINE")
@@ -117,6 +146,7 @@ class Settings:
             cloud_run_tasks=int(env.get("SCARLET_BOT_CLOUD_RUN_TASKS", "1")),
             cloud_run_emulator=env.get("SCARLET_BOT_CLOUD_RUN_EMULATOR_HOST", ""),
             workers=int(env.get("SCARLET_BOT_WORKERS", str(os.cpu_count() or 1))),
+            runs_per_repository=int(env.get("SCARLET_BOT_RUNS_PER_REPOSITORY", "2")) or None,
             scheduler_secret=env.get("SCARLET_BOT_SCHEDULER_SECRET", ""),
             # App Engine's runtime sets GAE_APPLICATION; its cron header is trusted there only.
             app_engine=bool(env.get("GAE_APPLICATION")),

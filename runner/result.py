@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-SCHEMA_VERSION = 4  # 4: runner-measured wall and CPU time, sandboxed, trusted_ref
+# 4: runner-measured times, sandboxed, trusted_ref; 5: the verdict on real history
+SCHEMA_VERSION = 5
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -33,7 +34,8 @@ def finite(value: float | None) -> float | None:
 
 @dataclass
 class InjectedSource:
-    """One injected source measured against its truth."""
+    """One injected source measured against its truth; ``snr``: per band, the S/N its
+    true flux has against the blend's noise (empty where not measured: every band counts)."""
 
     index: int
     y: float
@@ -42,6 +44,7 @@ class InjectedSource:
     mag: list[float | None]
     mag_error: list[float | None]
     centroid_offset: float | None
+    snr: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -62,12 +65,16 @@ class BlendRun:
     the revision's code: the seconds between sending the request to the worker and its
     reply, and the CPU seconds (user and system) the kernel counted for the worker's
     processes meanwhile (``/proc/<pid>/stat`` before and after). ``init_time`` and
-    ``fit_time`` are what the deblender itself reported (its code could claim anything)."""
+    ``fit_time`` are what the deblender itself reported (its code could claim anything).
+    ``traceback``: the last frames of the deblender's exception, where it raised one;
+    ``raised_in`` the function that raised it."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
     wall_time: float | None = None
     cpu_time: float | None = None
+    traceback: str | None = None
+    raised_in: str | None = None
     init_time: float | None = None
     fit_time: float | None = None
     iterations: int | None = None
@@ -85,7 +92,8 @@ class BlendRun:
 @dataclass
 class BlendResult:
     """A blend and both revisions' outcomes on it; ``pixels``: the pixels inside its
-    footprint, summed over bands (the degrees of freedom of its χ²)."""
+    footprint, summed over bands (the degrees of freedom of its χ²); ``ancestor``: the
+    stored outcome of base's nearest good ancestor (``Provenance.ancestor``), if any."""
 
     dataset: str
     id: str
@@ -95,6 +103,7 @@ class BlendResult:
     base: BlendRun
     head: BlendRun
     pixels: int = 0
+    ancestor: BlendRun | None = None
 
     @property
     def timed_in_run(self) -> bool:
@@ -189,18 +198,31 @@ class Skip:
 
 @dataclass
 class Reuse:
-    """Base's outcomes read from the store instead of deblended again: ``key`` what they
+    """One side's outcomes read from the store instead of deblended again: ``key`` what they
     were stored under (environment, blend-set contents, options, machine), ``runs`` the
     runs that measured them, ``blends`` how many were reused; ``checked`` the blends
     deblended afresh to compare with the stored outcomes bit for bit, ``mismatched``
     those that differed (then nothing was reused and base was deblended in full)."""
 
-    side: Literal["base"]
+    side: Literal["base", "head"]
     key: str
     runs: list[str]
     blends: int
     checked: list[str]
     mismatched: list[str]
+
+
+@dataclass
+class Ancestor:
+    """What head is compared with where base does not build or errors on blends: base's
+    nearest ancestor on the default branch whose stored outcomes are complete, ``distance``
+    commits back; ``key`` the outcomes' key and ``runs`` the runs that measured them."""
+
+    sha: str
+    reason: str
+    distance: int
+    key: str
+    runs: list[str]
 
 
 @dataclass
@@ -210,7 +232,9 @@ class Provenance:
     ``isolation``: how each kind of untrusted command ran (one line each); ``sandboxed``
     False when it ran unisolated (``--unsandboxed``); ``trusted_ref`` the protected branch
     whose own commits this run built (``--trusted-ref``: only such a run writes the shared
-    compiler cache and stored outcomes), None for any other run."""
+    compiler cache and stored outcomes), None for any other run. ``ancestor`` when head is
+    also compared with base's nearest good ancestor; ``head_reuse`` when head's outcomes
+    were read from the store."""
 
     repository: str
     adapter: str
@@ -231,6 +255,8 @@ class Provenance:
     reuse: Reuse | None = None
     sandboxed: bool = True
     trusted_ref: str | None = None
+    ancestor: Ancestor | None = None
+    head_reuse: Reuse | None = None
 
 
 Status = Literal["improved", "unchanged", "regressed", "changed", "inconclusive"]
@@ -252,6 +278,10 @@ class MetricComparison:
     direction. ``mde``: the smallest change the run could have detected (at ``alpha`` with
     the configured power); None where no change could be. ``unit``: "mag", "px",
     "per pixel", "s", "s per source", "ratio" (×) or "relative" (%), "count".
+    ``base`` and ``head`` are each side's own median (or quantile), not paired.
+    ``gating``: whether this metric's status can move the verdict (an inconclusive metric
+    the run cannot resolve, or an unconfirmed timing, is only reported), ``note`` why
+    not; ``retimed``: a timing's confirming re-timing, where one was made.
     """
 
     name: str
@@ -272,6 +302,21 @@ class MetricComparison:
     mde: float | None
     status: Status
     base_ci: list[float | None] = field(default_factory=lambda: [None, None])
+    gating: bool = True
+    note: str | None = None
+    retimed: Retimed | None = None
+
+
+@dataclass
+class Retimed:
+    """A timing regression timed again: ``pairs`` base and head CPU times alternated on
+    one slot, their paired change ``delta`` (a factor) with its interval ``ci``;
+    ``confirmed`` when that interval too lies wholly beyond the tolerance."""
+
+    pairs: int
+    delta: float | None
+    ci: list[float | None]
+    confirmed: bool
 
 
 @dataclass
@@ -279,7 +324,9 @@ class BlendChange:
     """How one blend changed between base and head, judged against the per-blend
     tolerances: ``worse`` and ``better`` list the reasons (empty: within tolerance);
     ``chi2_dof`` is base's and head's χ² per pixel, ``mag_error_delta`` the largest growth
-    of an injected source's |mag error| in any band (negative: every one shrank)."""
+    of an injected source's |mag error| in any band where it is measured (negative: every
+    one shrank); ``mixed`` when the blend is clearly worse in one respect and clearly
+    better in another (both lists then hold reasons)."""
 
     dataset: str
     id: str
@@ -289,13 +336,15 @@ class BlendChange:
     worse: list[str]
     better: list[str]
     score: float
+    mixed: bool = False
 
 
 @dataclass
 class BlendTally:
     """Blend by blend: how many of the ``blends`` both deblended changed at all, and how
-    many got worse or better beyond the per-blend tolerances. ``allowed`` worse blends
-    pass; ``p`` is the exact binomial test of worse against better."""
+    many got worse or better beyond the per-blend tolerances (``mixed``: both at once,
+    counted in neither). ``allowed`` worse blends pass; ``p`` is the exact binomial test
+    of worse against better."""
 
     blends: int
     changed: int
@@ -304,6 +353,7 @@ class BlendTally:
     allowed: int
     p: float | None
     status: Status
+    mixed: int = 0
 
 
 @dataclass
@@ -321,6 +371,40 @@ class Policy:
 
 
 @dataclass
+class Failure:
+    """What broke on one side, once per distinct error: the ``side``'s "build" (``summary``
+    the error read off its log, ``detail`` the log's tail) or its "deblend" of ``blends``
+    of ``of`` blends with the same error (``summary`` its type and where it was raised,
+    ``detail`` the last frames of one traceback, ``examples`` the first blends)."""
+
+    side: Literal["base", "head"]
+    stage: Literal["build", "deblend"]
+    summary: str
+    detail: str
+    blends: int = 0
+    of: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def reason(self) -> str:
+        """The failure in a line: "head does not build: SyntaxError: ..." or "head errors
+        on 100 of 100 blends: ValueError in Box.contains"."""
+        if self.stage == "build":
+            return f"{self.side} does not build: {self.summary}"
+        return f"{self.side} errors on {self.blends} of {self.of} blends: {self.summary}"
+
+
+@dataclass
+class AncestorComparison:
+    """Head against base's nearest good ancestor (``Provenance.ancestor``)."""
+
+    sha: str
+    verdict: Verdict
+    reasons: list[str]
+    tally: BlendTally
+
+
+@dataclass
 class Comparison:
     """The verdict on head against base, metric by metric and blend by blend, and why.
 
@@ -329,6 +413,11 @@ class Comparison:
     ``excluded``: blends that errored on both sides and injected sources neither side
     measured ("set/id" or "set/id source k"), left out of the statistics.
     ``unconverged``: per side, the fits that stopped at their iteration cap.
+    ``models_bit_identical``: every model bit-identical (hashes), whatever the measurements;
+    ``measurement_change`` then says what moved ("r fluxes ×1.020 on all 105 sources").
+    ``fixed``: blends that errored on base and deblend on head ("set/id");
+    ``failures``: what broke on either side, once per distinct error; ``ancestor``: head
+    against base's nearest good ancestor, where base is broken.
     """
 
     verdict: Verdict
@@ -341,6 +430,23 @@ class Comparison:
     unconverged: dict[str, int]
     policy: Policy
     config: dict[str, Any]
+    models_bit_identical: bool = False
+    measurement_change: str | None = None
+    fixed: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    ancestor: AncestorComparison | None = None
+
+
+@dataclass
+class RetimedBlend:
+    """A blend timed again to confirm a timing regression: base's and head's CPU seconds,
+    alternated on one slot (``base[k]`` and ``head[k]`` one pair)."""
+
+    dataset: str
+    id: str
+    n_sources: int
+    base: list[float]
+    head: list[float]
 
 
 @dataclass(frozen=True)
@@ -363,13 +469,15 @@ class Shard:
 @dataclass
 class RunResult:
     """Everything one run measured, for base and head, blend by blend; a shard's result
-    holds only its blends and no comparison until the shards are merged."""
+    holds only its blends and no comparison until the shards are merged. ``retiming``:
+    blends timed again to confirm a timing regression."""
 
     provenance: Provenance
     bands: list[str]
     blends: list[BlendResult]
     comparison: Comparison | None = None
     shard: Shard | None = None
+    retiming: list[RetimedBlend] = field(default_factory=list)
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
 

@@ -9,7 +9,6 @@ only when a client is first needed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 from bot import logs
 from bot.dispatch.local import OnFinished, OnProgress, call_safely
+from bot.dispatch.watch import Health, Watcher
 from bot.state.jobs import MERGE_PENDING, Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,12 @@ class CloudRunDispatcher:
     ``maxRetries``); a shard that still fails fails the execution and so the job, with
     Cloud Run's reason. While an execution runs, ``on_progress`` hears its phase and
     its tasks done of all (Cloud Run's counts).
+
+    Queued jobs start newest first, at most ``cap`` executions of a repository at a time
+    (counted in the store, across instances); the others wait in the store's queue and
+    start as slots free up. A job cancelled while its execution is being started has
+    that execution cancelled as soon as Cloud Run names it. The watcher (every
+    ``poll_interval`` seconds) logs what fails and tries again with a backoff.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class CloudRunDispatcher:
         on_progress: OnProgress | None = None,
         poll_interval: float = 30.0,
         merge_args: Callable[[Job, Path], Sequence[str]] | None = None,
+        cap: int | None = None,
     ) -> None:
         self.store = store
         self.job_name = job_name
@@ -98,9 +105,9 @@ class CloudRunDispatcher:
         self.on_progress = on_progress
         self._jobs = jobs_client
         self._executions = executions_client
-        self.poll_interval = poll_interval
         self.merge_args = merge_args
-        self._watcher: asyncio.Task | None = None
+        self.cap = cap
+        self._watcher = Watcher("Cloud Run watcher", self._pass, poll_interval)
         if task_count > 1 and merge_args is None:
             raise ValueError("sharding over several tasks needs merge_args")
 
@@ -108,26 +115,34 @@ class CloudRunDispatcher:
         """Start the jobs a previous process stored but never dispatched, and watch the
         executions of running ones (also those started before a restart)."""
         await self.resume()
-        self._watcher = asyncio.create_task(self._watch())
+        self._watcher.start()
 
     async def resume(self) -> list[Job]:
         """``Dispatcher.resume``: a job claimed by a process that died before Cloud Run
-        named its execution (lease run out) is started again; queued jobs are started.
-        The executions themselves are Cloud Run's, looked at by ``check``."""
+        named its execution (lease run out) is started again; queued jobs are started as
+        the cap allows. The executions themselves are Cloud Run's, looked at by
+        ``check``."""
         given_up = await self.store.recover(time.time())
         for job in given_up:
             await self._notify(job)
-        for job in await self.store.unfinished():
-            if job.state == "queued":
-                await self.submit(job)
+        await self._fill(await self._waiting())
         return given_up
+
+    async def _waiting(self) -> set[str]:
+        return {job.repository for job in await self.store.unfinished() if job.state == "queued"}
+
+    async def _pass(self) -> None:
+        """One pass of the watcher: conclude what ended, then start what may start."""
+        await self.check()
+        await self._fill(await self._waiting())
+
+    def health(self) -> Health:
+        """``Dispatcher.health``."""
+        return self._watcher.health()
 
     async def stop(self) -> None:
         """Stop watching: executions go on without the bot and are watched after a restart."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self._watcher.stop()
 
     async def check(self) -> list[Job]:
         """Conclude the running jobs whose executions have finished; return them."""
@@ -166,6 +181,7 @@ class CloudRunDispatcher:
         done = await self.store.finish(job.id, conclusion, error=error)
         if done is not None:  # None: another instance concluded it first
             await self._notify(done)
+            self._watcher.wake()  # its slot is free
         return done
 
     async def _start_merge(self, job: Job) -> None:
@@ -182,30 +198,55 @@ class CloudRunDispatcher:
             if done is not None:
                 await self._notify(done)
             return
-        await self.store.set_execution(job.id, MERGING + execution)
-
-    async def _watch(self) -> None:
-        while True:
-            await self.check()
-            await asyncio.sleep(self.poll_interval)
+        await self._record(job, MERGING + execution)
 
     async def submit(self, job: Job) -> Job:
-        """Store the job (idempotent on its key) and start its execution; a job already
-        running or finished is returned as it is."""
+        """Store the job (idempotent on its key) and start it, or what is newer, as the
+        cap allows; the job as stored is returned."""
         job = await self.store.add(job)
-        claimed = await self.store.claim(job.id)
-        if claimed is None:
-            return job
+        if job.state == "queued":
+            await self._fill({job.repository})
+        return await self.store.get(job.id) or job
+
+    async def _fill(self, repositories: set[str]) -> None:
+        """Claim and start queued jobs, newest first, while their repository is under its
+        cap."""
+        for repository in sorted(repositories):
+            while (job := await self.store.claim_next(repository, self.cap)) is not None:
+                with logs.context(job=job.id, repository=job.repository, pr=job.pr):
+                    await self._start(job)
+
+    async def _start(self, job: Job) -> None:
+        """Start a claimed job's execution and record it; one cancelled meanwhile has its
+        execution cancelled at once."""
         try:
-            args = list(self.args(claimed, self.out))
-            execution = await asyncio.to_thread(self._run_job, claimed, args, self._tasks(claimed))
+            args = list(self.args(job, self.out))
+            execution = await asyncio.to_thread(self._run_job, job, args, self._tasks(job))
         except Exception as error:
             log.exception("job %s: Cloud Run did not start an execution", job.id)
             done = await self.store.finish(job.id, "error", error=f"Cloud Run: {error}")
             if done is not None:
                 await self._notify(done)
-            return done or job
-        return await self.store.set_execution(job.id, execution)
+            return
+        await self._record(job, execution)
+
+    async def _record(self, job: Job, execution: str) -> None:
+        """Record the execution just started on its job; cancel it when the job ended
+        meanwhile, or when it cannot be recorded (the job, left running without an
+        execution, is started again once its lease has run out)."""
+        try:
+            recorded = await self.store.set_execution(job.id, execution)
+        except Exception:
+            log.exception("job %s: %s could not be recorded: cancelling it", job.id, execution)
+            recorded = None
+        else:
+            if recorded is None:
+                log.info("job %s ended while %s started: cancelling it", job.id, execution)
+        if recorded is None:
+            try:
+                await asyncio.to_thread(self._cancel_execution, execution)
+            except Exception:
+                log.exception("job %s: could not cancel %s", job.id, execution)
 
     def _tasks(self, job: Job) -> int:
         """Tasks of the job's execution: ``task_count``, but one for a drift run (it
@@ -213,14 +254,18 @@ class CloudRunDispatcher:
         return 1 if job.kind == "drift" else self.task_count
 
     async def cancel(self, job: Job) -> None:
-        """Conclude the job "cancelled" (unless it has finished) and cancel its execution."""
+        """Conclude the job "cancelled" (unless it has finished) and cancel its execution
+        (one still being started is cancelled by its starter, which finds the job
+        ended when it records the execution)."""
         stored = await self.store.finish(job.id, "cancelled") or await self.store.get(job.id)
-        if stored is None or stored.conclusion != "cancelled" or not stored.execution:
+        if stored is None or stored.conclusion != "cancelled":
             return
-        try:
-            await asyncio.to_thread(self._cancel_execution, stored.execution)
-        except Exception:
-            log.exception("job %s: could not cancel %s", job.id, stored.execution)
+        self._watcher.wake()  # its slot is free
+        if stored.execution and stored.execution != MERGE_PENDING:
+            try:
+                await asyncio.to_thread(self._cancel_execution, stored.execution)
+            except Exception:
+                log.exception("job %s: could not cancel %s", job.id, stored.execution)
 
     def _run_job(self, job: Job, args: list[str], task_count: int) -> str:
         from google.cloud import run_v2

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot import logs
+from bot.dispatch.watch import Health, Watcher
 from bot.state.jobs import Conclusion, Job, JobStore
 from runner.secretfiles import HIDE_VARIABLE, secret_paths
 
@@ -56,7 +57,13 @@ STDERR_TAIL = 8192
 
 
 class Dispatcher(Protocol):
-    """Runs jobs somewhere and reports back through the callbacks it was built with."""
+    """Runs jobs somewhere and reports back through the callbacks it was built with.
+
+    Queued jobs start newest first, at most ``cap`` at a time per repository (its
+    running jobs counted across instances, in the store); a job cancelled while it
+    waits never starts, and one cancelled while it starts is stopped once it has."""
+
+    cap: int | None
 
     async def start(self) -> None:
         """Recover what a previous process left and start taking jobs."""
@@ -64,17 +71,21 @@ class Dispatcher(Protocol):
     async def resume(self) -> list[Job]:
         """Take up what bot processes that died left in the store: their running jobs
         whose lease ran out go back to the queue (or are concluded "error" and passed to
-        ``on_finished`` after three attempts), and every queued job is got run. Returns
-        the jobs it concluded."""
+        ``on_finished`` after three attempts), and queued jobs are got run as the cap
+        allows. Returns the jobs it concluded."""
 
     async def stop(self) -> None:
         """Stop taking jobs; queued ones stay queued in the store."""
 
     async def submit(self, job: Job) -> Job:
-        """Store the job (or find its unfinished twin by key) and get it run."""
+        """Store the job (or find its unfinished twin by key) and get it run (now, or
+        once its repository is under its cap)."""
 
     async def cancel(self, job: Job) -> None:
         """Conclude the job "cancelled" and stop whatever runs it (no ``on_finished``)."""
+
+    def health(self) -> Health:
+        """How the dispatcher's watcher is doing (``/healthz``)."""
 
 
 def runner_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -130,11 +141,14 @@ def _killpg(pid: int, sig: signal.Signals) -> None:
 
 
 class EmbeddedDispatcher:
-    """Runs jobs as subprocesses of this process, ``concurrency`` at a time, in the order
-    they were submitted.
+    """Runs jobs as subprocesses of this process, ``concurrency`` at a time here and at
+    most ``cap`` of a repository at a time (across the store's instances), the newest
+    queued job first.
 
-    Only submitted jobs run (and, after a restart, those the store holds unfinished), so a
-    job that was added to the store but held back never starts. Each job gets
+    Only queued jobs run: a held job (waiting for its check run or for a maintainer)
+    never starts. A watcher looks for queued jobs every ``poll_interval`` seconds (and
+    whenever a job is submitted or ends), so jobs another instance queued, or left, run
+    here too. Each job gets
     ``workdir/<job id>/`` as its ``--out``; ``command(job, out)`` is the full command
     line, run in its own process group with ``env`` (default: ``runner_environment()``).
     A process that outlives ``timeout`` seconds concludes "timed_out"; stopping one is
@@ -151,34 +165,37 @@ class EmbeddedDispatcher:
         workdir: Path,
         *,
         concurrency: int = 1,
+        cap: int | None = None,
         timeout: float = 3 * 3600,
         grace: float = 10,
         env: Mapping[str, str] | None = None,
         on_progress: OnProgress | None = None,
         on_finished: OnFinished | None = None,
+        poll_interval: float = 30.0,
     ) -> None:
         self.store = store
         self.command = command
         self.workdir = Path(workdir)
         self.concurrency = concurrency
+        self.cap = cap
         self.timeout = timeout
         self.grace = grace
         self.env = dict(env) if env is not None else runner_environment()
         self.on_progress = on_progress
         self.on_finished = on_finished
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
+        self._waiting: set[str] = set()  # repositories with queued jobs, as far as known
+        self._filling = asyncio.Lock()
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._puller: asyncio.Task | None = None
+        self._watcher = Watcher("dispatcher", self._pass, poll_interval)
 
     async def start(self) -> None:
         """Requeue jobs a previous process left running (concluding "error" those started
-        three times already), queue every unfinished job and start running them. A store
-        of this process alone (not ``shared``) gives back every running job at once; a
-        shared one only those whose lease has run out."""
+        three times already) and start running queued jobs. A store of this process
+        alone (not ``shared``) gives back every running job at once; a shared one only
+        those whose lease has run out."""
         await self._resume(time.time() if self.store.shared else math.inf)
-        self._puller = asyncio.create_task(self._pull(), name="dispatcher")
+        self._watcher.start()
 
     async def resume(self) -> list[Job]:
         """``Dispatcher.resume``."""
@@ -188,33 +205,52 @@ class EmbeddedDispatcher:
         given_up = await self.store.recover(stale_before)
         for job in given_up:
             await self._notify(job)
-        for job in await self.store.unfinished():
-            if job.state == "queued":
-                self._enqueue(job.id)
+        await self._pass()
         return given_up
 
-    def _enqueue(self, job_id: str) -> None:
-        if job_id not in self._queued:
-            self._queued.add(job_id)
-            self._queue.put_nowait(job_id)
+    async def _pass(self) -> None:
+        """Start what may start, of every repository with queued jobs in the store."""
+        jobs = await self.store.unfinished()
+        self._waiting |= {job.repository for job in jobs if job.state == "queued"}
+        await self._fill()
+
+    async def _fill(self) -> None:
+        """Claim and start queued jobs, newest first, while this process has room and
+        their repository is under its cap."""
+        async with self._filling:
+            for repository in sorted(self._waiting):
+                while len(self._active) < self.concurrency:
+                    job = await self.store.claim_next(repository, self.cap)
+                    if job is None:  # none may start now: looked at again when one ends
+                        self._waiting.discard(repository)
+                        break
+                    self._start(job)
+
+    def _start(self, job: Job) -> None:
+        self._active[job.id] = _Active(job)
+        task = asyncio.create_task(self._run(job), name=f"job {job.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def health(self) -> Health:
+        """``Dispatcher.health``."""
+        return self._watcher.health()
 
     async def stop(self) -> None:
         """Stop starting jobs; end running processes and put their jobs back in the queue
         (the store's), so that the next ``start`` runs them again."""
-        if self._puller is not None:
-            self._puller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._puller
-            self._puller = None
+        await self._watcher.stop()
         for active in self._active.values():
             active.interrupt("stopping")
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def submit(self, job: Job) -> Job:
-        """Store the job (idempotent on its key) and queue it to run."""
+        """Store the job (idempotent on its key) and start it, or what is newer, if the
+        cap allows; else it waits in the store's queue."""
         job = await self.store.add(job)
         if job.state == "queued":
-            self._enqueue(job.id)
+            self._waiting.add(job.repository)
+            await self._fill()
         return job
 
     async def cancel(self, job: Job) -> None:
@@ -224,22 +260,7 @@ class EmbeddedDispatcher:
         active = self._active.get(job.id)
         if active is not None:
             active.interrupt("cancelled")
-
-    async def _pull(self) -> None:
-        slots = asyncio.Semaphore(self.concurrency)
-        while True:
-            await slots.acquire()
-            job_id = await self._queue.get()
-            self._queued.discard(job_id)
-            job = await self.store.claim(job_id)
-            if job is None:  # cancelled, or a duplicate submission
-                slots.release()
-                continue
-            self._active[job.id] = _Active(job)
-            task = asyncio.create_task(self._run(job), name=f"job {job.id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(lambda _: slots.release())
+        self._watcher.wake()  # its slot is free
 
     async def _run(self, job: Job) -> None:
         with logs.context(job=job.id, repository=job.repository, pr=job.pr):
@@ -253,6 +274,8 @@ class EmbeddedDispatcher:
             done = await self.store.finish(job.id, "error", error=f"dispatcher: {error}")
         finally:
             del self._active[job.id]
+            self._waiting.add(job.repository)
+            self._watcher.wake()  # a slot is free
         if done is not None and done.conclusion != "cancelled":
             await self._notify(done)
 
@@ -262,6 +285,10 @@ class EmbeddedDispatcher:
         job = active.job
         out = self.workdir / job.id
         await asyncio.to_thread(_fresh_dir, out)
+        if active.stop.is_set():  # cancelled or stopping before its process started
+            if active.reason == "stopping":
+                await self.store.requeue(job.id)
+            return None
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command(job, out),

@@ -11,7 +11,8 @@ from bot.state.jobs import Job
 
 
 def _publishing(settings: Settings, job: Job) -> list[str]:
-    argv = ["--store", settings.store_spec, "--repository", job.repository, "--progress-json"]
+    argv = ["--store", settings.store_spec, "--private-store", settings.private_store_spec]
+    argv += ["--repository", job.repository, "--progress-json"]
     if settings.store_url:
         argv += ["--store-url", settings.store_url]
     if settings.store_deadline is not None:
@@ -37,6 +38,8 @@ def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
         else:
             argv = [*settings.runner, "run", "--repo", job.clone_url]
             argv += ["--head", job.head_sha, "--base", job.base]
+            if job.base_sha:  # the event's base commit; job.base is then refs/heads/<name>
+                argv += ["--base-sha", job.base_sha]
         argv += ["--out", str(out)]
         for dataset in settings.datasets:
             argv += ["--dataset", str(dataset)]

@@ -6,10 +6,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from gidgethub import GitHubBroken, GitHubException
+from gidgethub import BadRequest, GitHubBroken, GitHubException, RateLimitExceeded
 from gidgethub.abc import GitHubAPI
 
-from bot.settings import CHECK_NAME
+from bot.settings import is_check_name
 from runner.publish.report import MARKER, CheckRunOutput
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,15 @@ CHECK_BYTES = 65_535  # GitHub: "summary exceeds a maximum bytesize of 65535"
 def now() -> str:
     """The current time as GitHub writes it."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refused(error: BaseException) -> bool:
+    """Whether GitHub refused a request for good: a 4xx that is no rate limit (those are
+    waited out), e.g. the 403 of an archived repository."""
+    if not isinstance(error, BadRequest) or isinstance(error, RateLimitExceeded):
+        return False
+    status = int(error.status_code)
+    return 400 <= status < 500 and status != 429 and "rate limit" not in str(error).lower()
 
 
 def clip(text: str, limit: int = CHECK_BYTES) -> str:
@@ -47,16 +56,17 @@ async def create_check_run(
     gh: GitHubAPI,
     repository: str,
     head_sha: str,
+    name: str,
     details_url: str,
     output: CheckRunOutput,
     external_id: str,
     approvable: bool = False,
 ) -> int:
-    """Create the queued check run on ``head_sha`` for the job ``external_id`` (with the
-    "Approve and run" button when ``approvable``); return its id. After a 5xx GitHub may
-    have created it: look for it before creating it again."""
+    """Create the queued check run ``name`` on ``head_sha`` for the job ``external_id``
+    (with the "Approve and run" button when ``approvable``); return its id. After a 5xx
+    GitHub may have created it: look for it before creating it again."""
     data = {
-        "name": CHECK_NAME,
+        "name": name,
         "head_sha": head_sha,
         "status": "queued",
         "details_url": details_url,
@@ -67,38 +77,59 @@ async def create_check_run(
     try:
         created = await gh.post(f"/repos/{repository}/check-runs", data=data)
     except GitHubBroken:
-        existing = await waiting_check_run(gh, repository, head_sha)
-        if existing is not None:
-            return existing
+        for run in await queued_check_runs(gh, repository, head_sha):
+            if run.get("external_id") == external_id:
+                return int(run["id"])
         created = await gh.post(f"/repos/{repository}/check-runs", data=data)
     return int(created["id"])
 
 
 async def adopt_check_run(
-    gh: GitHubAPI, repository: str, check_run_id: int, job_id: str, approvable: bool = False
+    gh: GitHubAPI,
+    repository: str,
+    check_run_id: int,
+    job_id: str,
+    output: CheckRunOutput,
+    approvable: bool = False,
 ) -> None:
-    """Point a check run made for an earlier job (a fork's, waiting) at the job ``job_id``,
-    with the "Approve and run" button only while it waits (``approvable``)."""
-    data = {"external_id": job_id, "actions": [APPROVE_ACTION] if approvable else []}
+    """Point a queued check run at the job ``job_id`` (one made for an earlier job of the
+    same key), with ``output`` and the "Approve and run" button only while it waits for
+    a maintainer (``approvable``)."""
+    data = {
+        "external_id": job_id,
+        "output": _output(output),
+        "actions": [APPROVE_ACTION] if approvable else [],
+    }
     await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
 
 
-async def check_run_job(gh: GitHubAPI, repository: str, head_sha: str) -> str | None:
-    """The job id (``external_id``) of the newest check run of ours on ``head_sha``."""
-    url = f"/repos/{repository}/commits/{head_sha}/check-runs?check_name={CHECK_NAME}"
-    async for run in gh.getiter(url, iterable_key="check_runs"):
-        if run.get("external_id"):
-            return str(run["external_id"])
-    return None
+async def check_run_jobs(gh: GitHubAPI, repository: str, head_sha: str) -> list[str]:
+    """The job ids (``external_id``) of the newest check run of each name the bot gives
+    on ``head_sha``."""
+    url = f"/repos/{repository}/commits/{head_sha}/check-runs?per_page=100"
+    return [
+        str(run["external_id"])
+        async for run in gh.getiter(url, iterable_key="check_runs")
+        if is_check_name(run.get("name") or "") and run.get("external_id")
+    ]
 
 
-async def waiting_check_run(gh: GitHubAPI, repository: str, head_sha: str) -> int | None:
-    """A queued check run of ours on ``head_sha`` (e.g. a fork's, waiting for approval)."""
-    url = f"/repos/{repository}/commits/{head_sha}/check-runs?check_name={CHECK_NAME}"
-    async for run in gh.getiter(url, iterable_key="check_runs"):
-        if run.get("status") == "queued":
-            return int(run["id"])
-    return None
+async def queued_check_runs(gh: GitHubAPI, repository: str, head_sha: str) -> list[dict]:
+    """The bot's queued check runs on ``head_sha`` (every name it gives), newest first."""
+    url = f"/repos/{repository}/commits/{head_sha}/check-runs?status=queued&filter=all"
+    return [
+        run
+        async for run in gh.getiter(url + "&per_page=100", iterable_key="check_runs")
+        if is_check_name(run.get("name") or "")
+    ]
+
+
+async def wait_check_run(
+    gh: GitHubAPI, repository: str, check_run_id: int, output: CheckRunOutput
+) -> None:
+    """Show ``output`` on a queued check run and take its buttons away (approved)."""
+    data = {"output": _output(output), "actions": []}
+    await gh.patch(f"/repos/{repository}/check-runs/{check_run_id}", data=data)
 
 
 async def start_check_run(
@@ -115,7 +146,8 @@ async def start_check_run(
 async def complete_check_run(
     gh: GitHubAPI, repository: str, check_run_id: int, conclusion: str, output: CheckRunOutput
 ) -> None:
-    """Conclude the check run (success, failure, neutral, cancelled or timed_out)."""
+    """Conclude the check run (success, failure, neutral, cancelled or timed_out); a
+    concluded check run has no buttons."""
     await gh.patch(
         f"/repos/{repository}/check-runs/{check_run_id}",
         data={
@@ -123,6 +155,7 @@ async def complete_check_run(
             "conclusion": conclusion,
             "completed_at": now(),
             "output": _output(output),
+            "actions": [],
         },
     )
 

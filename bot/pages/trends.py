@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from runner.publish.history import ALL_SETS, HistoryRecord, MetricInfo
+from runner.publish.untrusted import one_line
 
 DEFAULT_LAST = 20
 MAX_LAST = 200
@@ -41,11 +42,13 @@ class Point:
 
     @classmethod
     def of(cls, record: HistoryRecord) -> Point:
-        """The point of ``record``, labelled by its branch (or PR, or short SHA)."""
+        """The point of ``record``, labelled by its branch (or PR, or short SHA): a name
+        its author chose, so on one line and at most 60 characters."""
+        branch = one_line(record.branch, 60) if record.branch else None
         if record.kind == "pr":
-            label = f"#{record.pr}" + (f" {record.branch}" if record.branch else "")
+            label = f"#{record.pr}" + (f" {branch}" if branch else "")
         else:
-            label = record.branch or record.head_sha[:7]
+            label = branch or record.head_sha[:7]
         return cls(label, record.head_sha, record.pr, record.order, record.verdict, record.report)
 
 

@@ -1,19 +1,22 @@
 """The check run's (and check suite's) re-run button, and its "Approve and run" button
-of a fork's run waiting for a maintainer."""
+of a fork's run waiting for a maintainer: that button runs the job it names only while
+the job is held for approval and its PR is open at that SHA."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 from gidgethub import routing
 from gidgethub.sansio import Event
 
 from bot.github import client as github
-from bot.service import RegressionService, RunRequest
-from bot.settings import CHECK_NAME
+from bot.service import RegressionService, RunRequest, refusal_mark
+from bot.settings import is_check_name
 from bot.state.jobs import Job
 
 router = routing.Router()
+log = logging.getLogger(__name__)
 APPROVAL_REFUSED = (
     "Sorry @{user}, only people with write access to this repository can approve running "
     "a fork's code. A maintainer can approve it for you."
@@ -28,14 +31,15 @@ async def job_of(service: RegressionService, external_id: str | None) -> Job | N
     return await service.jobs.get(external_id)
 
 
-def again(job: Job, repository: str) -> RunRequest:
+def again(job: Job, repository: dict) -> RunRequest:
     """The same run once more: its SHA, PR, base and labels. It supersedes nothing, so a
     re-run of an older commit leaves the PR's newer head and its comment alone."""
     return RunRequest(
-        repository=repository,
+        repository=repository["full_name"],
         installation_id=job.installation_id,
         head_sha=job.head_sha,
         base=job.base,
+        base_sha=job.base_sha,
         clone_url=job.clone_url,
         pr=job.pr,
         kind=job.kind,
@@ -43,6 +47,7 @@ def again(job: Job, repository: str) -> RunRequest:
         branch=job.branch,
         merged_at=job.merged_at,
         supersede=False,
+        default_branch=repository.get("default_branch"),
     )
 
 
@@ -56,7 +61,7 @@ async def rerun(
     data = event.data
     repository = data["repository"]["full_name"]
     if job is not None and job.repository == repository and job.head_sha == head_sha:
-        await service.request_run(gh, again(job, repository))
+        await service.request_run(gh, again(job, data["repository"]))
         return
     pull = None
     if pulls:
@@ -67,11 +72,13 @@ async def rerun(
     merged_at = None
     if pull is None:  # a commit of the default branch: labelled as its push was
         branch, merged_at = await github.landing(gh, data["repository"], head_sha)
+    base = pull["base"]["ref"] if pull else data["repository"]["default_branch"]
     request = RunRequest(
         repository=repository,
         installation_id=data["installation"]["id"],
         head_sha=head_sha,
-        base=pull["base"]["ref"] if pull else data["repository"]["default_branch"],
+        base=f"refs/heads/{base}",
+        base_sha=pull["base"]["sha"] if pull else None,
         clone_url=data["repository"]["clone_url"],
         pr=pull["number"] if pull else None,
         kind="pr" if pull else "baseline",
@@ -79,6 +86,7 @@ async def rerun(
         branch=branch,
         merged_at=merged_at,
         supersede=pull is not None and pull["head"]["sha"] == head_sha,
+        default_branch=data["repository"]["default_branch"],
     )
     await service.request_run(gh, request)
 
@@ -87,15 +95,16 @@ async def rerun(
 async def check_run_rerequested(event: Event, gh, service: RegressionService) -> None:
     """Re-run from the check run's button."""
     check_run = event.data["check_run"]
-    if check_run["name"] == CHECK_NAME:
+    if is_check_name(check_run["name"]):
         job = await job_of(service, check_run.get("external_id"))
         await rerun(event, gh, service, check_run["head_sha"], check_run["pull_requests"], job)
 
 
 @router.register("check_run", action="requested_action")
 async def approved(event: Event, gh, service: RegressionService) -> None:
-    """ "Approve and run" on a fork's waiting check run: its job runs, if the one who
-    pressed it has write access (anyone else is told so on the PR)."""
+    """ "Approve and run" on a fork's waiting check run: its job runs if it is still held
+    for a maintainer, its PR is open at that SHA and the one who pressed it has write
+    access (anyone else is told so, once per PR)."""
     data = event.data
     check_run = data["check_run"]
     if (data.get("requested_action") or {}).get("identifier") != github.APPROVE:
@@ -105,17 +114,39 @@ async def approved(event: Event, gh, service: RegressionService) -> None:
     if job is None or job.repository != repository or job.head_sha != check_run["head_sha"]:
         return
     if not await github.can_write(gh, repository, user):
-        if job.pr is not None:
+        if job.pr is not None and await service.jobs.mark_once(refusal_mark(repository, job.pr)):
             await github.reply(gh, repository, job.pr, APPROVAL_REFUSED.format(user=user))
         return
-    await service.request_run(gh, again(job, repository))
+    async with service.requesting(repository, job.pr):
+        job = await service.jobs.get(job.id) or job
+        if job.state != "held" or not job.approval:
+            log.info("approval of job %s, which is %s: nothing to run", job.id, job.state)
+            return
+        if job.pr is not None:
+            pull = await github.pull_request(gh, repository, job.pr)
+            if pull["state"] != "open" or pull["head"]["sha"] != job.head_sha:
+                log.info(
+                    "approval of job %s at %s: PR #%s is %s at %s; nothing run",
+                    job.id,
+                    job.head_sha[:10],
+                    job.pr,
+                    pull["state"],
+                    pull["head"]["sha"][:10],
+                )
+                return
+        await service.approve(gh, job)
 
 
 @router.register("check_suite", action="rerequested")
 async def check_suite_rerequested(event: Event, gh, service: RegressionService) -> None:
-    """Re-run from the check suite's button (its job found through our check run on it)."""
+    """Re-run from the check suite's button: each of our check runs on it (one per PR
+    and base of that head), found through its job; as a run by SHA when none names one."""
     suite = event.data["check_suite"]
     repository = event.data["repository"]["full_name"]
-    job_id = await github.check_run_job(gh, repository, suite["head_sha"])
-    job = await job_of(service, job_id)
-    await rerun(event, gh, service, suite["head_sha"], suite["pull_requests"], job)
+    jobs = [
+        job
+        for job_id in await github.check_run_jobs(gh, repository, suite["head_sha"])
+        if (job := await job_of(service, job_id)) is not None
+    ]
+    for job in jobs or [None]:
+        await rerun(event, gh, service, suite["head_sha"], suite["pull_requests"], job)

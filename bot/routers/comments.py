@@ -1,7 +1,12 @@
-"""``/rerun-regression`` in a PR comment, by someone with write access."""
+"""``/rerun-regression`` in a PR comment, by someone with write access, on an open PR.
+
+Anyone else is told so once per PR; after that their command gets a 😕 reaction only, so
+nobody can make the bot comment without limit.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 
 from gidgethub import routing
@@ -9,9 +14,10 @@ from gidgethub.sansio import Event
 
 from bot.github import client as github
 from bot.routers.pull_requests import run_request
-from bot.service import RegressionService
+from bot.service import RegressionService, refusal_mark
 
 router = routing.Router()
+log = logging.getLogger(__name__)
 
 COMMAND = "/rerun-regression"
 REFUSAL = (
@@ -43,7 +49,8 @@ def asks_for_rerun(body: str | None) -> bool:
 
 @router.register("issue_comment", action="created")
 async def rerun_command(event: Event, gh, service: RegressionService) -> None:
-    """React 👀, check permission, pin the PR's head SHA now, queue the run, react 🚀."""
+    """React 👀, check permission (refused: a reply once per PR, else 😕), pin the PR's
+    head SHA now, queue the run (a closed PR: 😕, nothing), react 🚀."""
     data = event.data
     if "pull_request" not in data["issue"] or not asks_for_rerun(data["comment"]["body"]):
         return
@@ -52,9 +59,17 @@ async def rerun_command(event: Event, gh, service: RegressionService) -> None:
     number = data["issue"]["number"]
     await github.react(gh, repository, comment_id, "eyes")
     if not await github.can_write(gh, repository, user):
-        await github.reply(gh, repository, number, REFUSAL.format(user=user))
+        if await service.jobs.mark_once(refusal_mark(repository, number)):
+            await github.reply(gh, repository, number, REFUSAL.format(user=user))
+        else:
+            await github.react(gh, repository, comment_id, "confused")
         return
-    pull = await github.pull_request(gh, repository, number)
-    payload = {**data, "pull_request": pull}
-    await service.request_run(gh, run_request(payload, approved=True))
+    async with service.requesting(repository, number):
+        pull = await github.pull_request(gh, repository, number)
+        if pull["state"] != "open":
+            log.info("/rerun-regression on #%s, which is %s: nothing run", number, pull["state"])
+            await github.react(gh, repository, comment_id, "confused")
+            return
+        payload = {**data, "pull_request": pull}
+        await service.request_run(gh, run_request(payload, approved=True))
     await github.react(gh, repository, comment_id, "rocket")

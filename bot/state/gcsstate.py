@@ -11,6 +11,11 @@ Objects under the bucket's prefix (each a small JSON document):
 - ``open/<id>``: a job not yet reported to GitHub (unfinished or unreported), listed by
   the reconciler. Deleted once the job is ``notified``.
 - ``latest/<owner>/<name>/<pr or "commit">``: the id of the newest job of a PR.
+- ``slots/<owner>/<name>``: the jobs holding the repository's run slots (``{id: time
+  reserved}``), written under its generation: a job is claimed under the cap only after
+  its slot is reserved there, so instances claiming at once never exceed it. A slot is
+  held while its job runs (or, reserved a lease ago at most, is being claimed).
+- ``marks/<name>``: a mark made once (``mark_once``), create-only.
 - ``deliveries/<id>``: a webhook delivery, taken create-only (``{"until": t}``, a
   lease) and then done (``{}``); a bucket lifecycle rule deletes them after 14 days.
 - ``schedules/<kind>/<owner>/<name>/<day>``: a scheduled run's day, create-only.
@@ -140,6 +145,10 @@ def _latest_name(repository: str, pr: int | None) -> str:
     return f"latest/{repository}/{'commit' if pr is None else pr}"
 
 
+def _mark_name(name: str) -> str:
+    return "marks/" + hashlib.sha256(name.encode()).hexdigest()
+
+
 class GCSJobStore:
     """``JobStore`` in a private bucket (``shared``: every bot instance may use it)."""
 
@@ -154,7 +163,11 @@ class GCSJobStore:
         return await self.bucket.call(lambda: self._add(job))
 
     def _add(self, job: Job) -> Job:
-        new = dataclasses.replace(job, state="queued", updated=time.time())
+        stored = self._get(job.id)
+        if stored is not None:  # this very job, stored before
+            return stored
+        state = "held" if job.state == "held" else "queued"
+        new = dataclasses.replace(job, state=state, updated=time.time())
         self.bucket.create(f"jobs/{new.id}.json", dataclasses.asdict(new))
         self.bucket.create(f"open/{new.id}", {})
         while True:
@@ -200,13 +213,62 @@ class GCSJobStore:
     def _leased(self, job: Job, **changes: Any) -> Job:
         return dataclasses.replace(job, owner=self.owner, lease=time.time() + self.lease, **changes)
 
-    async def claim(self, job_id: str) -> Job | None:
-        def claim(job: Job) -> Job | None:
-            if job.state != "queued":
+    async def queue(self, job_id: str) -> Job | None:
+        def queue(job: Job) -> Job | None:
+            if job.state != "held":
                 return None
-            return self._leased(job, state="running", attempts=job.attempts + 1)
+            return dataclasses.replace(job, state="queued", approval=False)
 
-        return await self._update(job_id, claim)
+        return await self._update(job_id, queue)
+
+    def _claimed(self, job: Job) -> Job | None:
+        if job.state != "queued":
+            return None
+        return self._leased(job, state="running", attempts=job.attempts + 1)
+
+    async def claim(self, job_id: str) -> Job | None:
+        return await self._update(job_id, self._claimed)
+
+    async def claim_next(self, repository: str, cap: int | None) -> Job | None:
+        return await self.bucket.call(lambda: self._claim_next(repository, cap))
+
+    def _claim_next(self, repository: str, cap: int | None) -> Job | None:
+        """Newest queued first; under a cap, its slot reserved before it is claimed."""
+        while True:
+            jobs = [job for job in self._open_jobs() if job.repository == repository]
+            waiting = [job for job in jobs if job.state == "queued"]
+            if not waiting:
+                return None
+            newest = max(waiting, key=lambda job: job.created)
+            if cap is not None and not self._reserve(repository, newest.id, cap, jobs):
+                return None
+            claimed = self._change(newest.id, self._claimed)
+            if claimed is not None:
+                return claimed
+            # Claimed or cancelled by another instance meanwhile: look again.
+
+    def _reserve(self, repository: str, job_id: str, cap: int, jobs: list[Job]) -> bool:
+        """Reserve a run slot of the repository for ``job_id``; False when all ``cap``
+        are held (by running jobs, or by jobs reserved within a lease)."""
+        name = f"slots/{repository}"
+        states = {job.id: job.state for job in jobs}
+        while True:
+            found = self.bucket.read(name)
+            slots, generation = found if found is not None else ({}, 0)
+            now = time.time()
+            held = {
+                job: reserved
+                for job, reserved in slots.items()
+                if states.get(job) == "running"
+                or (states.get(job) == "queued" and reserved > now - self.lease)
+            }
+            running = {job for job, state in states.items() if state == "running"}
+            if job_id in held:
+                return True
+            if len(held.keys() | running) >= cap:
+                return False
+            if self.bucket.write(name, {**held, job_id: now}, generation):
+                return True
 
     async def renew(self, job_id: str) -> Job | None:
         def renew(job: Job) -> Job | None:
@@ -266,12 +328,12 @@ class GCSJobStore:
 
         return await self.bucket.call(latest)
 
-    async def _open(self) -> list[Job]:
-        def open_jobs() -> list[Job]:
-            jobs = [self._get(name) for name in self.bucket.names("open/")]
-            return sorted((job for job in jobs if job is not None), key=lambda job: job.created)
+    def _open_jobs(self) -> list[Job]:
+        jobs = [self._get(name) for name in self.bucket.names("open/")]
+        return sorted((job for job in jobs if job is not None), key=lambda job: job.created)
 
-        return await self.bucket.call(open_jobs)
+    async def _open(self) -> list[Job]:
+        return await self.bucket.call(self._open_jobs)
 
     async def unfinished(self) -> list[Job]:
         return [job for job in await self._open() if not job.finished]
@@ -329,15 +391,59 @@ class GCSJobStore:
 
         return await self.bucket.call(notified)
 
+    async def report_failed(
+        self, job_id: str, retry_at: float, give_up: str | None = None
+    ) -> Job | None:
+        def failed(job: Job) -> Job | None:
+            if not job.finished or job.notified:
+                return None
+            return dataclasses.replace(
+                job,
+                owner=self.owner,
+                lease=retry_at,
+                report_attempts=job.report_attempts + 1,
+                notified=give_up is not None,
+                report_error=give_up,
+            )
+
+        done = await self._update(job_id, failed)
+        if done is not None and done.notified:
+            await self.bucket.call(lambda: self.bucket.delete(f"open/{job_id}"))
+        return done
+
+    async def begin_progress(
+        self, job_id: str, interval: float, hold: float
+    ) -> tuple[Job, bool] | None:
+        now = time.time()
+
+        def begin(job: Job) -> Job | None:
+            shown = job.progress_at is not None and job.progress_at > now - interval
+            writing = job.progress_until is not None and job.progress_until >= now
+            if job.finished or shown or writing:
+                return None
+            started = now if job.started_at is None else job.started_at
+            return dataclasses.replace(
+                job, progress_at=now, progress_until=now + hold, started_at=started
+            )
+
+        job = await self._update(job_id, begin)
+        return None if job is None else (job, job.started_at == now)
+
+    async def end_progress(self, job_id: str) -> None:
+        await self._update(job_id, lambda job: dataclasses.replace(job, progress_until=None))
+
     async def set_check_run(self, job_id: str, check_run_id: int) -> Job | None:
         return await self._update(
             job_id, lambda job: dataclasses.replace(job, check_run_id=check_run_id)
         )
 
     async def set_execution(self, job_id: str, execution: str) -> Job | None:
-        return await self._update(
-            job_id, lambda job: dataclasses.replace(job, execution=execution, lease=None)
-        )
+        def record(job: Job) -> Job | None:
+            if job.state != "running":
+                return None
+            return dataclasses.replace(job, execution=execution, lease=None)
+
+        return await self._update(job_id, record)
 
     async def claim_merge(self, job_id: str, shards: str) -> Job | None:
         def claim(job: Job) -> Job | None:
@@ -359,6 +465,10 @@ class GCSJobStore:
     async def forget_day(self, repository: str, kind: Kind, day: str) -> None:
         name = f"schedules/{kind}/{repository}/{day}"
         await self.bucket.call(lambda: self.bucket.delete(name))
+
+    async def mark_once(self, name: str) -> bool:
+        mark = {"by": self.owner, "at": time.time()}
+        return await self.bucket.call(lambda: self.bucket.create(_mark_name(name), mark))
 
     async def close(self) -> None:
         """Stop the bucket's threads."""

@@ -6,11 +6,21 @@ SQL on the store's own single thread, so the event loop never blocks on the disk
 connection is never shared between threads. ``bot.state.gcsstate`` keeps the same state in a
 private GCS bucket shared by several bot instances.
 
+A job is stored ``held`` (a PR's run until it has its check run, a fork's until a
+maintainer approves it), ``queued`` (to run: ``claim_next`` starts the newest queued job
+of a repository while fewer than its cap run), ``running``, then ``completed`` or
+``cancelled``. Nothing starts a held job.
+
 Leases: a store belongs to one bot process (its ``owner`` id). Claiming a job, or
 concluding it, leases it to that owner for ``lease`` seconds: the claimer runs it (and
 renews the lease), the concluder reports it to GitHub and then marks it ``notified``. A
 job whose lease ran out while it was running or unreported was left by a process that
 died; ``recover`` and ``claim_report`` hand it to another.
+
+What a check run shows is shared too: when it was started (``started_at``, sent once by
+whichever instance shows the first progress), and whether a progress update is being
+written (``begin_progress``, a short lease the concluder waits out, so a conclusion is
+always the last word).
 """
 
 from __future__ import annotations
@@ -28,10 +38,10 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 Kind = Literal["pr", "baseline", "drift"]
-State = Literal["queued", "running", "completed", "cancelled"]
+State = Literal["held", "queued", "running", "completed", "cancelled"]
 Conclusion = Literal["success", "failure", "neutral", "cancelled", "timed_out", "error"]
 
-UNFINISHED: tuple[State, ...] = ("queued", "running")
+UNFINISHED: tuple[State, ...] = ("held", "queued", "running")
 MAX_ATTEMPTS = 3
 LEASE = 60.0  # seconds a claim or a conclusion is held without renewal
 MERGE_PENDING = "merge:"  # the execution of a job whose merge is being started
@@ -45,7 +55,12 @@ class Job:
 
     ``attempts`` counts how often the job was started (claimed); ``execution`` is the
     Cloud Run execution running it, if any; ``owner`` and ``lease`` (an expiry time) say
-    which bot process holds it; ``notified`` that its end has been reported to GitHub.
+    which bot process holds it; ``notified`` that its end has been reported to GitHub
+    (or given up: ``report_error`` then says why, after ``report_attempts``);
+    ``approval`` that a held job waits for a maintainer; ``check_name`` its check run's
+    name (None: the default one); ``started_at`` when its check
+    run was started, ``progress_at`` when progress was last shown, ``progress_until``
+    the end of a progress write's lease.
     """
 
     repository: str
@@ -71,11 +86,22 @@ class Job:
     owner: str | None = None
     lease: float | None = None
     notified: bool = False
+    base_sha: str | None = None
+    approval: bool = False
+    check_name: str | None = None
+    started_at: float | None = None
+    progress_at: float | None = None
+    progress_until: float | None = None
+    report_attempts: int = 0
+    report_error: str | None = None
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        """What makes two jobs the same work: (repository, pr or "", head SHA, kind)."""
-        return (self.repository, "" if self.pr is None else str(self.pr), self.head_sha, self.kind)
+    def key(self) -> tuple[str, str, str, str, str]:
+        """What makes two jobs the same work: (repository, pr or "", head SHA, base,
+        kind). A check run is this job's only if its ``external_id`` names a job of the
+        same key."""
+        pr = "" if self.pr is None else str(self.pr)
+        return (self.repository, pr, self.head_sha, self.base, self.kind)
 
     @property
     def finished(self) -> bool:
@@ -97,13 +123,21 @@ class JobStore(Protocol):
     shared: bool
 
     async def add(self, job: Job) -> Job:
-        """Store a new queued job, or return the unfinished job with the same key."""
+        """Store a new job, queued (or held, when ``job.state`` is "held"); or return this
+        job as stored, when it was, or the unfinished job with the same key."""
 
     async def get(self, job_id: str) -> Job | None:
         """The job with this id, if any."""
 
+    async def queue(self, job_id: str) -> Job | None:
+        """Held → queued (approved, or given its check run); None if not held."""
+
     async def claim(self, job_id: str) -> Job | None:
         """Queued → running (attempts + 1), leased to this owner; None if not queued."""
+
+    async def claim_next(self, repository: str, cap: int | None) -> Job | None:
+        """Claim the newest queued job of ``repository`` (as ``claim``) if fewer than
+        ``cap`` of its jobs are running (no limit: None); None when none may start."""
 
     async def renew(self, job_id: str) -> Job | None:
         """Extend this owner's lease of a job it runs, or reports; None when it is no
@@ -123,9 +157,10 @@ class JobStore(Protocol):
     async def cancel(
         self, repository: str, pr: int | None = None, except_sha: str | None = None
     ) -> list[Job]:
-        """Cancel the unfinished jobs of a repository (of one PR when ``pr`` is given),
-        except those at ``except_sha``; return those this call cancelled. Stopping a
-        running process is the dispatcher's business: pass each to ``Dispatcher.cancel``."""
+        """Cancel the unfinished (held, queued, running) jobs of a repository (of one PR
+        when ``pr`` is given), except those at ``except_sha``; return those this call
+        cancelled. Stopping a running process is the dispatcher's business: pass each to
+        ``Dispatcher.cancel``."""
 
     async def latest(self, repository: str, pr: int | None = None) -> Job | None:
         """The newest job of the repository's PR ``pr`` (None: of no PR)."""
@@ -151,11 +186,30 @@ class JobStore(Protocol):
     async def mark_notified(self, job_id: str) -> Job | None:
         """Record that the job's end was reported to GitHub."""
 
+    async def report_failed(
+        self, job_id: str, retry_at: float, give_up: str | None = None
+    ) -> Job | None:
+        """Count a failed report of a finished, unreported job: tried again once its
+        lease (this owner's) ends at ``retry_at``, or, with ``give_up`` (why), never
+        (``notified``, with ``report_error``)."""
+
+    async def begin_progress(
+        self, job_id: str, interval: float, hold: float
+    ) -> tuple[Job, bool] | None:
+        """Take the writing of the unfinished job's progress for ``hold`` seconds, if no
+        progress was shown in the last ``interval`` seconds and no other write holds it;
+        the job, and whether this is its first progress (``started_at`` set now)."""
+
+    async def end_progress(self, job_id: str) -> None:
+        """The progress write is over (whether or not GitHub took it)."""
+
     async def set_check_run(self, job_id: str, check_run_id: int) -> Job | None:
         """Record the job's check run."""
 
     async def set_execution(self, job_id: str, execution: str) -> Job | None:
-        """Record the Cloud Run execution running the job (its lease is then Cloud Run's)."""
+        """Record the Cloud Run execution running the job (its lease is then Cloud
+        Run's); None, recording nothing, when the job no longer runs (cancelled while its
+        execution started: the caller cancels the execution)."""
 
     async def claim_merge(self, job_id: str, shards: str) -> Job | None:
         """Take the start of the merge of a job's shards, leased to this owner (execution
@@ -168,6 +222,9 @@ class JobStore(Protocol):
 
     async def forget_day(self, repository: str, kind: Kind, day: str) -> None:
         """Undo ``first_of_day`` for a run that could not be started, so a later call may."""
+
+    async def mark_once(self, name: str) -> bool:
+        """Record ``name`` (e.g. a refusal given on a PR); True only the first time."""
 
     async def close(self) -> None:
         """Release the store's connections and threads."""
@@ -201,8 +258,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     key TEXT NOT NULL,
     PRIMARY KEY (id)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_active_key ON jobs (key)
-    WHERE state IN ('queued', 'running');
+DROP INDEX IF EXISTS jobs_active_key;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_unfinished_key ON jobs (key)
+    WHERE state IN ('held', 'queued', 'running');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
 CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, seen REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS schedules (
@@ -210,7 +268,9 @@ CREATE TABLE IF NOT EXISTS schedules (
     PRIMARY KEY (repository, kind, day)
 );
 CREATE INDEX IF NOT EXISTS deliveries_seen ON deliveries (seen);
+CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, seen REAL NOT NULL);
 """
+UNFINISHED_SQL = "state IN ('held', 'queued', 'running')"
 # Columns added since the first bot: a job's (new ``Job`` fields) and a delivery's lease
 # (NULL, in a row of an older bot: done).
 DELIVERY_COLUMNS = ("until",)
@@ -219,12 +279,15 @@ DELIVERY_COLUMNS = ("until",)
 def _add_new_fields(db: sqlite3.Connection) -> None:
     """Give a database made by an older bot the columns of fields added since (each
     nullable or defaulted, so the old rows read as before: an old finished job counts as
-    notified, an old delivery as done)."""
+    notified, an old delivery as done), and its unfinished jobs their keys as made now
+    (the base was added)."""
     for table, names in (("jobs", FIELDS), ("deliveries", DELIVERY_COLUMNS)):
         existing = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
         for name in names:
             if name not in existing:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name}")
+    for row in db.execute(f"SELECT * FROM jobs WHERE {UNFINISHED_SQL}").fetchall():
+        db.execute("UPDATE jobs SET key = ? WHERE id = ?", (_key_text(_job(row)), row["id"]))
 
 
 def _key_text(job: Job) -> str:
@@ -234,6 +297,8 @@ def _key_text(job: Job) -> str:
 def _job(row: sqlite3.Row) -> Job:
     values = {name: row[name] for name in FIELDS}
     values["notified"] = values["notified"] is None or bool(values["notified"])
+    values["approval"] = bool(values["approval"])
+    values["report_attempts"] = values["report_attempts"] or 0
     return Job(**values)
 
 
@@ -304,13 +369,15 @@ class SQLiteJobStore(_Database):
 
     async def add(self, job: Job) -> Job:
         def add(db: sqlite3.Connection) -> Job:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE key = ? AND state IN ('queued', 'running')",
-                (_key_text(job),),
-            ).fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone()
+            if row is None:
+                row = db.execute(
+                    f"SELECT * FROM jobs WHERE key = ? AND {UNFINISHED_SQL}", (_key_text(job),)
+                ).fetchone()
             if row is not None:
                 return _job(row)
-            new = dataclasses.replace(job, state="queued", updated=time.time())
+            state = "held" if job.state == "held" else "queued"
+            new = dataclasses.replace(job, state=state, updated=time.time())
             values = [getattr(new, name) for name in FIELDS]
             db.execute(
                 f"INSERT INTO jobs ({COLUMNS}, key) VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
@@ -326,18 +393,42 @@ class SQLiteJobStore(_Database):
         )
         return None if row is None else _job(row)
 
-    async def claim(self, job_id: str) -> Job | None:
+    async def queue(self, job_id: str) -> Job | None:
         return await self._transaction(
-            lambda db: _update(
-                db,
-                job_id,
-                "state = 'queued'",
-                state="running",
-                attempts=_Raw("attempts + 1"),
-                owner=self.owner,
-                lease=time.time() + self.lease,
-            )
+            lambda db: _update(db, job_id, "state = 'held'", state="queued", approval=False)
         )
+
+    async def claim(self, job_id: str) -> Job | None:
+        return await self._transaction(lambda db: self._claim(db, job_id))
+
+    def _claim(self, db: sqlite3.Connection, job_id: str) -> Job | None:
+        return _update(
+            db,
+            job_id,
+            "state = 'queued'",
+            state="running",
+            attempts=_Raw("attempts + 1"),
+            owner=self.owner,
+            lease=time.time() + self.lease,
+        )
+
+    async def claim_next(self, repository: str, cap: int | None) -> Job | None:
+        def claim(db: sqlite3.Connection) -> Job | None:
+            if cap is not None:
+                (running,) = db.execute(
+                    "SELECT count(*) FROM jobs WHERE repository = ? AND state = 'running'",
+                    (repository,),
+                ).fetchone()
+                if running >= cap:
+                    return None
+            row = db.execute(
+                "SELECT id FROM jobs WHERE repository = ? AND state = 'queued' "
+                "ORDER BY created DESC, rowid DESC LIMIT 1",
+                (repository,),
+            ).fetchone()
+            return None if row is None else self._claim(db, row["id"])
+
+        return await self._transaction(claim)
 
     async def renew(self, job_id: str) -> Job | None:
         return await self._transaction(
@@ -362,7 +453,7 @@ class SQLiteJobStore(_Database):
             lambda db: _update(
                 db,
                 job_id,
-                "state IN ('queued', 'running')",
+                UNFINISHED_SQL,
                 state="cancelled" if conclusion == "cancelled" else "completed",
                 conclusion=conclusion,
                 result_path=result_path,
@@ -377,7 +468,7 @@ class SQLiteJobStore(_Database):
     async def cancel(
         self, repository: str, pr: int | None = None, except_sha: str | None = None
     ) -> list[Job]:
-        where = "repository = :repository AND state IN ('queued', 'running')"
+        where = f"repository = :repository AND {UNFINISHED_SQL}"
         if pr is not None:
             where += " AND pr = :pr"
         if except_sha is not None:
@@ -405,10 +496,10 @@ class SQLiteJobStore(_Database):
         return None if row is None else _job(row)
 
     async def unfinished(self) -> list[Job]:
-        return await self._select("state IN ('queued', 'running')")
+        return await self._select(UNFINISHED_SQL)
 
     async def unreported(self) -> list[Job]:
-        return await self._select("state NOT IN ('queued', 'running') AND notified = 0")
+        return await self._select(f"NOT {UNFINISHED_SQL} AND notified = 0")
 
     async def _select(self, where: str) -> list[Job]:
         rows = await self._run(
@@ -465,8 +556,7 @@ class SQLiteJobStore(_Database):
             lambda db: _update(
                 db,
                 job_id,
-                "state NOT IN ('queued', 'running') AND notified = 0 "
-                "AND (lease IS NULL OR lease < :now)",
+                f"NOT {UNFINISHED_SQL} AND notified = 0 AND (lease IS NULL OR lease < :now)",
                 owner=self.owner,
                 lease=now + self.lease,
                 now=_Param(now),
@@ -475,6 +565,44 @@ class SQLiteJobStore(_Database):
 
     async def mark_notified(self, job_id: str) -> Job | None:
         return await self._transaction(lambda db: _update(db, job_id, "1", notified=True))
+
+    async def report_failed(
+        self, job_id: str, retry_at: float, give_up: str | None = None
+    ) -> Job | None:
+        return await self._transaction(
+            lambda db: _update(
+                db,
+                job_id,
+                f"NOT {UNFINISHED_SQL} AND notified = 0",
+                report_attempts=_Raw("coalesce(report_attempts, 0) + 1"),
+                owner=self.owner,
+                lease=retry_at,
+                notified=give_up is not None,
+                report_error=give_up,
+            )
+        )
+
+    async def begin_progress(
+        self, job_id: str, interval: float, hold: float
+    ) -> tuple[Job, bool] | None:
+        now = time.time()
+        job = await self._transaction(
+            lambda db: _update(
+                db,
+                job_id,
+                f"{UNFINISHED_SQL} AND (progress_at IS NULL OR progress_at <= :since) "
+                "AND (progress_until IS NULL OR progress_until < :now)",
+                progress_at=now,
+                progress_until=now + hold,
+                started_at=_Raw("coalesce(started_at, :progress_at)"),
+                since=_Param(now - interval),
+                now=_Param(now),
+            )
+        )
+        return None if job is None else (job, job.started_at == now)
+
+    async def end_progress(self, job_id: str) -> None:
+        await self._transaction(lambda db: _update(db, job_id, "1", progress_until=None))
 
     async def first_of_day(self, repository: str, kind: Kind, day: str) -> bool:
         def first(db: sqlite3.Connection) -> bool:
@@ -494,6 +622,15 @@ class SQLiteJobStore(_Database):
             )
         )
 
+    async def mark_once(self, name: str) -> bool:
+        def mark(db: sqlite3.Connection) -> bool:
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO marks (name, seen) VALUES (?, ?)", (name, time.time())
+            ).rowcount
+            return inserted == 1
+
+        return await self._transaction(mark)
+
     async def set_check_run(self, job_id: str, check_run_id: int) -> Job | None:
         return await self._transaction(
             lambda db: _update(db, job_id, "1", check_run_id=check_run_id)
@@ -501,7 +638,7 @@ class SQLiteJobStore(_Database):
 
     async def set_execution(self, job_id: str, execution: str) -> Job | None:
         return await self._transaction(
-            lambda db: _update(db, job_id, "1", execution=execution, lease=None)
+            lambda db: _update(db, job_id, "state = 'running'", execution=execution, lease=None)
         )
 
     async def claim_merge(self, job_id: str, shards: str) -> Job | None:

@@ -5,8 +5,9 @@ queued or in progress after the bot process that held it is gone.
 - running, leased to a process that died: back to the queue, or concluded "error" after
   three attempts (``Dispatcher.resume``); a Cloud Run execution is its own record, looked
   at by the Cloud Run dispatcher;
-- queued: got run (its check run made first when the process died before making it),
-  once it is older than ``GRACE`` seconds (younger ones are being accepted right now);
+- held or queued: given its check run when the process died before making it, queued
+  unless it waits for a maintainer, and got run as the cap allows, once it is older
+  than ``GRACE`` seconds (younger ones are being accepted right now);
 - finished but not reported (the process died between the conclusion and the check
   run's): reported once its reporter's lease has run out (``on_finished``).
 
@@ -31,7 +32,7 @@ async def reconcile(service: RegressionService) -> None:
     """One pass over the store's unreported jobs."""
     await service.dispatcher.resume()
     for job in await service.jobs.unfinished():
-        if job.state == "queued" and job.updated < time.time() - GRACE:
+        if job.state in ("held", "queued") and job.updated < time.time() - GRACE:
             try:
                 await service.resume(job)
             except Exception:
@@ -40,10 +41,7 @@ async def reconcile(service: RegressionService) -> None:
         claimed = await service.jobs.claim_report(job.id)
         if claimed is None:
             continue  # its reporter is alive, or another instance took it
-        try:
-            await service.on_finished(claimed)
-        except Exception:
-            log.exception("reconciling: job %s could not be reported", job.id)
+        await service.on_finished(claimed)  # a failure is counted there, and tried later
 
 
 async def run_forever(service: RegressionService, interval: float) -> None:

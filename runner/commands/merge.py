@@ -15,8 +15,8 @@ def add_parser(commands) -> None:
     merger = commands.add_parser("merge", help="merge the results of a run's shards")
     merger.add_argument("parts", type=Path, nargs="*", help="shard result folders")
     merger.add_argument("--out", type=Path, required=True)
-    merger.add_argument("--sha", help="with --store: the head SHA of the sharded run")
-    merger.add_argument("--shards", type=positive, help="with --store: how many shards")
+    merger.add_argument("--sha", help="with --private-store: the head SHA of the sharded run")
+    merger.add_argument("--shards", type=positive, help="with --private-store: how many shards")
     publishing(merger)
     merger.set_defaults(handler=main)
 
@@ -34,13 +34,15 @@ def main(args: argparse.Namespace) -> int:
         if args.parts:
             parts = [(RunResult.read(folder / "result.json"), folder) for folder in args.parts]
             result = merge_results(parts, args.out)
-        elif args.store and args.sha and args.shards:
-            store = open_store(args.store, base_url=args.store_url, deadline=args.store_deadline)
+        elif args.private_store and args.repository and args.sha and args.shards:
+            private = open_store(args.private_store, deadline=args.store_deadline)
             result = merge_from_store(
-                store, args.repository, args.pr, args.sha, args.shards, args.out
+                private, args.repository, args.pr, args.sha, args.shards, args.out
             )
         else:
-            return fail_early("give shard folders, or --store with --sha and --shards")
+            return fail_early(
+                "give shard folders, or --private-store with --repository, --sha and --shards"
+            )
     except (MergeError, StoreError, OSError, ValueError) as error:
         return fail_early(error, args.out, made)
     return finish(result, args)

@@ -54,19 +54,30 @@ def run_config(args: argparse.Namespace, head: str, base: str, shard=None) -> Ru
         memory_limit=args.memory_limit * 2**20,
         config_from=args.config_from,
         cache=args.cache,
-        store=args.store,
+        store=args.private_store,
         store_deadline=args.store_deadline,
         shortcuts=not args.full,
         timing_sample=args.timing_sample,
         trusted_ref=getattr(args, "trusted_ref", None),
         unsandboxed=args.unsandboxed,
+        base_sha=getattr(args, "base_sha", None),
     )
 
 
 def publishing(command: argparse.ArgumentParser) -> None:
     """Options for writing a report and publishing to a store."""
     command.add_argument("--report", type=Path, help="write comment, check run and HTML page here")
-    command.add_argument("--store", help="publish to this store: a directory or gs://bucket/prefix")
+    command.add_argument(
+        "--store",
+        help="publish to this store (what reports link: results, reports, images, history):"
+        " a directory or gs://bucket/prefix",
+    )
+    command.add_argument(
+        "--private-store",
+        help="the runner's own store, never public: shared environments, stored outcomes, the"
+        " compiler cache, shard partials (a directory or gs://bucket/prefix; without it they"
+        " stay on this machine)",
+    )
     command.add_argument("--store-url", help="public address of the store (default: its own)")
     command.add_argument(
         "--store-deadline", type=float, help="seconds to keep retrying a store call (GCS: 120)"

@@ -106,22 +106,29 @@ def finish(result, args: argparse.Namespace) -> int:
     if args.report and result.comparison is not None:
         write_report(result, args.out, args.report)
     published = None
-    if args.store:
-        from runner.publish.history import append_record
+    if result.shard is not None and args.private_store:
+        # A shard's partial is the merge's alone, never linked: the runner's own store.
         from runner.publish.merge import store_shard
+        from runner.store import StoreError, open_store
+
+        try:
+            private = open_store(args.private_store, deadline=args.store_deadline)
+            store_shard(private, args.out, result, args.repository, args.pr)
+        except (StoreError, ValueError) as error:
+            print(f"error: cannot store the shard: {error}".splitlines()[0], file=sys.stderr)
+            return 3
+    elif args.store and result.shard is None:
+        from runner.publish.history import append_record
         from runner.publish.publish import publish_run
         from runner.publish.summarise import summarise
         from runner.store import StoreError, open_store
 
         try:
             store = open_store(args.store, base_url=args.store_url, deadline=args.store_deadline)
-            if result.shard is not None:
-                store_shard(store, args.out, result, args.repository, args.pr)
-            else:
-                addresses = publish_run(
-                    result, args.out, store, args.repository, args.pr, trends=args.trends_url
-                )
-                published = str((args.out / "published.json").resolve())
+            addresses = publish_run(
+                result, args.out, store, args.repository, args.pr, trends=args.trends_url
+            )
+            published = str((args.out / "published.json").resolve())
         except (StoreError, ValueError) as error:
             print(f"error: cannot store the run: {error}".splitlines()[0], file=sys.stderr)
             return 3

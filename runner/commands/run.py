@@ -16,7 +16,17 @@ def add_parser(commands) -> None:
     runner = commands.add_parser("run", help="deblend blend sets with head and base")
     runner.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
     runner.add_argument("--head", required=True, help="revision under test")
-    runner.add_argument("--base", required=True, help="base revision; a branch means merge-base")
+    runner.add_argument(
+        "--base",
+        required=True,
+        help="base revision; a branch means merge-base (refs/heads/<name>: that branch, never"
+        " a tag)",
+    )
+    runner.add_argument(
+        "--base-sha",
+        help="with --base refs/heads/<name>: the branch's commit to judge against (e.g. the"
+        " pull request event's base.sha), refused unless it is on the branch",
+    )
     run_options(runner)
     runner.add_argument("--shard", help="I/N: deblend shard I of N and write a partial result")
     runner.add_argument(
@@ -36,8 +46,10 @@ def main(args: argparse.Namespace) -> int:
         shard = _shard(args)
     except ValueError as error:
         return fail_early(error)
-    if args.store and not args.repository:
-        return fail_early("--store needs --repository owner/name")
+    if (args.store or args.private_store) and not args.repository:
+        return fail_early("--store and --private-store need --repository owner/name")
+    if shard is not None and args.store and not args.private_store:
+        return fail_early("a shard leaves its partial result in --private-store: give it")
     made = not args.out.exists()
     try:
         result = run(run_config(args, args.head, args.base, shard), progress(args))

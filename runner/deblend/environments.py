@@ -57,7 +57,11 @@ from runner.deblend.installed import InstalledError, record, site_packages
 from runner.deblend.logs import CappedLog, read_tail
 from runner.deblend.sandbox import Isolation
 
-RECIPE_VERSION = 3  # 3: copies, not links, of uv's cache; the allow-list sandbox
+# 3: copies, not links, of uv's cache; the allow-list sandbox; 4: compiled reproducibly
+RECIPE_VERSION = 4
+# Seconds since the epoch for anything a build stamps with a time (1980-01-01, the
+# earliest a zip file can hold).
+SOURCE_DATE_EPOCH = "315532800"
 LOG_TAIL_LINES = 25
 COMPLETE_MARKER = "environment.json"
 SOURCE = ".source"  # the copy of the revision's tree, in its environment while it builds
@@ -238,6 +242,16 @@ def _probe(
         raise RuntimeError(f"import {adapter.module}: no description came back") from None
 
 
+def reproducible_variables(env: Path) -> dict[str, str]:
+    """Variables that make the same source build to the same bytes in any environment
+    ``env``: no debug information (it names the build's folder), the environment's path
+    mapped to ``.`` wherever else the compiler would write it (``__FILE__``, assertions),
+    and a fixed time for what a build stamps. Then a revision that changes no compiled
+    source installs extension modules byte-identical to base's (``installed_hash``)."""
+    flags = f"-g0 -ffile-prefix-map={env}=."
+    return {"CFLAGS": flags, "CXXFLAGS": flags, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
+
+
 def _tail(log: Path) -> str:
     return read_tail(log, LOG_TAIL_LINES)
 
@@ -316,6 +330,7 @@ def _build(
         log = CappedLog(stream, BUILD_LIMITS.log)
         scratch = Path(folder)
         own_env.update(HOME=str(scratch), TMPDIR=str(scratch), PIP_NO_INPUT="1")
+        own_env.update(reproducible_variables(env))
         if compiler_cache:
             own_env.update(compiler_cache.variables(env, scratch))
         # The tree goes into the environment once it exists: then the paths of the headers

@@ -2,19 +2,23 @@
 
 Two questions decide that head cannot change a model, so that it need not be deblended:
 
-- before building head: does any file changed between base and head go into the
+- before building head: can any file changed between base and head go into the
   installed package? Decided from the git diff and base's installed files (the RECORD of
-  its deblender's distribution), never by running head's build. A changed file reaches
-  the install when it is a build input (``setup.py``, ``pyproject.toml``, a C or C++
-  source, ...), lies in a directory of an installed package (which also covers a file
-  head adds there), has the name of an installed file (data files may be installed
-  elsewhere than they lie), is a ``.pth`` file, an ``__init__.py`` or a submodule.
-  Everything else (documentation, CI files, tests outside the package) cannot change
-  what is installed.
-- after building head: are the installed files byte-identical to base's? Hashed from the
-  files themselves, leaving out the distribution's metadata (``*.dist-info``), bytecode,
-  and version files (``_version.py``, ``version.py``, ``_version.txt``), which carry the
-  SHA.
+  its deblender's distribution), never by running head's build, and only by an allow
+  list: head's build is skipped only when every changed file is one that provably
+  cannot reach the install: documentation (``docs/``, ``doc/``, ``.md``, ``.rst``), CI
+  (``.github/``, ``.travis.yml``, ...), tests outside the package (``tests/``,
+  ``test/``), notebooks (``.ipynb``) and metadata-only files (README, LICENSE,
+  CITATION, CHANGELOG, ...: at most the distribution's metadata), none of them in an
+  installed package's folder nor named as an installed file. Anything else is built, any
+  Python file outside the package included (a ``setup.py`` may import it).
+- after building head: are the installed files byte-identical to base's, comments aside?
+  Hashed from the files themselves, leaving out the distribution's metadata
+  (``*.dist-info``), bytecode, and version files (``_version.py``, ``version.py``,
+  ``_version.txt``), which carry the SHA; Python modules are hashed as their tokens and C
+  and C++ sources without their comments, so a change of comments alone installs the
+  same. Builds are reproducible (``environments.reproducible_variables``): the same
+  source compiles to the same extension modules wherever its environment lies.
 """
 
 from __future__ import annotations
@@ -23,18 +27,50 @@ import csv
 import hashlib
 import io
 import os
+import re
 import stat
+import tokenize
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from runner.deblend.revisions import git
 
-BUILD_FILES = frozenset(
-    {"setup.py", "setup.cfg", "pyproject.toml", "MANIFEST.in", "CMakeLists.txt", "meson.build"}
+DOC_FOLDERS = frozenset({"docs", "doc"})
+TEST_FOLDERS = frozenset({"tests", "test"})
+CI_FOLDERS = frozenset({".github", ".circleci", ".gitlab", ".azure-pipelines"})
+CI_FILES = frozenset(
+    {
+        ".travis.yml",
+        ".gitlab-ci.yml",
+        "azure-pipelines.yml",
+        "appveyor.yml",
+        ".readthedocs.yml",
+        ".readthedocs.yaml",
+        ".pre-commit-config.yaml",
+        "codecov.yml",
+        ".codecov.yml",
+    }
 )
-SOURCE_SUFFIXES = frozenset(
-    {".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx", ".pyx", ".pxd", ".pxi", ".cu"}
+DOC_SUFFIXES = frozenset({".md", ".rst", ".ipynb"})
+# Files whose content goes at most into the distribution's metadata (README, LICENSE).
+METADATA_STEMS = frozenset(
+    {
+        "README",
+        "LICENSE",
+        "LICENCE",
+        "COPYING",
+        "CITATION",
+        "CHANGELOG",
+        "CHANGES",
+        "HISTORY",
+        "AUTHORS",
+        "CONTRIBUTING",
+        "CODE_OF_CONDUCT",
+    }
 )
+C_SUFFIXES = frozenset({".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".hxx"})
+# A C or C++ comment, or a string or character literal (kept: it may hold "//").
+C_TOKENS = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'', re.S)
 GITLINK = "160000"  # git's mode of a submodule
 VERSION_FILES = frozenset({"_version.py", "version.py", "_version.txt"})
 
@@ -107,30 +143,74 @@ def changed_files(repo: Path, base: str, head: str) -> list[str]:
     return sorted(changed)
 
 
+def _cannot_reach(path: PurePosixPath) -> bool:
+    """Whether a repository file is, by its place and name alone, one that cannot go into
+    the install: documentation, CI, tests outside the package, notebooks, metadata."""
+    top = path.parts[0]
+    stem = path.name.split(".")[0].upper()
+    return (
+        top in DOC_FOLDERS
+        or top in TEST_FOLDERS
+        or top in CI_FOLDERS
+        or (len(path.parts) == 1 and path.name in CI_FILES)
+        or path.suffix in DOC_SUFFIXES
+        or stem in METADATA_STEMS
+    )
+
+
 def reaching(changed: list[str], installed: list[str]) -> list[str]:
-    """The changed files (repository paths) that can change what is installed."""
+    """The changed files (repository paths) that may change what is installed: all but
+    those that provably cannot (see the module docstring)."""
     files = _package_files(installed)
     packages = {f.parts[0] for f in files if len(f.parts) > 1}
-    names = {PurePosixPath(p).name for p in installed}  # data files may move on install
+    names = {f.name for f in files}  # data files may move on install
     reach = []
     for name in changed:
         path = PurePosixPath(name)
         if (
             name.endswith("/")
-            or path.name in BUILD_FILES
-            or path.suffix in SOURCE_SUFFIXES
+            or path.name == "__init__.py"  # may make a folder a package
             or path.suffix == ".pth"
-            or path.name == "__init__.py"
             or any(part in packages for part in path.parts[:-1])
             or path.name in names
+            or not _cannot_reach(path)
         ):
             reach.append(name)
     return reach
 
 
+def python_tokens(data: bytes) -> bytes:
+    """A Python module as its tokens, comments and blank lines aside (its bytes where it
+    cannot be tokenized)."""
+    skipped = (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING)
+    try:
+        tokens = tokenize.tokenize(io.BytesIO(data).readline)
+        kept = [f"{t.type} {t.string}" for t in tokens if t.type not in skipped]
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
+        return data
+    return "\n".join(kept).encode()
+
+
+def c_code(data: bytes) -> bytes:
+    """A C or C++ source without its comments, blank lines and trailing blanks."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    code = C_TOKENS.sub(lambda m: " " if m[0].startswith("/") else m[0], text)
+    lines = [line.rstrip() for line in code.splitlines()]
+    return "\n".join(line for line in lines if line).encode("utf-8", errors="surrogateescape")
+
+
+def _content(path: PurePosixPath, data: bytes) -> bytes:
+    """What of an installed file counts: Python and C sources without their comments."""
+    if path.suffix == ".py":
+        return python_tokens(data)
+    if path.suffix in C_SUFFIXES:
+        return c_code(data)
+    return data
+
+
 def installed_hash(env: Path, module: str) -> str:
-    """sha256 over the deblender's installed files (paths and bytes), metadata, bytecode
-    and version files aside."""
+    """sha256 over the deblender's installed files (paths and contents, comments aside),
+    metadata, bytecode and version files aside."""
     root = site_packages(env)
     digest = hashlib.sha256()
     for path in sorted(_package_files(record(root, module))):
@@ -141,7 +221,7 @@ def installed_hash(env: Path, module: str) -> str:
             digest.update(f"{path}\0not a regular file\0".encode())
             continue
         with stream:
-            digest.update(f"{path}\0{os.fstat(stream.fileno()).st_size}\0".encode())
-            for chunk in iter(lambda s=stream: s.read(1 << 20), b""):
-                digest.update(chunk)
+            data = _content(path, stream.read())
+        digest.update(f"{path}\0{len(data)}\0".encode())
+        digest.update(data)
     return digest.hexdigest()

@@ -3,7 +3,10 @@
 Each injected source is the row of ``centers`` at its truth position; its magnitude
 is ``27 - 2.5 log10(flux)`` per band and its error is truth minus model. The
 residual chi² per degree of freedom is taken over the pixels inside the footprint in
-every band: sum((image - model)² / variance) / number of those pixels.
+every band: sum((image - model)² / variance) / number of those pixels. A source's true
+S/N per band is that of its true flux seen through the band's PSF (a matched filter:
+flux × sqrt(Σ psf²) / σ, the PSF normalised to unit sum) against the blend's noise σ,
+the square root of the median variance inside the footprint.
 """
 
 from __future__ import annotations
@@ -53,6 +56,18 @@ def check_arrays(blend: Blend, arrays: dict[str, np.ndarray]) -> None:
             raise MeasurementError(f"the deblender returned {int(bad.sum())} NaN value(s) in {key}")
 
 
+def truth_snr(blend: Blend, mags: tuple[float, ...]) -> list[float | None]:
+    """Per band, the S/N of a source of true magnitudes ``mags`` in ``blend``."""
+    inside = np.broadcast_to(blend.inside, blend.variance.shape)
+    snr = []
+    for band, mag in enumerate(mags):
+        psf = blend.psfs[band].astype(float)
+        noise = np.sqrt(np.median(blend.variance[band][inside[band]]))
+        flux = 10 ** (-0.4 * (mag - ZERO_POINT))
+        snr.append(finite(flux * np.sqrt((psf**2).sum()) / psf.sum() / noise))
+    return snr
+
+
 def chi2_per_dof(blend: Blend, model: np.ndarray) -> float:
     """Residual chi² per pixel inside the footprint, over all bands."""
     inside = np.broadcast_to(blend.inside, blend.images.shape)
@@ -86,6 +101,7 @@ def measure(
                 mag=[finite(v) for v in mags[truth.index]],
                 mag_error=[finite(v) for v in error],
                 centroid_offset=finite(offset),
+                snr=truth_snr(blend, truth.mags),
             )
         )
     return BlendRun(

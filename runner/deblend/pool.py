@@ -2,9 +2,9 @@
 
 Each slot of the pool (one per core by default) runs blends one at a time, starting
 a persistent worker per revision with that revision's own interpreter. Tasks come in
-the order given, so base and head of a blend interleave and machine drift cancels in
-timing comparisons; with two or more slots, each slot keeps to one revision where it
-can, so base and head of a blend run side by side. Workers see a scrubbed environment
+the order given; consecutive tasks of one blend (base and head, alternated by the caller)
+run on the same slot one after the other, so both sides of a blend are timed on the same
+core under the same load, and a busy machine slows both alike. Workers see a scrubbed environment
 and run behind their side's sandbox (``runner.deblend.sandbox``): they see their own
 environment, the worker script and its adapter read-only, and write only their own scratch
 folder and their side's ``writable`` folders. They never see a blend file: before each
@@ -42,7 +42,6 @@ WORKER_SCRIPT = Path(__file__).parent / "worker" / "worker.py"
 STARTUP_TIMEOUT = 300.0
 MEMORY_CHECK_INTERVAL = 0.25  # seconds between looks at a busy worker's memory
 STDERR_TAIL_LINES = 12
-SWITCH_AT = 8  # tasks of another revision waiting before an idle slot takes them on
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -175,13 +174,14 @@ class Task:
 class Outcome:
     """What became of a task: the worker's reply, or the reason it failed; ``wall`` and
     ``cpu`` the seconds the pool measured (``cpu`` None where the request did not end
-    with a reply)."""
+    with a reply), ``slot`` where it ran."""
 
     task: Task
     reply: dict | None
     error: str | None
     wall: float
     cpu: float | None = None
+    slot: int = 0
 
 
 def worker_environment(side: Side, home: Path) -> dict[str, str]:
@@ -332,27 +332,23 @@ class Worker:
 
 
 class TaskQueue:
-    """Tasks in their given order, where a slot takes the next task for a revision whose
-    worker it already runs: with as many slots as revisions each slot keeps to one
-    revision and no worker imports a deblender only to idle. A slot left with nothing for
-    its revision takes another's once ``SWITCH_AT`` tasks wait (when base's outcomes are
-    reused, head has nearly all the work); for fewer, starting a worker costs more than
-    it saves."""
+    """Tasks in their given order, consecutive tasks of one blend as one unit: a slot takes
+    a whole unit, so base and head of a blend (and the repetitions of a re-timing) run
+    on the same slot, alternated as the caller ordered them."""
 
     def __init__(self, tasks: Iterable[Task]):
-        self.tasks = list(tasks)
+        self.units: list[list[Task]] = []
+        for task in tasks:
+            if self.units and self.units[-1][0].blend == task.blend:
+                self.units[-1].append(task)
+            else:
+                self.units.append([task])
         self.lock = threading.Lock()
 
-    def take(self, preferred: set[str], only_preferred: bool) -> Task | None:
-        """The next task, preferring one for a side in ``preferred`` (only such a task
-        with ``only_preferred``); None when there is none."""
+    def take(self) -> list[Task] | None:
+        """The next unit, None when none is left."""
         with self.lock:
-            index = next((i for i, t in enumerate(self.tasks) if t.side in preferred), None)
-            if index is None:
-                if not self.tasks or (only_preferred and len(self.tasks) < SWITCH_AT):
-                    return None
-                index = 0
-            return self.tasks.pop(index)
+            return self.units.pop(0) if self.units else None
 
 
 def run_tasks(
@@ -378,20 +374,11 @@ def run_tasks(
             for name, side in sides.items()
         }
         try:
-            while True:
-                # A slot that runs a worker leaves the other revisions' tasks to the
-                # slots running theirs, unless it is the only slot.
-                started = {name for name, worker in workers.items() if worker.process}
-                preferred = started or {list(sides)[number % len(sides)]}
-                task = pending.take(preferred, only_preferred=bool(started) and slots > 1)
-                if task is None:
-                    return
-                if task.side not in started:  # switching: the idle workers go
-                    for name in started:
-                        workers[name].stop()
-                outcome = _run_one(task, workers[task.side], timeout, broken)
-                with report:
-                    on_outcome(outcome)
+            while (unit := pending.take()) is not None:
+                for task in unit:
+                    outcome = _run_one(task, workers[task.side], timeout, broken, number)
+                    with report:
+                        on_outcome(outcome)
         finally:
             for worker in workers.values():
                 worker.stop()
@@ -403,35 +390,41 @@ def run_tasks(
         thread.join()
 
 
-def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str]) -> Outcome:
+def _run_one(
+    task: Task, worker: Worker, timeout: float, broken: dict[str, str], slot: int
+) -> Outcome:
+    """Run one task on ``worker`` (started first, so that its start is not timed)."""
     if task.side in broken:
-        return Outcome(task, None, broken[task.side], 0.0)
+        return Outcome(task, None, broken[task.side], 0.0, None, slot)
     try:
         worker.ensure_started()
     except WorkerStartError as error:
         broken[task.side] = str(error)
-        return Outcome(task, None, str(error), 0.0)
+        return Outcome(task, None, str(error), 0.0, None, slot)
     arrays, inputs = worker.home / "arrays.npz", worker.home / INPUTS
     try:
         arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
         write_inputs(task.blend, inputs)
     except (OSError, zipfile.BadZipFile, KeyError) as error:
-        return Outcome(task, None, f"the blend's inputs cannot be given: {error}", 0.0)
+        return Outcome(
+            task, None, f"the blend's inputs cannot be given: {error}", 0.0, None, slot
+        )
     request = {"blend": str(inputs), "out": str(arrays), "options": task.options}
     cpu, started = worker.cpu(), time.perf_counter()
     try:
         reply = worker.run(request, timeout)
     except WorkerError as error:
-        return Outcome(task, None, str(error), time.perf_counter() - started)
+        return Outcome(task, None, str(error), time.perf_counter() - started, None, slot)
     wall, cpu = time.perf_counter() - started, worker.cpu() - cpu
     if not reply.get("ok"):
-        return Outcome(task, reply, reply.get("error", "unknown worker error"), wall, cpu)
+        error = reply.get("error", "unknown worker error")
+        return Outcome(task, reply, error, wall, cpu, slot)
     try:
         collect(arrays, task.out)
     except OSError as error:
         error_text = f"the worker's arrays cannot be collected: {error}"
-        return Outcome(task, reply, error_text, wall, cpu)
-    return Outcome(task, reply, None, wall, cpu)
+        return Outcome(task, reply, error_text, wall, cpu, slot)
+    return Outcome(task, reply, None, wall, cpu, slot)
 
 
 def write_inputs(blend: Path, inputs: Path) -> None:

@@ -1,8 +1,15 @@
-"""Git: find the repository, resolve revisions to SHAs, check a SHA out."""
+"""Git: find the repository, resolve revisions to SHAs, check a SHA out.
+
+A base given as a full branch ref (``refs/heads/<name>``, as the bot gives it) is that
+branch and nothing else: git's own lookup of a bare name prefers a tag, so a tag named
+like the base branch would become the base. With the SHA the pull request's event named
+(``base_sha``), that commit is the base's tip, once git confirms it is on the branch.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +17,10 @@ from pathlib import Path
 
 class RevisionError(RuntimeError):
     """A repository or revision that cannot be used, with the reason."""
+
+
+BRANCH = "refs/heads/"
+SHA = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -59,11 +70,39 @@ def local_repository(repo: str, cache: Path) -> Path:
 
 
 def resolve(repo: Path, rev: str) -> str:
-    """The commit SHA that ``rev`` names in ``repo``."""
+    """The commit SHA that ``rev`` names in ``repo``: a full branch ref only that branch;
+    a bare name of both a branch and a tag is refused as ambiguous."""
+    if rev.startswith(BRANCH):
+        return branch_tip(repo, rev)
+    if not SHA.fullmatch(rev) and not rev.startswith("refs/"):
+        both = [f"{kind}{rev}" for kind in (BRANCH, "refs/tags/") if _ref(repo, f"{kind}{rev}")]
+        if len(both) == 2:
+            raise RevisionError(f"{rev!r} names both a branch and a tag in {repo}: give {both[0]}")
     try:
         return git(repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
     except RevisionError:
         raise RevisionError(f"revision {rev!r} does not exist in {repo}") from None
+
+
+def _ref(repo: Path, ref: str) -> str | None:
+    """The SHA the full ref ``ref`` points at exactly (no lookup rules), if it exists."""
+    found = subprocess.run(
+        ["git", "-C", str(repo), "show-ref", "--verify", "--hash", ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        return None
+    return found.stdout.strip() or None
+
+
+def branch_tip(repo: Path, ref: str) -> str:
+    """The commit at the tip of the branch ``refs/heads/<name>``, never a tag's."""
+    sha = _ref(repo, ref)
+    if sha is None:
+        raise RevisionError(f"branch {ref!r} does not exist in {repo}")
+    return git(repo, "rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}")
 
 
 def is_branch(repo: Path, rev: str) -> bool:
@@ -75,10 +114,32 @@ def is_branch(repo: Path, rev: str) -> bool:
     return name.startswith(("refs/heads/", "refs/remotes/"))
 
 
-def resolve_pair(repo: Path, head: str, base: str) -> Revisions:
-    """Resolve head and base; a base given as a branch means its merge-base with head."""
+def base_on_branch(repo: Path, ref: str, sha: str) -> str:
+    """``sha`` (a full commit SHA), once it is on the branch ``ref`` (its tip or an
+    ancestor of it: the branch may have moved on since the event that named both)."""
+    if not SHA.fullmatch(sha):
+        raise RevisionError(f"the base SHA must be 40 hexadecimal digits, got {sha!r}")
+    tip = branch_tip(repo, ref)
+    commit = resolve(repo, sha)
+    on = subprocess.run(
+        ["git", "-C", str(repo), "merge-base", "--is-ancestor", commit, tip], capture_output=True
+    )
+    if on.returncode != 0:
+        raise RevisionError(f"base {sha[:12]} is not on {ref} (at {tip[:12]}): refusing to run")
+    return commit
+
+
+def resolve_pair(repo: Path, head: str, base: str, base_sha: str | None = None) -> Revisions:
+    """Resolve head and base; a base given as a branch means its merge-base with head.
+    With ``base_sha``, ``base`` must be a full branch ref holding it, and the merge-base
+    is taken with that commit rather than with the branch's tip."""
     head_sha = resolve(repo, head)
-    base_sha = resolve(repo, base)
+    if base_sha is not None:
+        if not base.startswith(BRANCH):
+            raise RevisionError(f"a base SHA needs the base as {BRANCH}<name>, got {base!r}")
+        base_sha = base_on_branch(repo, base, base_sha)
+    else:
+        base_sha = resolve(repo, base)
     merge_base = None
     if is_branch(repo, base):
         try:
@@ -123,3 +184,11 @@ def check_on_branch(repo: Path, branch: str, shas: list[str]) -> None:
         )
         if result.returncode != 0:
             raise RevisionError(f"{sha[:12]} is not a commit of the trusted ref {ref}")
+
+
+def mainline_ancestors(repo: Path, sha: str, limit: int) -> list[str]:
+    """Up to ``limit`` ancestors of ``sha`` (itself not included), nearest first, that lie
+    on the default branch (the first-parent history of the repository's ``HEAD``)."""
+    mainline = set(git(repo, "rev-list", "--first-parent", "HEAD").split())
+    older = git(repo, "rev-list", "--topo-order", sha).split()[1:]
+    return [commit for commit in older if commit in mainline][:limit]

@@ -29,7 +29,12 @@ from runner.datasets import (
 from runner.deblend import revisions
 from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
 from runner.deblend.compilecache import CompilerCache, ref_folder
-from runner.deblend.environments import BuildError, Environment, build_environment
+from runner.deblend.environments import (
+    BuildError,
+    Environment,
+    build_environment,
+    environment_key,
+)
 from runner.deblend.installed import (
     InstalledError,
     changed_files,
@@ -45,7 +50,7 @@ from runner.deblend.pool import Outcome, Side, Task, run_tasks
 from runner.deblend.sandbox import Isolation, SandboxError, check_offline, isolation
 from runner.deblend.shared import Wanted, open_sharing
 from runner.judge.blends import measured
-from runner.judge.compare import compare
+from runner.judge.compare import compare, needs_retiming
 from runner.judge.metrics import metric_names
 from runner.judge.policy import (
     CONFIG_PATH,
@@ -56,12 +61,14 @@ from runner.judge.policy import (
     read_repository_config,
 )
 from runner.result import (
+    Ancestor,
     BlendResult,
     BlendRun,
     Build,
     DatasetInfo,
     Policy,
     Provenance,
+    RetimedBlend,
     Reuse,
     RevisionInfo,
     RunResult,
@@ -76,6 +83,9 @@ CLOUD_RUN_VARIABLE = "CLOUD_RUN_JOB"  # set in a Cloud Run job's tasks
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
 DEFAULT_TIMING_SAMPLE = 12
+RETIME_BLENDS = 10  # blends timed again to confirm a timing regression ...
+RETIME_REPEATS = 3  # ... each this many times per side, alternated
+ANCESTOR_DEPTH = 50  # commits of base's history searched for a good stored run
 BUILD_SPLIT = "environment and lock installed by the runner, with network; the revision's build: "
 
 
@@ -94,16 +104,19 @@ class Progress:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know. ``store``: where environments and measured outcomes
-    are shared between tasks and runs (a ``--store`` spec; None: this machine's cache
-    only). ``shortcuts``: skip work that cannot change the answer (a head that cannot
-    change a model, base outcomes already measured); off, both sides are built and
-    deblended in full. ``timing_sample``: blends timed on both sides in this run when base
-    is reused (the timing metrics rest on them). ``trusted_ref``: the protected branch
-    whose own commits head and base are (a push or baseline run; checked): only such a
-    run writes the shared compiler cache and stored outcomes. ``unsandboxed``: run the
-    revisions' code unisolated where the sandbox cannot run (a developer's own machine;
-    otherwise such a run is refused)."""
+    """Everything a run needs to know. ``store``: where environments, measured outcomes
+    and the compiler cache are shared between tasks and runs, the runner's own and never
+    public (a ``--private-store`` spec; None: this machine's cache only). ``shortcuts``:
+    skip work that cannot change the answer (a head that cannot change a model, outcomes
+    of either side already measured); off, both sides are built and deblended in full
+    (but nothing where head does not build). ``timing_sample``: blends deblended on both
+    sides in this run when a side is reused (spot-checking the stored outcomes; the timing
+    metrics rest on them). ``trusted_ref``: the protected branch whose own commits head
+    and base are (a push or baseline run; checked): only such a run writes the shared
+    compiler cache and stored outcomes. ``unsandboxed``: run the revisions' code
+    unisolated where the sandbox cannot run (a developer's own machine; otherwise such a
+    run is refused). ``base_sha``: the base branch's commit the pull request's event named
+    (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
 
     repo: str
     head: str
@@ -124,6 +137,7 @@ class RunConfig:
     timing_sample: int = DEFAULT_TIMING_SAMPLE
     trusted_ref: str | None = None
     unsandboxed: bool = False
+    base_sha: str | None = None
 
 
 def default_cache() -> Path:
@@ -250,6 +264,9 @@ class Run:
         self.installed: dict[str, str] = {}
         self.skipped: Skip | None = None
         self.reuse: Reuse | None = None
+        self.head_reuse: Reuse | None = None
+        self.ancestor: Ancestor | None = None
+        self.files: dict[tuple[str, str], BlendFile] = {}
         self.identity = ""  # names this run in the outcomes it stores
 
     def isolate(self) -> None:
@@ -296,7 +313,7 @@ class Run:
         self.progress(Progress("resolving revisions"))
         try:
             repo = revisions.local_repository(config.repo, config.cache)
-            revs = revisions.resolve_pair(repo, config.head, config.base)
+            revs = revisions.resolve_pair(repo, config.head, config.base, config.base_sha)
             self.identity = f"the run of {revs.head[:12]} against {revs.base[:12]} at {started}"
             datasets = open_datasets(config.datasets)
             head_tree = revisions.checkout(repo, revs.head, config.cache / "checkouts" / revs.head)
@@ -311,6 +328,8 @@ class Run:
         if not any(isinstance(env, Environment) for env in envs.values()):
             raise RunError(f"neither revision builds: {envs['head']}")
         blends = self._deblend(datasets, envs, adapter, revs.head)
+        if blends and self.store is not None:
+            self._compare_with_ancestor(repo, revs.base, blends, adapter)
         settings = {
             "workers": config.workers,
             "timeout": config.timeout,
@@ -350,6 +369,8 @@ class Run:
                 reuse=self.reuse,
                 sandboxed=all(way.tool == "bwrap" for way in self.isolation.values()),
                 trusted_ref=config.trusted_ref,
+                head_reuse=self.head_reuse,
+                ancestor=self.ancestor,
             ),
             bands=list(BANDS),
             blends=blends,
@@ -358,6 +379,9 @@ class Run:
         if config.shard is None:  # a shard's result is compared once the shards are merged
             self.progress(Progress("comparing"))
             result.comparison = compare(result, compare_config, policy)
+            if needs_retiming(result.comparison):
+                result.retiming = self._retime(result, envs, adapter, revs.head)
+                result.comparison = compare(result, compare_config, policy)
         result.write(config.out / "result.json")
         self.progress(Progress("done", self.total, self.total))
         return result
@@ -435,8 +459,9 @@ class Run:
         adapter: Adapter,
         seed: str,
     ) -> list[BlendResult]:
-        """Deblend and measure every blend with both sides, but what need not be: base's
-        outcomes found in the store (spot-checked), head's where it cannot change a model."""
+        """Deblend and measure every blend with both sides, but what need not be: a side's
+        outcomes found in the store (spot-checked, whichever side measured them before),
+        head's where it cannot change a model, nothing where head does not build."""
         config = self.config
         files = self._blend_files(datasets)
         loaded: dict[tuple[str, str], Blend | BlendError] = {}
@@ -446,52 +471,168 @@ class Run:
             except BlendError as error:
                 loaded[(blend_file.dataset, blend_file.id)] = error
         good = [b for b in files if not isinstance(loaded[(b.dataset, b.id)], BlendError)]
-        base_outcomes = self._outcomes(envs["base"], adapter)
-        stored: dict[BlendFile, Stored] = {}
-        if base_outcomes is not None and (config.shortcuts or self.skipped):
-            self.progress(Progress("reading stored outcomes"))
-            try:
-                stored = base_outcomes.get_many(good)
-            except StoreError as error:  # then base is deblended: only time is lost
-                _warn(f"stored outcomes cannot be read, base is deblended: {error}")
+        self.files = {(b.dataset, b.id): b for b in good}
+        if isinstance(envs["head"], BuildError):  # the verdict is known: nothing to deblend
+            return []
+        kept = {side: self._outcomes(envs[side], adapter) for side in SIDES}
+        stored: dict[str, dict[BlendFile, Stored]] = {side: {} for side in SIDES}
+        if config.shortcuts or self.skipped:
+            stored["base"] = self._stored(kept["base"], good)
         if self.skipped:
-            if len(stored) < len(good):  # nothing to show but what cannot have changed
+            if len(stored["base"]) < len(good):  # nothing to show but what cannot have changed
                 return []
             for blend in good:
-                run = self._place(blend, stored[blend], "base")
+                run = self._place(blend, stored["base"][blend], "base")
                 self.outcomes[(blend.dataset, blend.id, "head")] = run
             return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for b in files]
-        checked = spot_sample(list(stored), seed, config.timing_sample) if stored else []
-        fresh = {b for b in good if b not in stored or b in checked}
+        if config.shortcuts:
+            stored["head"] = self._stored(kept["head"], good)
+        either = [b for b in good if b in stored["base"] or b in stored["head"]]
+        checked = spot_sample(either, seed, config.timing_sample) if either else []
+        fresh = {side: {b for b in good if b not in stored[side] or b in checked} for side in SIDES}
         sides = self._sides(envs, adapter)
         # Largest blends first, so that no slot is left with a long one at the end.
         order = sorted(good, key=lambda b: _cost(loaded[(b.dataset, b.id)]), reverse=True)
-        plan = [(b, side) for b in order for side in SIDES if side in sides]
-        self._run([(b, side) for b, side in plan if side == "head" or b in fresh], sides, loaded)
-        mismatched = [
-            f"{b.dataset}/{b.id}"
-            for b in checked
-            if measured(self.outcomes[(b.dataset, b.id, "base")]) != measured(stored[b].run)
-        ]
-        if stored:
-            reused = [b for b in stored if b not in fresh]
-            if mismatched:  # the stored outcomes cannot be trusted: deblend them all again
-                self._run([(b, "base") for b in order if b in reused], sides, loaded)
-            else:
-                for blend in reused:
-                    self._place(blend, stored[blend], "base")
-            runs = sorted({stored[b].measured_by for b in reused}) if not mismatched else []
-            self.reuse = Reuse(
-                "base",
-                base_outcomes.key,
-                runs,
-                0 if mismatched else len(reused),
-                [f"{b.dataset}/{b.id}" for b in checked],
-                mismatched,
-            )
+        self._run(_alternated(order, fresh, sides), sides, loaded)
+        for side in SIDES:
+            if stored[side] and kept[side] is not None:
+                self._reuse(side, kept[side].key, stored[side], checked, order, sides, loaded)
         self._keep(good, envs, adapter)
         shutil.rmtree(config.out / "logs" / "scratch", ignore_errors=True)
         return [self._blend_result(b, loaded[(b.dataset, b.id)], envs) for b in files]
+
+    def _stored(self, outcomes: Outcomes | None, good: list[BlendFile]) -> dict[BlendFile, Stored]:
+        """The ``outcomes`` of ``good`` found in the store (none where it cannot be read)."""
+        if outcomes is None:
+            return {}
+        self.progress(Progress("reading stored outcomes"))
+        try:
+            return outcomes.get_many(good)
+        except StoreError as error:  # then the side is deblended: only time is lost
+            _warn(f"stored outcomes cannot be read, they are deblended again: {error}")
+            return {}
+
+    def _reuse(
+        self,
+        side: str,
+        key: str,
+        stored: dict[BlendFile, Stored],
+        checked: list[BlendFile],
+        order: list[BlendFile],
+        sides: dict[str, Side],
+        loaded: dict[tuple[str, str], Blend | BlendError],
+    ) -> None:
+        """Use ``side``'s stored outcomes where the blends deblended afresh match them bit
+        for bit; where one does not, deblend all of that side's blends again."""
+        mismatched = [
+            f"{b.dataset}/{b.id}"
+            for b in checked
+            if b in stored
+            and measured(self.outcomes[(b.dataset, b.id, side)]) != measured(stored[b].run)
+        ]
+        reused = [b for b in stored if b not in checked]
+        if mismatched:  # the stored outcomes cannot be trusted: deblend them all again
+            self._run([(b, side) for b in order if b in reused], sides, loaded)
+        else:
+            for blend in reused:
+                self._place(blend, stored[blend], side)
+        runs = sorted({stored[b].measured_by for b in reused}) if not mismatched else []
+        record = Reuse(
+            side,  # type: ignore[arg-type]
+            key,
+            runs,
+            0 if mismatched else len(reused),
+            [f"{b.dataset}/{b.id}" for b in checked if b in stored],
+            mismatched,
+        )
+        if side == "base":
+            self.reuse = record
+        else:
+            self.head_reuse = record
+
+    def _compare_with_ancestor(
+        self, repo: Path, base: str, blends: list[BlendResult], adapter: Adapter
+    ) -> None:
+        """Where base does not build or errors on blends: find base's nearest ancestor on
+        the default branch whose stored outcomes cover every such blend, and put those
+        outcomes beside head's (``BlendResult.ancestor``, ``Provenance.ancestor``)."""
+        needed = [
+            b for b in blends if b.base.status == "errored" and (b.dataset, b.id) in self.files
+        ]
+        if not needed or self.store is None:
+            return
+        built = not any("revision did not build" in (b.base.error or "") for b in needed)
+        reason = f"base errors on {len(needed)} blends" if built else "base does not build"
+        files = [self.files[(b.dataset, b.id)] for b in needed]
+        self.progress(Progress("looking for a good ancestor of base"))
+        try:
+            candidates = revisions.mainline_ancestors(repo, base, ANCESTOR_DEPTH)
+        except revisions.RevisionError:
+            return
+        machine = this_machine()
+        for distance, sha in enumerate(candidates, 1):
+            key = outcome_key(environment_key(sha, adapter), self.config.options, machine, adapter)
+            outcomes = Outcomes(self.store, key)
+            try:
+                if outcomes.get(files[0]) is None:
+                    continue
+                found = outcomes.get_many(files)
+            except StoreError as error:
+                _warn(f"stored outcomes of base's ancestors cannot be read: {error}")
+                return
+            if len(found) < len(files):
+                continue
+            for blend, blend_file in zip(needed, files, strict=True):
+                blend.ancestor = dataclasses.replace(
+                    found[blend_file].run, arrays=None, reused_from=found[blend_file].measured_by
+                )
+            runs = sorted({stored.measured_by for stored in found.values()})
+            self.ancestor = Ancestor(sha, reason, distance, key, runs)
+            return
+
+    def _retime(
+        self,
+        result: RunResult,
+        envs: dict[str, Environment | BuildError | None],
+        adapter: Adapter,
+        seed: str,
+    ) -> list[RetimedBlend]:
+        """Time a sample of the blends again, base and head alternated on one slot each
+        blend, ``RETIME_REPEATS`` times: a timing regression stands only where this agrees."""
+        self.progress(Progress("re-timing to confirm a timing regression"))
+        timed = {(b.dataset, b.id): b for b in result.blends if b.timed_in_run}
+        files = [f for key, f in self.files.items() if key in timed]
+        chosen = spot_sample(files, f"retime:{seed}", RETIME_BLENDS)
+        folder = self.config.out / "logs" / "retime"
+        folder.mkdir(parents=True, exist_ok=True)
+        tasks = [
+            Task(side, b.path, folder / f"{b.dataset}.{b.id}.{side}.{k}.npz", self.config.options)
+            for b in chosen
+            for k in range(RETIME_REPEATS)
+            for side in (SIDES if k % 2 == 0 else SIDES[::-1])
+        ]
+        times: dict[tuple[str, str], dict[str, list[float | None]]] = {}
+
+        def on_outcome(outcome: Outcome) -> None:
+            blend = next(b for b in chosen if b.path == outcome.task.blend)
+            side_times = times.setdefault((blend.dataset, blend.id), {s: [] for s in SIDES})
+            side_times[outcome.task.side].append(outcome.cpu if outcome.error is None else None)
+
+        sides = self._sides(envs, adapter)
+        run_tasks(tasks, sides, folder, self.config.workers, self.config.timeout, on_outcome)
+        shutil.rmtree(folder, ignore_errors=True)
+        retimed = []
+        for (dataset, blend_id), found in times.items():
+            pairs = [
+                (b, h)
+                for b, h in zip(found["base"], found["head"], strict=False)
+                if b is not None and h is not None
+            ]
+            if pairs:
+                n_sources = timed[(dataset, blend_id)].n_sources
+                base, head = (list(values) for values in zip(*pairs, strict=True))
+                retimed.append(RetimedBlend(dataset, blend_id, n_sources, base, head))
+        return sorted(retimed, key=lambda r: (r.dataset, r.id))
 
     def _sides(
         self, envs: dict[str, Environment | BuildError | None], adapter: Adapter
@@ -537,8 +678,9 @@ class Run:
         sides: dict[str, Side],
         loaded: dict[tuple[str, str], Blend | BlendError],
     ) -> None:
-        """Deblend and measure ``plan``'s (blend, side) pairs, in order (so base and head
-        of a blend interleave and machine drift cancels in their timings)."""
+        """Deblend and measure ``plan``'s (blend, side) pairs, in order: both sides of a
+        blend next to each other run on the same slot (``pool.TaskQueue``), so that the
+        same load meets both in their timings."""
         config = self.config
         workdir = config.out / "logs"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -591,9 +733,18 @@ class Run:
         return files if shard is None else files[shard.index :: shard.count]
 
     def _measure(self, blend: Blend, outcome: Outcome) -> BlendRun:
-        times = {"wall_time": outcome.wall, "cpu_time": outcome.cpu}
+        """One side's outcome on a blend, measured, its timings the runner's own."""
+        times = {"wall_time": round(outcome.wall, 3), "cpu_time": outcome.cpu}
         if outcome.error is not None:
-            return BlendRun(status="errored", error=outcome.error, **times)
+            reply = outcome.reply or {}
+            trace, where = reply.get("traceback"), reply.get("raised_in")
+            return BlendRun(
+                status="errored",
+                error=outcome.error,
+                traceback=trace if isinstance(trace, str) else None,
+                raised_in=where if isinstance(where, str) else None,
+                **times,
+            )
         relative = str(outcome.task.out.relative_to(self.config.out))
         try:
             with np.load(outcome.task.out, allow_pickle=False) as archive:
@@ -637,6 +788,19 @@ class Run:
 def _warn(message: str) -> None:
     """One line on stderr."""
     print(f"warning: {message}".splitlines()[0], file=sys.stderr)
+
+
+def _alternated(
+    order: list[BlendFile], fresh: dict[str, set[BlendFile]], sides: dict[str, Side]
+) -> list[tuple[BlendFile, str]]:
+    """The (blend, side) pairs to deblend, both sides of a blend next to each other (so
+    that they run on the same slot) and which goes first alternating from blend to blend
+    (so that neither side always meets a warm or a cold cache)."""
+    plan = []
+    for index, blend in enumerate(order):
+        pair = SIDES if index % 2 == 0 else SIDES[::-1]
+        plan += [(blend, side) for side in pair if side in sides and blend in fresh[side]]
+    return plan
 
 
 def _cost(blend: Blend | BlendError) -> int:

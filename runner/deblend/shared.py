@@ -2,7 +2,7 @@
 
 Every task of a sharded run on Cloud Run starts with an empty cache (its own ``/tmp``), so
 without this each would build both environments (scarlet v1 ~100 s; scarlet2 with JAX
-~64 s and ~920 MB). With a store (``--store``) an environment missing from this machine's
+~64 s and ~920 MB). With a store (``--private-store``) an environment missing from this machine's
 cache is looked for in the store first, under content-addressed keys
 ``environments/<key>/<place>.*``: ``<key>`` is :func:`environment_key` (SHA, adapter, lock,
 Python, machine, recipe) and ``<place>`` a digest of the environment's absolute path. A
@@ -554,7 +554,7 @@ def open_sharing(
     cache: Path,
     progress: Callable[[str], None],
 ) -> Sharing:
-    """The sharing of a task's environments through the store ``spec`` (a ``--store``;
+    """The sharing of a task's environments through the store ``spec`` (a ``--private-store``;
     None, or a store that cannot be opened: built here)."""
     store = None
     if spec is not None:

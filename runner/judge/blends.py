@@ -3,10 +3,13 @@
 A blend is identical when base and head agree bit for bit on everything measured
 (timings and the arrays' file names aside). It is clearly worse when its χ² per pixel
 grew by more than ``chi2_tolerance`` (relative), or one of its injected sources'
-|mag error| grew by more than ``mag_tolerance`` in any band, or its centroid offset by
-more than ``centroid_tolerance``, or head lost a source base measured; clearly better
-likewise the other way (and not worse). An injected source is unmeasured on a side
-where any band's magnitude is missing (not initialised, flux <= 0, NaN).
+|mag error| grew by more than ``mag_tolerance`` in a band where the source is measured
+(its true flux has S/N >= ``min_snr`` against the blend's noise: a band where it is
+undetected says nothing), or its centroid offset by more than ``centroid_tolerance``, or
+head lost a source base measured; clearly better likewise the other way. A blend both
+clearly worse and clearly better (one band better, another worse) is *mixed*, counted
+as neither. An injected source is unmeasured on a side where any band's magnitude is
+missing (not initialised, flux <= 0, NaN).
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ def lost_sources(blends: list[BlendResult]) -> tuple[list[str], list[str], list[
     return lost.get((False, True), []), lost.get((True, False), []), lost.get((True, True), [])
 
 
+def detected(source: InjectedSource, band: int, min_snr: float) -> bool:
+    """Whether ``source`` is measured in ``band``: its true S/N reaches ``min_snr`` (every
+    band counts for an outcome measured before S/N was recorded)."""
+    return not source.snr or (source.snr[band] or 0.0) >= min_snr
+
+
 def _side(growth: float | None, tolerance: float) -> int:
     """+1 when ``growth`` exceeds ``tolerance`` (worse), -1 below ``-tolerance``, else 0."""
     if growth is None:
@@ -75,7 +84,7 @@ def blend_change(blend: BlendResult, policy: BlendPolicy, bands: list[str]) -> B
             side = 1 if unmeasured(h) else -1
             reasons[side].append(f"{name} {'no longer' if side == 1 else 'now'} measured")
         for band, (eb, eh) in enumerate(zip(b.mag_error, h.mag_error, strict=True)):
-            if eb is not None and eh is not None:
+            if eb is not None and eh is not None and detected(b, band, policy.min_snr):
                 growths.append(abs(eh) - abs(eb))
                 reasons[_side(growths[-1], policy.mag_tolerance)].append(
                     f"{name} {bands[band]}: |mag error| {growths[-1]:+.3f} mag"
@@ -89,8 +98,9 @@ def blend_change(blend: BlendResult, policy: BlendPolicy, bands: list[str]) -> B
     score = 0.0
     if not identical:
         largest = max(map(abs, growths), default=0.0)
-        score = abs(math.log1p(chi2_growth or 0.0)) + largest + 1e-12
-    worse = reasons[1]
+        growth = max(chi2_growth or 0.0, -1 + 1e-9)  # a perfect fit (χ² 0) is finite too
+        score = abs(math.log1p(growth)) + largest + 1e-12
+    worse, better = reasons[1], reasons[-1]
     return BlendChange(
         blend.dataset,
         blend.id,
@@ -98,25 +108,28 @@ def blend_change(blend: BlendResult, policy: BlendPolicy, bands: list[str]) -> B
         [base.chi2_dof, head.chi2_dof],
         mag,
         worse,
-        [] if worse else reasons[-1],
+        better,
         score,
+        bool(worse and better),
     )
 
 
 def blend_changes(
     blends: list[BlendResult], policy: BlendPolicy, bands: list[str]
 ) -> list[BlendChange]:
-    """Every blend both deblended: the clearly worse first, then by how much it changed."""
+    """Every blend both deblended: the clearly worse first, then the mixed, then by how
+    much it changed."""
     changes = [blend_change(b, policy, bands) for b in both_ok(blends)]
-    return sorted(changes, key=lambda c: (not c.worse, -c.score, c.dataset, c.id))
+    return sorted(changes, key=lambda c: (not c.worse, c.mixed, -c.score, c.dataset, c.id))
 
 
 def tally(changes: list[BlendChange], policy: BlendPolicy, alpha: float) -> BlendTally:
-    """How many blends got worse or better beyond tolerance, and what that says: more
-    worse ones than allowed is a regression unless about as many got better (exact
-    binomial test at ``alpha``), which is a change with no clear direction."""
-    worse = sum(bool(c.worse) for c in changes)
-    better = sum(bool(c.better) for c in changes)
+    """How many blends got worse or better beyond tolerance (mixed ones in neither), and
+    what that says: more worse ones than allowed is a regression unless about as many got
+    better (exact binomial test at ``alpha``), which is a change with no clear direction."""
+    worse = sum(bool(c.worse) and not c.mixed for c in changes)
+    better = sum(bool(c.better) and not c.mixed for c in changes)
+    mixed = sum(c.mixed for c in changes)
     allowed = math.floor(policy.max_worse_fraction * len(changes))
     p = binomial_p(worse, better)
     status: Status = "unchanged"
@@ -126,4 +139,4 @@ def tally(changes: list[BlendChange], policy: BlendPolicy, alpha: float) -> Blen
     elif better > allowed:
         status = "improved"
     changed = sum(not c.identical for c in changes)
-    return BlendTally(len(changes), changed, worse, better, allowed, p, status)
+    return BlendTally(len(changes), changed, worse, better, allowed, p, status, mixed)

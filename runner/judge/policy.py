@@ -6,10 +6,10 @@ by the head's on purpose)::
 
     [comparison]
     alpha = 0.05          # false discovery rate across metrics (Benjamini-Hochberg)
-    confidence = 0.95     # of the bootstrap confidence intervals
+    confidence = 0.90     # of the bootstrap intervals: 0.90 makes "the whole interval
+                          # beyond tolerance" a one-sided test at 5 % (an equivalence test)
     resamples = 2000      # bootstrap resamples
     power = 0.8           # for the minimum detectable effect
-    max_mde = 2.0         # "unchanged" only where the run could detect max_mde × tolerance
     tail_quantile = 0.9   # the tail metrics' quantile
 
     [blends]              # blend by blend
@@ -17,6 +17,7 @@ by the head's on purpose)::
     mag_tolerance = 0.1           # an injected source's |mag error| by 0.1 mag in any band
     centroid_tolerance = 0.5      # its centroid offset by 0.5 px
     max_worse_fraction = 0.02     # this fraction of the blends may get worse beyond those
+    min_snr = 5.0                 # a band counts where the source's true S/N reaches this
 
     [metrics.mag_error]           # every band's magnitude error ...
     tolerance = 0.005
@@ -50,6 +51,7 @@ class BlendPolicy:
     mag_tolerance: float = 0.10
     centroid_tolerance: float = 0.5
     max_worse_fraction: float = 0.02
+    min_snr: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,9 @@ class CompareConfig:
     """Settings of the comparison; ``tolerances`` override the metrics' defaults."""
 
     alpha: float = 0.05
-    confidence: float = 0.95
+    confidence: float = 0.90
     resamples: int = 2000
     power: float = 0.8
-    max_mde: float = 2.0
     tail_quantile: float = 0.9
     blends: BlendPolicy = field(default_factory=BlendPolicy)
     tolerances: dict[str, float] = field(default_factory=dict)
@@ -81,7 +82,6 @@ COMPARISON_KEYS = {
     "alpha": (0, 1),
     "confidence": (0, 1),
     "power": (0, 1),
-    "max_mde": (0, float("inf")),
     "tail_quantile": (0.5, 1),
 }
 BLEND_KEYS = {
@@ -89,6 +89,7 @@ BLEND_KEYS = {
     "mag_tolerance": (0, float("inf")),
     "centroid_tolerance": (0, float("inf")),
     "max_worse_fraction": (0, 1),
+    "min_snr": (0, float("inf")),
 }
 
 

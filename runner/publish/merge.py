@@ -64,6 +64,8 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
         started=min(r.provenance.started for r, _ in parts),
         finished=max(r.provenance.finished for r, _ in parts),
         reuse=merged_reuse([r.provenance.reuse for r, _ in parts]),
+        head_reuse=merged_reuse([r.provenance.head_reuse for r, _ in parts], "head"),
+        ancestor=next((r.provenance.ancestor for r, _ in parts if r.provenance.ancestor), None),
     )
     if provenance.skipped and any(not result.blends for result, _ in parts):
         blends = []  # head not deblended, and base's outcomes not stored for every shard
@@ -78,16 +80,16 @@ def merge_results(parts: list[tuple[RunResult, Path]], out: Path) -> RunResult:
     return merged
 
 
-def merged_reuse(reuses: list[Reuse | None]) -> Reuse | None:
-    """The shards' reuse of base's stored outcomes as one (keys differ where tasks ran
-    on different kinds of machine)."""
+def merged_reuse(reuses: list[Reuse | None], side: str = "base") -> Reuse | None:
+    """The shards' reuse of one side's stored outcomes as one (keys differ where tasks
+    ran on different kinds of machine)."""
     found = [r for r in reuses if r is not None]
     if not found:
         return None
     keys = ", ".join(dict.fromkeys(r.key for r in found))
     runs = sorted({run for r in found for run in r.runs})
     return Reuse(
-        "base",
+        side,  # type: ignore[arg-type]
         keys,
         runs,
         sum(r.blends for r in found),

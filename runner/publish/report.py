@@ -3,15 +3,28 @@
 Pure functions from a ``RunResult`` (with its ``comparison``) and the addresses of its
 artifacts to text. No numpy, no I/O, no GitHub calls: the bot and the runner's
 ``--report`` both use them. Everything fits GitHub's limits however large the input:
-past them, the least important parts go first, then a pointer to the full report.
+past them, the least important parts go first, then a pointer to the full report. Text a
+revision controls (its version strings, error messages, its config's keys, package names)
+is shown only through ``runner.publish.untrusted``: one line, capped, in a code span. Functions
+that write such text take the ``span`` to write it with (``code``; ``html_line`` passes
+its own for the HTML page).
 """
 
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
-from runner.result import BlendChange, BlendResult, Comparison, MetricComparison, RunResult
+from runner.publish.untrusted import code, html_code, html_line, html_lines, one_line
+from runner.result import (
+    BlendChange,
+    BlendResult,
+    Comparison,
+    Failure,
+    MetricComparison,
+    RunResult,
+)
 
 CONFIG_FILE = ".github/scarlet-regression.toml"
 
@@ -36,11 +49,24 @@ WORSE_LISTED = 10
 UNITS = ("mag", "px", "s")
 DELTA_NOTE = (
     "Δ: the median paired difference head − base over the blends (or injected sources)"
-    " both measured, in the unit the metric names; × rows: the median head/base ratio,"
-    " timed in the same job; tail rows: head's percentile minus base's. mag error = truth"
+    " both measured, in the unit the metric names, with its {level} interval; × rows: the"
+    " median head/base ratio, timed in the same job on the same slot; tail rows: head's"
+    " percentile minus base's. A metric regressed only where its whole interval lies"
+    " beyond the tolerance. The base and head columns are each side's own median (tail"
+    " rows: percentile), not paired: Δ need not equal their difference. mag error = truth"
     " − model magnitude. Detectable: the smallest change this run could have detected"
-    " (95 % level, 80 % power)."
+    " (5 % level, 80 % power)."
 )
+
+
+def level(comparison: Comparison) -> str:
+    """The confidence level of the comparison's intervals, e.g. "90%"."""
+    return f"{100 * comparison.config.get('confidence', 0.95):g}%"
+
+
+def delta_note(comparison: Comparison) -> str:
+    """What the metric table's columns mean."""
+    return DELTA_NOTE.format(level=level(comparison).replace("%", " %"))
 
 
 @dataclass(frozen=True)
@@ -51,6 +77,15 @@ class Links:
     trends: str | None = None
     latest: str | None = None
     images: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def code_block(text: str, limit: int = 8000) -> str:
+    """Untrusted lines (a log's tail, a traceback) as a fenced code block: fenced by more
+    backticks than any run inside (three at least), cut to its last ``limit`` characters."""
+    text = text[-limit:]
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
 
 
 def _number(value: float | None, sign: bool = False) -> str:
@@ -97,7 +132,7 @@ def _change(metric: MetricComparison, value: float | None) -> str:
     return _number(value, sign=True)
 
 
-RATIO_METRICS = ("init_time", "runtime_per_source", "iterations")
+RATIO_METRICS = ("init_time", "cpu_time_per_source", "iterations")
 
 
 def format_delta(metric: MetricComparison) -> str:
@@ -141,28 +176,42 @@ def headline(result: RunResult) -> str:
     return f"{comparison.verdict}" + (f": {reasons}" if reasons else "")
 
 
-def what_changed(result: RunResult) -> str:
-    """What changed, blend by blend: "N of M blends changed; K worse beyond tolerance;
-    worst: set/id (why)", or that everything measured is identical."""
-    comparison = _comparison(result)
+def failure_line(failure: Failure) -> str:
+    """A failure in words, its error as code: "head does not build: `SyntaxError: ...`",
+    "head errors on 100 of 100 blends: `ValueError in Box.contains`"."""
+    if failure.stage == "build":
+        return f"{failure.side} does not build: {code(failure.summary)}"
+    return (
+        f"{failure.side} errors on {failure.blends} of {failure.of} blends: {code(failure.summary)}"
+    )
+
+
+def _rendered_reasons(comparison: Comparison) -> list[str]:
+    """The verdict's reasons as Markdown: a failure's error text in a code span."""
+    rendered = []
+    for reason in comparison.reasons:
+        for failure in comparison.failures:
+            reason = reason.replace(failure.reason, failure_line(failure))
+        rendered.append(reason)
+    return rendered
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _tally_line(comparison: Comparison) -> str:
+    """What changed blend by blend, in one sentence."""
     tally = comparison.tally
-    skipped = result.provenance.skipped
-    if skipped is not None:
-        shown = f" on {tally.blends} blends" if tally.blends else ""
-        if skipped.reason == "identical build":
-            return (
-                "Head's build installs exactly base's files (version files aside): its"
-                f" results are base's{shown}, so nothing was deblended."
-            )
-        outcome = f"its results are base's{shown}" if tally.blends else "nothing was deblended"
-        return (
-            "This PR does not change the installed scarlet: no file it changes goes into"
-            f" the package. Head was not built and {outcome}."
-        )
     if comparison.identical_models:
         return (
             f"All {tally.blends} blends are bit-identical to base's in everything measured"
             " (models, fluxes, centroids, iterations, logL): the science is unchanged."
+        )
+    if comparison.measurement_change:
+        return (
+            f"Models bit-identical on all {tally.blends} blends; measurement changed:"
+            f" {comparison.measurement_change}."
         )
     parts = [
         f"{tally.changed} of {tally.blends} blends changed",
@@ -170,6 +219,8 @@ def what_changed(result: RunResult) -> str:
     ]
     if tally.better:
         parts.append(f"{tally.better} better")
+    if tally.mixed:
+        parts.append(f"{tally.mixed} mixed (one band better, another worse)")
     changed = [c for c in comparison.blends if not c.identical]
     if changed:
         top = changed[0]
@@ -179,25 +230,72 @@ def what_changed(result: RunResult) -> str:
     return "; ".join(parts) + "."
 
 
-def notes(result: RunResult) -> list[str]:
+def what_changed(result: RunResult) -> str:
+    """What changed: what broke on either side first (said once, its error as code),
+    fixes, then blend by blend ("N of M blends changed; K worse beyond tolerance; worst:
+    set/id (why)"), that everything measured is identical, or that only measurements
+    moved."""
+    comparison = _comparison(result)
+    tally = comparison.tally
+    skipped = result.provenance.skipped
+    if skipped is not None:
+        shown = f" on {tally.blends} blends" if tally.blends else ""
+        if skipped.reason == "identical build":
+            return (
+                "Head's build installs exactly base's files (version files and comments"
+                f" aside): its results are base's{shown}, so nothing was deblended."
+            )
+        outcome = f"its results are base's{shown}" if tally.blends else "nothing was deblended"
+        return (
+            "This PR does not change the installed scarlet: no file it changes goes into"
+            f" the package. Head was not built and {outcome}."
+        )
+    sentences = [_sentence(failure_line(f)) for f in comparison.failures]
+    if result.provenance.head.build.status == "failed":
+        return " ".join([*sentences, "Nothing was deblended."])
+    if comparison.fixed:
+        sentences.append(
+            f"Fixed: {len(comparison.fixed)} of {len(result.blends)} blends that errored on"
+            " base deblend on head."
+        )
+    ancestor, found = comparison.ancestor, result.provenance.ancestor
+    if ancestor is not None and found is not None:
+        commits = f"{found.distance} commit{'s' if found.distance != 1 else ''} back"
+        reasons = "; ".join(ancestor.reasons) or "nothing changed beyond tolerance"
+        sentences.append(
+            f"Against base's nearest good ancestor `{ancestor.sha[:10]}` ({commits}, its"
+            f" stored run) on {ancestor.tally.blends} blends: {ancestor.verdict} ({reasons})."
+        )
+    elif result.provenance.base.build.status == "failed" or (comparison.fixed and not tally.blends):
+        sentences.append("No stored run of an ancestor of base was found to compare with.")
+    if tally.blends:
+        sentences.append(_tally_line(comparison))
+    elif ancestor is None:
+        sentences.append("No blend was deblended by both base and head.")
+    return " ".join(sentences)
+
+
+def notes(result: RunResult, span=code) -> list[str]:
     """What a reader should know beside the metrics: the policy and what the head's config
     would change, what was excluded, fits that stopped at their iteration cap."""
     comparison = _comparison(result)
     policy = comparison.policy
     lines = []
     if policy.source in ("base", "head"):
-        sha = f" at `{policy.sha[:10]}`" if policy.sha else ""
-        lines.append(f"Judged by the {policy.source}'s `{CONFIG_FILE}`{sha} (or its defaults).")
+        sha = f" at {span(policy.sha[:10])}" if policy.sha else ""
+        lines.append(f"Judged by the {policy.source}'s {span(CONFIG_FILE)}{sha} (or its defaults).")
         other = "head" if policy.source == "base" else "base"
         if policy.differences:
-            changes = "; ".join(f"`{d}`" for d in policy.differences)
+            changes = "; ".join(span(d, 120) for d in policy.differences)
             lines.append(f"The {other}'s config differs and was not used: {changes}.")
         if policy.note:
-            lines.append(f"The {other}'s config could not be read: {policy.note}")
+            lines.append(f"The {other}'s config could not be read: {span(policy.note)}.")
     elif policy.source == "file":
-        lines.append(f"Judged by the config file {policy.note or ''} given to `compare`.")
+        lines.append(
+            f"Judged by the config file {span(policy.note or '')} given to {span('compare')}."
+        )
     if comparison.excluded:
-        shown = ", ".join(f"`{e}`" for e in comparison.excluded[:20])
+        shown = ", ".join(span(e, 80) for e in comparison.excluded[:20])
         more = f" and {len(comparison.excluded) - 20} more" if len(comparison.excluded) > 20 else ""
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
@@ -207,7 +305,7 @@ def notes(result: RunResult) -> list[str]:
             "The revisions' code ran **unsandboxed** (`--unsandboxed`): it could read and"
             " write what the runner can."
         )
-    lines += reuse_notes(result)
+    lines += reuse_notes(result, span)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
         counts = ", ".join(f"{n} {side}" for side, n in capped.items())
@@ -215,29 +313,31 @@ def notes(result: RunResult) -> list[str]:
     return lines
 
 
-def reuse_notes(result: RunResult) -> list[str]:
+def reuse_notes(result: RunResult, span=code) -> list[str]:
     """What was reused from earlier runs, how it was checked, what the timings rest on."""
-    reuse = result.provenance.reuse
-    if reuse is None:
-        return []
+    reuses = [r for r in (result.provenance.reuse, result.provenance.head_reuse) if r]
     lines = []
-    if reuse.mismatched:
-        shown = ", ".join(f"`{m}`" for m in reuse.mismatched[:10])
-        where = " in their shard" if reuse.blends else ""
-        lines.append(
-            f"Base's stored outcomes did not match a fresh deblend of {shown}: base was"
-            f" deblended afresh{where} and those stored outcomes were not used."
-        )
-    if reuse.blends:
-        more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+    for reuse in reuses:
+        side = reuse.side.capitalize()
+        if reuse.mismatched:
+            shown = ", ".join(span(m, 80) for m in reuse.mismatched[:10])
+            where = " in their shard" if reuse.blends else ""
+            lines.append(
+                f"{side}'s stored outcomes did not match a fresh deblend of {shown}:"
+                f" {reuse.side} was deblended afresh{where} and those stored outcomes were"
+                " not used."
+            )
+        if reuse.blends:
+            more = f" and {len(reuse.runs) - 3} more" if len(reuse.runs) > 3 else ""
+            lines.append(
+                f"{side}'s outcomes on {reuse.blends} blends were read from the store"
+                f" (measured by {'; '.join(one_line(r) for r in reuse.runs[:3])}{more});"
+                f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh"
+                " matched them bit for bit."
+            )
+    if any(reuse.blends for reuse in reuses):
         timed = sum(b.timed_in_run for b in result.blends)
-        lines += [
-            f"Base's outcomes on {reuse.blends} blends were read from the store (measured by"
-            f" {'; '.join(reuse.runs[:3])}{more});"
-            f" {len(reuse.checked) - len(reuse.mismatched)} blends deblended afresh matched"
-            " them bit for bit.",
-            f"Timings rest on the {timed} blends deblended by both sides in this run.",
-        ]
+        lines.append(f"Timings rest on the {timed} blends deblended by both sides in this run.")
     return lines
 
 
@@ -247,19 +347,26 @@ def _comparison(result: RunResult) -> Comparison:
     return result.comparison
 
 
-def _provenance_line(result: RunResult) -> str:
+VERSION_LIMIT = 60
+
+
+def _provenance_line(result: RunResult, span=code) -> str:
     p = result.provenance
     merge = " (merge-base)" if p.merge_base else ""
-    sets = ", ".join(f"{d.name} ({d.blends})" for d in p.datasets)
-    version = p.head.deblender_version or p.head.build.status
+    sets = ", ".join(f"{one_line(d.name, 80)} ({d.blends})" for d in p.datasets)
+    version = (
+        span(p.head.deblender_version, VERSION_LIMIT)
+        if p.head.deblender_version
+        else p.head.build.status
+    )
     if p.head.build.status == "skipped":
-        version = f"{p.base.deblender_version} (base's; head not built)"
+        version = f"{span(p.base.deblender_version or '', VERSION_LIMIT)} (base's; head not built)"
     errored = sum(b.head.status == "errored" or b.base.status == "errored" for b in result.blends)
-    revisions = f"head `{p.head.sha[:10]}` vs base `{p.base.sha[:10]}`{merge}"
+    revisions = f"head {span(p.head.sha[:10])} vs base {span(p.base.sha[:10])}{merge}"
     if p.drift is not None:
         revisions = (
-            f"`{p.drift.rev}` at `{p.drift.sha[:10]}`: newest allowed releases (head)"
-            " vs the lock (base)"
+            f"{span(p.drift.rev, 80)} at {span(p.drift.sha[:10])}: newest allowed releases"
+            " (head) vs the lock (base)"
         )
     measured = f"{len(result.blends)} blends" if result.blends else "nothing deblended"
     return f"{revisions} · {p.adapter} {version} · {measured}: {sets}" + (
@@ -275,7 +382,10 @@ def package_table(result: RunResult) -> str:
         return ""
     if not drift.packages:
         return "Every package is at its locked version."
-    rows = [f"| `{p.name}` | {p.locked or '–'} | {p.newest or '–'} |" for p in drift.packages]
+    rows = [
+        "| " + " | ".join(code(v, VERSION_LIMIT, table=True) if v else "–" for v in row) + " |"
+        for row in ((p.name, p.locked, p.newest) for p in drift.packages)
+    ]
     return "| package | lock | newest |\n|---|---|---|\n" + "\n".join(rows)
 
 
@@ -292,7 +402,7 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
     drift = result.provenance.drift
     if drift is None:
         raise ValueError("not the result of a drift run")
-    names = ", ".join(p.name for p in drift.packages) or "no package"
+    names = ", ".join(one_line(p.name, 60) for p in drift.packages) or "no package"
     title = f"Newer releases of dependencies break the deblender ({names})"
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1] + "…"
@@ -305,9 +415,11 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         + _provenance_line(result)
         + (f"\n\n{link_line}" if link_line else ""),
         "### Versions that differ from the lock\n\n" + package_table(result),
-        metric_table(changed) if changed else "No metric changed beyond its tolerance.",
+        metric_table(changed, level(comparison))
+        if changed
+        else "No metric changed beyond its tolerance.",
     ]
-    errors = _errors(result)
+    errors = failures_section(result)
     if errors:
         parts.append(errors)
     parts.append(
@@ -346,20 +458,35 @@ def metric_rows(comparison: Comparison) -> list[MetricComparison]:
     return sorted(comparison.metrics, key=lambda m: STATUS_ORDER[m.status])
 
 
+def format_status(metric: MetricComparison) -> str:
+    """The status with its icon, and why it does not move the verdict where it does not;
+    a re-timing's result beside a timing's."""
+    text = f"{STATUS_ICONS[metric.status]} {metric.status}"
+    if metric.retimed is not None:
+        retimed = metric.retimed
+        low, high = retimed.ci
+        interval = f"[{_change(metric, low)}, {_change(metric, high)}]"
+        verb = "confirmed" if retimed.confirmed else "not confirmed"
+        text += f" ({verb} by a re-timing of {retimed.pairs} pairs:"
+        text += f" {_change(metric, retimed.delta)} {interval})"
+    if not metric.gating:
+        text += f" — {metric.note or 'reported only'}"
+    return text
+
+
 def metric_cells(metric: MetricComparison, raw_p: bool = False) -> list[str]:
-    """A metric's row as text: label, base, head, Δ, interval, tolerance, detectable
-    change, (the raw p,) the adjusted p and the status."""
+    """A metric's row as text: label, Δ with its interval, tolerance, status, detectable
+    change, (the raw p,) the adjusted p, and each side's own median."""
     return [
         label(metric),
-        format_value(metric, metric.base),
-        format_value(metric, metric.head),
-        format_delta(metric),
-        format_ci(metric),
+        " ".join(part for part in (format_delta(metric), format_ci(metric)) if part != "–") or "–",
         format_tolerance(metric),
+        format_status(metric),
         format_mde(metric),
         *([_p(metric.p)] if raw_p else []),
         _p(metric.p_adjusted),
-        f"{STATUS_ICONS[metric.status]} {metric.status}",
+        format_value(metric, metric.base),
+        format_value(metric, metric.head),
     ]
 
 
@@ -368,18 +495,22 @@ def _metric_row(metric: MetricComparison) -> str:
 
 
 TABLE_HEAD = (
-    "| metric | base | head | Δ | 95% CI | tolerance | detectable | p (adj.) | status |\n"
-    "|---|---:|---:|---:|---|---:|---:|---:|---|"
+    "| metric | Δ [{level} CI] | tolerance | status | detectable | p (adj.) |"
+    " base's own median | head's own median |\n"
+    "|---|---|---:|---|---:|---:|---:|---:|"
 )
 
 
-def metric_table(metrics: list[MetricComparison], budget: int = 20_000) -> str:
+def metric_table(
+    metrics: list[MetricComparison], interval: str = "95%", budget: int = 20_000
+) -> str:
     """A Markdown table of metrics, cut short (with a note) past ``budget`` characters."""
-    lines, size = [TABLE_HEAD], len(TABLE_HEAD)
+    head = TABLE_HEAD.format(level=interval)
+    lines, size = [head], len(head)
     for index, metric in enumerate(metrics):
         row = _metric_row(metric)
         if size + len(row) + 1 > budget:
-            lines.append(f"| … {len(metrics) - index} more in the full report |" + " |" * 8)
+            lines.append(f"| … {len(metrics) - index} more in the full report |" + " |" * 7)
             break
         lines.append(row)
         size += len(row) + 1
@@ -415,21 +546,29 @@ def _image(change, links: Links) -> str | None:
     return f"{_caption(change)}\n\n![residuals of {change.id}]({url})"
 
 
-def _errors(result: RunResult, limit: int = 50) -> str:
-    rows = []
-    for blend in result.blends:
-        for side in ("base", "head"):
-            run = getattr(blend, side)
-            if run.status == "errored":
-                reason = (run.error or "").splitlines()[0][:200] if run.error else ""
-                rows.append(f"- `{blend.dataset}/{blend.id}` {side}: {reason}")
-    if not rows:
+def failures_section(result: RunResult) -> str:
+    """What broke, once per distinct error, each in its own details: a build's error and
+    its log's tail, a deblender's error with the blends it hit and one traceback."""
+    failures = _comparison(result).failures
+    if not failures:
         return ""
-    shown = rows[:limit]
-    if len(rows) > limit:
-        shown.append(f"- … and {len(rows) - limit} more (see the full report)")
-    summary = f"<details><summary>{len(rows)} errored deblend(s)</summary>"
-    return summary + "\n\n" + "\n".join(shown) + "\n\n</details>"
+    errored = sum(f.blends for f in failures if f.stage == "deblend")
+    parts = []
+    for failure in failures:
+        if failure.stage == "build":
+            what = "the build log's last lines"
+        else:
+            shown = ", ".join(code(e, 80) for e in failure.examples)
+            more = " …" if failure.blends > len(failure.examples) else ""
+            what = f"e.g. {shown}{more}; the last lines of one traceback"
+        detail = code_block(failure.detail) if failure.detail else "(no output)"
+        parts.append(
+            f"<details><summary>{failure_line(failure)}</summary>\n\n{what}:\n\n"
+            f"{detail}\n\n</details>"
+        )
+    if errored:
+        parts.insert(0, f"{errored} errored deblend(s), by kind:")
+    return "\n\n".join(parts)
 
 
 def utf8_size(text: str) -> int:
@@ -450,18 +589,31 @@ def _fit(parts: list[str], limit: int, tail: str, size=len) -> str:
 
 
 def _reasons(comparison: Comparison) -> str:
-    return "\n".join(f"- {reason}" for reason in comparison.reasons)
+    return "\n".join(f"- {reason}" for reason in _rendered_reasons(comparison))
+
+
+def _why(change: BlendChange) -> str:
+    """Why a blend is clearly worse; a mixed blend's better side too."""
+    why = "; ".join(change.worse[:4])
+    return f"{why} — but {'; '.join(change.better[:2])}" if change.mixed else why
 
 
 def worse_list(comparison: Comparison, limit: int = WORSE_LISTED) -> str:
-    """The blends clearly worse beyond tolerance, each with why; empty when none."""
-    worse = [c for c in comparison.blends if c.worse]
-    if not worse:
-        return ""
-    rows = [f"- `{c.dataset}/{c.id}`: {'; '.join(c.worse[:4])}" for c in worse[:limit]]
-    if len(worse) > limit:
-        rows.append(f"- … and {len(worse) - limit} more (see the full report)")
-    return f"### {len(worse)} blend(s) clearly worse\n\n" + "\n".join(rows)
+    """The blends clearly worse beyond tolerance, then the mixed ones (clearly worse in
+    one respect, clearly better in another), each with why; empty when none."""
+    parts = []
+    for mixed, title in (
+        (False, "clearly worse"),
+        (True, "mixed (one respect better, another worse)"),
+    ):
+        found = [c for c in comparison.blends if c.worse and c.mixed == mixed]
+        if not found:
+            continue
+        rows = [f"- `{c.dataset}/{c.id}`: {_why(c)}" for c in found[:limit]]
+        if len(found) > limit:
+            rows.append(f"- … and {len(found) - limit} more (see the full report)")
+        parts.append(f"### {len(found)} blend(s) {title}\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
 
 
 def _identical_line(comparison: Comparison) -> str:
@@ -486,10 +638,15 @@ def comment(result: RunResult, links: Links) -> str:
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
     parts = [title, opening, intro]
+    errors = failures_section(result)
+    if errors:
+        parts.append(errors)
     if result.provenance.drift is not None:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     if changed:
-        parts.append(metric_table(changed) + f"\n\n<sub>{DELTA_NOTE}</sub>")
+        parts.append(
+            metric_table(changed, level(comparison)) + f"\n\n<sub>{delta_note(comparison)}</sub>"
+        )
     elif result.blends:
         parts.append("No metric changed beyond its tolerance.")
     worse = worse_list(comparison)
@@ -498,7 +655,7 @@ def comment(result: RunResult, links: Links) -> str:
     if unchanged and result.blends:
         parts.append(
             f"<details><summary>{len(unchanged)} unchanged metric(s)</summary>\n\n"
-            + metric_table(unchanged)
+            + metric_table(unchanged, level(comparison))
             + "\n\n</details>"
         )
     images = [i for i in (_image(c, links) for c in comparison.blends) if i]
@@ -521,9 +678,6 @@ def comment(result: RunResult, links: Links) -> str:
     extra = notes(result)
     if extra:
         parts.append("\n".join(f"- {line}" for line in extra))
-    errors = _errors(result)
-    if errors:
-        parts.append(errors)
     tail = f"<sub>scarlet-regression {result.provenance.runner_version}</sub>"
     return _fit(parts, COMMENT_LIMIT, tail)
 
@@ -550,7 +704,9 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:
         summary_parts.append(package_table(result))
-    summary_parts.append(metric_table(metric_rows(comparison)) + f"\n\n{DELTA_NOTE}")
+    summary_parts.append(
+        metric_table(metric_rows(comparison), level(comparison)) + f"\n\n{delta_note(comparison)}"
+    )
     worse = worse_list(comparison)
     if worse:
         summary_parts.append(worse)
@@ -566,7 +722,7 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         for c in comparison.blends
     ]
     text_parts = []
-    errors = _errors(result)
+    errors = failures_section(result)
     if errors:
         text_parts.append(errors)
     if blend_lines:
@@ -582,13 +738,17 @@ def _cell(value: object) -> str:
     return f"<td>{html.escape(str(value))}</td>"
 
 
+def _code_cell(text: str | None, limit: int = 300) -> str:
+    return f"<td>{html_code(text, limit)}</td>" if text else "<td></td>"
+
+
 def _blend_row(blend: BlendResult, change) -> str:
     cells = [blend.dataset, blend.id, blend.n_sources, blend.base.status, blend.head.status]
     cells += [_number(blend.base.chi2_dof), _number(blend.head.chi2_dof)]
     cells += [_number(change.mag_error_delta, sign=True) if change else "–"]
     cells += ["; ".join(change.worse or change.better) if change else ""]
-    error = blend.head.error or blend.base.error or ""
-    return "<tr>" + "".join(_cell(c) for c in [*cells, error[:300]]) + "</tr>"
+    error = blend.head.error or blend.base.error
+    return "<tr>" + "".join(_cell(c) for c in cells) + _code_cell(error) + "</tr>"
 
 
 STYLE = """
@@ -601,6 +761,25 @@ figure { margin: 1.5em 0; } img { max-width: 100%; }
 code { background: #f6f8fa; padding: 1px 4px; }
 .note { color: #59636e; font-size: 12px; }
 """
+
+
+def failures_html(result: RunResult) -> str:
+    """What broke, once per distinct error, for the HTML page: the error, the blends it
+    hit, and the build log's tail or one traceback."""
+    failures = _comparison(result).failures
+    if not failures:
+        return ""
+    esc = html.escape
+    items = []
+    for failure in failures:
+        title = failure_line(failure).replace("`", "")
+        examples = ", ".join(failure.examples)
+        hit = f"<p>e.g. {esc(examples)}</p>" if examples else ""
+        items.append(
+            f"<details open><summary>{esc(title)}</summary>{hit}"
+            f"<pre><code>{esc(failure.detail or '(no output)')}</code></pre></details>"
+        )
+    return "<h2>What broke</h2>" + "".join(items)
 
 
 def html_report(result: RunResult, links: Links) -> str:
@@ -621,34 +800,45 @@ def html_report(result: RunResult, links: Links) -> str:
         if (c.dataset, c.id) in links.images
     )
     p = result.provenance
+
+    def revision(info) -> str:
+        return html_line(
+            lambda span: (
+                f"{span(info.rev, 120)} {span(info.sha)}"
+                f" ({span(info.deblender_version or '–', VERSION_LIMIT)})"
+            )
+        )
+
+    drifted = [
+        html_line(
+            lambda span, c=c: (
+                f"{span(c.name, 60)} {span(c.locked or '–', VERSION_LIMIT)}"
+                f" → {span(c.newest or '–', VERSION_LIMIT)}"
+            )
+        )
+        for c in (p.drift.packages if p.drift is not None else [])
+    ]
+    versions = html_line(
+        lambda span: (
+            f"{span(p.head.numpy_version or '–', VERSION_LIMIT)}"
+            f" / {span(p.head.python_version or '–', VERSION_LIMIT)}"
+        )
+    )
     provenance = "".join(
-        f"<tr><th>{esc(k)}</th>{_cell(v)}</tr>"
+        f"<tr><th>{esc(k)}</th><td>{v}</td></tr>"
         for k, v in (
-            ("repository", p.repository),
-            ("head", f"{p.head.rev} {p.head.sha} ({p.head.deblender_version})"),
-            ("base", f"{p.base.rev} {p.base.sha} ({p.base.deblender_version})"),
-            ("merge-base", p.merge_base or "–"),
-            ("adapter", p.adapter),
-            ("numpy / Python", f"{p.head.numpy_version} / {p.head.python_version}"),
-            ("lock", p.lock),
-            *(
-                [
-                    (
-                        "newer than the lock",
-                        ", ".join(
-                            f"{c.name} {c.locked or '–'} → {c.newest or '–'}"
-                            for c in p.drift.packages
-                        )
-                        or "nothing",
-                    )
-                ]
-                if p.drift is not None
-                else []
-            ),
-            ("datasets", ", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets)),
-            *((f"isolation: {stage}", way) for stage, way in p.isolation.items()),
-            ("trusted ref", p.trusted_ref or "– (writes no shared cache)"),
-            ("started / finished", f"{p.started} / {p.finished}"),
+            ("repository", esc(p.repository)),
+            ("head", revision(p.head)),
+            ("base", revision(p.base)),
+            ("merge-base", esc(p.merge_base or "–")),
+            ("adapter", esc(p.adapter)),
+            ("numpy / Python", versions),
+            ("lock", esc(p.lock)),
+            *([("newer than the lock", ", ".join(drifted) or "nothing")] if p.drift else []),
+            ("datasets", esc(", ".join(f"{d.name} {d.content_hash[:12]}" for d in p.datasets))),
+            *((esc(f"isolation: {stage}"), esc(way)) for stage, way in p.isolation.items()),
+            ("trusted ref", esc(p.trusted_ref or "– (writes no shared cache)")),
+            ("started / finished", esc(f"{p.started} / {p.finished}")),
         )
     )
     title = f"scarlet regression: {comparison.verdict}"
@@ -659,24 +849,27 @@ def html_report(result: RunResult, links: Links) -> str:
     )
     paragraphs = [
         f"<p><strong>{esc(what_changed(result))}</strong></p>",
-        "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in comparison.reasons) + "</ul>"
+        "<ul>"
+        + "".join(f"<li>{esc(r.replace('`', ''))}</li>" for r in _rendered_reasons(comparison))
+        + "</ul>"
         if comparison.reasons
         else "",
-        f"<p>{esc(_provenance_line(result).replace('`', ''))}</p>",
+        f"<p>{html_line(lambda span: _provenance_line(result, span))}</p>",
         f"<p>{links_html}</p>" if links_html else "",
     ]
-    worse = [c for c in comparison.blends if c.worse]
-    worse_html = (
-        f"<h2>{len(worse)} blend(s) clearly worse</h2><ul>"
-        + "".join(
-            f"<li><code>{esc(c.dataset)}/{esc(c.id)}</code>: {esc('; '.join(c.worse))}</li>"
-            for c in worse
-        )
-        + "</ul>"
-        if worse
-        else ""
-    )
-    notes_html = "".join(f"<p>{esc(line.replace('`', ''))}</p>" for line in notes(result))
+    worse_html = ""
+    for mixed, heading in ((False, "clearly worse"), (True, "mixed")):
+        found = [c for c in comparison.blends if c.worse and c.mixed == mixed]
+        if found:
+            worse_html += (
+                f"<h2>{len(found)} blend(s) {heading}</h2><ul>"
+                + "".join(
+                    f"<li><code>{esc(c.dataset)}/{esc(c.id)}</code>: {esc(_why(c))}</li>"
+                    for c in found
+                )
+                + "</ul>"
+            )
+    notes_html = "".join(f"<p>{line}</p>" for line in html_lines(lambda span: notes(result, span)))
     identical = _identical_line(comparison)
     if identical:
         figures += f"<p>{esc(identical)}</p>"
@@ -687,10 +880,11 @@ def html_report(result: RunResult, links: Links) -> str:
 <h1 class="{comparison.verdict}">{VERDICT_ICONS[comparison.verdict]} {esc(title)}</h1>
 {"".join(paragraphs)}
 <h2>Metrics</h2>
-<table><tr><th>metric</th><th>base</th><th>head</th><th>Δ</th><th>95% CI</th><th>tolerance</th>
-<th>detectable</th><th>p</th><th>p (adj.)</th><th>status</th></tr>{rows}</table>
-<p class="note">{esc(DELTA_NOTE)}</p>
-{worse_html}{notes_html}
+<table><tr><th>metric</th><th>Δ [{level(comparison)} CI]</th><th>tolerance</th><th>status</th>
+<th>detectable</th><th>p</th><th>p (adj.)</th><th>base's own median</th>
+<th>head's own median</th></tr>{rows}</table>
+<p class="note">{esc(delta_note(comparison))}</p>
+{failures_html(result)}{worse_html}{notes_html}
 <h2>Residuals, most changed first</h2>
 <p>observed · base model · head model · base residual · head residual · head − base</p>
 {figures or "<p>No residual comparisons.</p>"}

@@ -122,7 +122,7 @@ def scarlet_repository(fake_github: FakeGitHub, tmp_path: Path, synthetic_set: P
     """A tiny scarlet repository (a PR branch ``feature`` whose models are 0.1 % brighter,
     within every tolerance) installed on the fake GitHub, and two synthetic blends:
     (repository folder, blend set, installation id)."""
-    repo, _ = tiny_repository(tmp_path / "scarlet")
+    repo, main = tiny_repository(tmp_path / "scarlet")
     tiny_pull_request(repo)
     dataset = two_blends(synthetic_set, tmp_path / "blends")
     installation = fake_github.add_installation("octo", [REPO])
@@ -130,6 +130,7 @@ def scarlet_repository(fake_github: FakeGitHub, tmp_path: Path, synthetic_set: P
         REPO,
         installation_id=installation.id,
         collaborators={"maintainer": "maintain", "reader": "read"},
+        branches={"main": main},  # a PR's base.sha
     )
     return repo, dataset, installation.id
 
@@ -320,6 +321,7 @@ async def test_closing_a_pr_cancels_its_run(bot):
     pull = bot.fake.add_pull(REPO, 13, head_sha=head(bot), base_ref="main")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
     await bot.started(pull.head_sha)
+    pull.state = "closed"
     assert await bot.send("pull_request", "closed", pull=pull) == 202
     (run,) = await bot.completed(pull.head_sha, timeout=60)
     assert run.conclusion == "cancelled"
@@ -341,6 +343,7 @@ async def test_a_pr_closed_while_its_check_run_is_created_concludes_it(bot):
     pull = bot.fake.add_pull(REPO, 15, head_sha=head(bot), base_ref="main")
     assert await bot.send("pull_request", "opened", pull=pull) == 202
     await asyncio.sleep(0.3)
+    pull.state = "closed"
     assert await bot.send("pull_request", "closed", pull=pull) == 202
     (run,) = await bot.completed(pull.head_sha, timeout=30)
     assert run.conclusion == "cancelled"
@@ -608,6 +611,8 @@ async def test_a_forks_check_run_waiting_for_a_maintainer_ends_with_its_pr_or_sh
     if then == "synchronize":
         (bot.repo / "NOTES").write_text("the fork pushes again\n")
         pull.head_sha = commit(bot.repo, "fork push")
+    else:
+        pull.state = "closed"
     assert await bot.send("pull_request", then, pull=pull) == 202
     (run,) = await bot.completed(waiting, timeout=30)
     assert run.conclusion == "cancelled"
@@ -734,7 +739,8 @@ async def test_a_new_base_branch_runs_the_pr_again_against_it(bot):
     (second,) = [run for run in runs if run.id != first.id]
     assert second.conclusion == "success", second.output
     job = await bot.server.app[SERVICE].jobs.latest(REPO, 28)
-    assert (job.base, job.check_run_id) == ("develop", second.id)
+    assert (job.base, job.base_sha) == ("refs/heads/develop", pull.base_sha)
+    assert job.check_run_id == second.id
     # An edit of the title alone (the example's change) runs nothing.
     assert await bot.send("pull_request", "edited", pull=pull) == 202
     await asyncio.sleep(1.0)

@@ -317,6 +317,7 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
         data_dir=tmp_path,
         datasets=(tmp_path / "set1",),
         store="gs://bucket/scarlet",
+        private_store="gs://private/scarlet",
         cloud_run_job=JOB_NAME,
         cloud_run_tasks=8,
     )
@@ -327,7 +328,9 @@ def test_the_bot_shards_over_cloud_run_when_a_job_is_configured(tmp_path):
     run_args = runs.args(job, runs.out)
     assert run_args[0] == "run" and "--progress-json" in run_args
     assert run_args[run_args.index("--store") + 1] == "gs://bucket/scarlet"
+    assert run_args[run_args.index("--private-store") + 1] == "gs://private/scarlet"
     merge = runs.merge_args(job, runs.out)
+    assert merge[merge.index("--private-store") + 1] == "gs://private/scarlet"
     assert merge[:2] == ["merge", "--out"] and merge[merge.index("--shards") + 1] == "8"
     assert runs.task_count == 8
 

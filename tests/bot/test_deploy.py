@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -129,7 +130,7 @@ def test_runner_job_definition() -> None:
     assert task["maxRetries"] == 1
     assert task["serviceAccountName"].startswith("scarlet-runner@")
     (container,) = task["containers"]
-    assert re.fullmatch(r"\S+-docker\.pkg\.dev/\S+/runner:\S+", container["image"])
+    assert container["image"] == "REPLACE_WITH_IMAGE"  # the pushed tag (deploy/README.md)
     assert "command" not in container and "args" not in container  # the image's entrypoint
     limits = container["resources"]["limits"]
     memory = int(limits["memory"].removesuffix("Gi"))
@@ -161,38 +162,51 @@ def test_the_state_bucket_forgets_deliveries_and_days_but_not_unfinished_work() 
     assert all(r["action"]["type"] == "Delete" for r in rules)
 
 
-def test_lifecycle_deletes_pr_runs_stored_outcomes_and_shared_environments_only() -> None:
-    rules = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
-    deleting = [r for r in rules if r["action"]["type"] == "Delete"]
-    assert deleting
-    prefixes = [p for r in deleting for p in r["condition"].get("matchesPrefix", [])]
-    assert prefixes == ["runs/pr/", "outcomes/", "environments/", "ccache/"]  # a miss: work redone
-    for rule in deleting:
+def lifecycle(name: str) -> dict[str, int]:
+    """A lifecycle file's Delete rules: age by prefix (each rule has a prefix)."""
+    rules = json.loads((DEPLOY / name).read_text())["rule"]
+    assert rules and all(r["action"]["type"] == "Delete" for r in rules)
+    ages = {}
+    for rule in rules:
         condition = rule["condition"]
         assert condition.get("matchesPrefix"), "a Delete rule without a prefix hits everything"
         assert 1 <= condition["age"] <= 365
+        ages |= {prefix: condition["age"] for prefix in condition["matchesPrefix"]}
+    return ages
+
+
+def test_the_public_bucket_deletes_pr_runs_only() -> None:
+    ages = lifecycle("artifacts-lifecycle.json")
+    assert ages == {"runs/pr/": 30}
     for kept in ("images/ab.png", "runs/commit/pmelchior/scarlet/" + "a" * 40 + "/result.json"):
-        assert not any(kept.startswith(p) for p in prefixes)
+        assert not kept.startswith(tuple(ages))
+
+
+def test_the_private_bucket_deletes_what_is_only_work_redone() -> None:
+    ages = lifecycle("private-lifecycle.json")
+    assert set(ages) == {"runs/", "outcomes/", "environments/", "ccache/"}  # a miss: work redone
+    assert ages["environments/"] <= 7 <= ages["runs/"]
 
 
 def test_lifecycle_prefixes_match_the_store_layout() -> None:
     from runner.deblend.outcomes import PREFIX
     from runner.deblend.shared import COMPILER_PREFIX, Place
+    from runner.publish.merge import shard_prefix
     from runner.store import run_prefix
 
-    rules = json.loads((DEPLOY / "bucket-lifecycle.json").read_text())["rule"]
-    runs, outcomes, environments, compilers = rules
-    assert outcomes["condition"]["matchesPrefix"] == [f"{PREFIX}/"]
-    assert compilers["condition"]["matchesPrefix"] == [COMPILER_PREFIX]
-    key = run_prefix("pmelchior/scarlet", 7, "a" * 40)
-    assert any(key.startswith(p) for p in runs["condition"]["matchesPrefix"])
-    assert not any(
-        run_prefix("pmelchior/scarlet", None, "a" * 40).startswith(p)
-        for p in runs["condition"]["matchesPrefix"]
-    )
+    public, private = lifecycle("artifacts-lifecycle.json"), lifecycle("private-lifecycle.json")
+    assert run_prefix("pmelchior/scarlet", 7, "a" * 40).startswith(tuple(public))
+    assert not run_prefix("pmelchior/scarlet", None, "a" * 40).startswith(tuple(public))
     place = Place.of("0123abcd", Path("/tmp/scarlet-regression/envs/0123abcd"))
-    for shared in (place.stem + ".tar.zst", place.lease, place.failure):
-        assert shared.startswith(tuple(environments["condition"]["matchesPrefix"]))
+    for key in (
+        f"{PREFIX}/k/x.json",
+        f"{COMPILER_PREFIX}k.tar",
+        place.stem + ".tar.zst",
+        place.lease,
+        place.failure,
+        shard_prefix("pmelchior/scarlet", None, "a" * 40, 0, 2) + "result.json",
+    ):
+        assert key.startswith(tuple(private)), key
 
 
 # -- Secret Manager
@@ -348,10 +362,195 @@ def test_a_required_secret_missing_stops_the_start_with_one_line_naming_it(
 
 
 def deploy_commands() -> list[str]:
-    """The shell commands of deploy/README.md's code block, continuation lines joined."""
+    """The shell commands of deploy/README.md's code blocks, continuation lines joined and
+    comments dropped."""
     text = (DEPLOY / "README.md").read_text()
-    block = text.split("```sh\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
-    return [ln.split("#")[0].strip() for ln in block.splitlines() if ln.split("#")[0].strip()]
+    blocks = re.findall(r"^```sh\n(.*?)^```", text, re.S | re.M)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [re.sub(r"(^|\s)#.*$", "", line).strip() for line in lines]
+    return [c for c in commands if c]
+
+
+# What each gcloud command of the README must be given to run as written (without a
+# prompt or a default that differs between projects): a command missing here fails, so
+# that a new step is looked at.
+GCLOUD_REQUIRES = {
+    ("config", "set"): set(),
+    ("config", "get-value"): set(),
+    ("services", "enable"): set(),
+    ("storage", "buckets", "create"): {"--location", "--uniform-bucket-level-access"},
+    ("storage", "buckets", "update"): {"--lifecycle-file"},
+    ("storage", "buckets", "add-iam-policy-binding"): {"--member", "--role"},
+    ("storage", "cp"): set(),
+    ("iam", "roles", "create"): {"--project", "--permissions"},
+    ("iam", "service-accounts", "create"): set(),
+    ("iam", "service-accounts", "add-iam-policy-binding"): {"--member", "--role"},
+    ("secrets", "create"): {"--replication-policy"},
+    ("secrets", "add-iam-policy-binding"): {"--member", "--role"},
+    ("projects", "describe"): set(),
+    ("projects", "add-iam-policy-binding"): {"--member", "--role"},
+    ("artifacts", "repositories", "create"): {"--repository-format", "--location"},
+    ("builds", "submit"): {"--config", "--ignore-file", "--substitutions"},
+    ("run", "jobs", "replace"): {"--region"},
+    ("run", "jobs", "add-iam-policy-binding"): {"--region", "--member", "--role"},
+    ("run", "jobs", "executions", "list"): {"--region", "--job"},
+    ("app", "create"): {"--region"},
+    ("app", "describe"): {"--format"},
+    ("app", "deploy"): set(),
+    ("app", "logs", "tail"): set(),
+    ("auth", "application-default", "login"): set(),
+}
+
+
+def substitutions(command: str) -> list[str]:
+    """The commands inside ``$(...)`` of ``command`` (parentheses in them balanced)."""
+    found, depth, start = [], 0, 0
+    for index, char in enumerate(command):
+        if command.startswith("$(", index) and depth == 0:
+            start, depth = index + 2, 1
+        elif char == "(" and depth and index != start - 1:
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+            if depth == 0:
+                found.append(command[start:index])
+    return found
+
+
+def gcloud_calls() -> list[tuple[tuple[str, ...], dict[str, str], list[str]]]:
+    """Every gcloud call of the README (inside ``$(...)`` too): its command, its flags
+    (name: value) and its positional arguments."""
+    calls = []
+    for command in deploy_commands():
+        for text in [command, *substitutions(command)]:
+            words = shlex.split(text)
+            if words[0] != "gcloud":
+                continue
+            words = words[1 : words.index(">") if ">" in words else None]
+            flags = {w.split("=")[0]: w.partition("=")[2] for w in words if w.startswith("--")}
+            positional = [w for w in words if not w.startswith("-")]
+            name = max((k for k in GCLOUD_REQUIRES if tuple(positional[: len(k)]) == k), key=len)
+            calls.append((name, flags, positional[len(name) :]))
+    return calls
+
+
+def test_every_gcloud_line_is_given_what_it_requires() -> None:
+    calls = gcloud_calls()
+    assert len(calls) > 30
+    for name, flags, _ in calls:
+        assert GCLOUD_REQUIRES[name] <= set(flags), (name, GCLOUD_REQUIRES[name] - set(flags))
+        if name[0] == "run":
+            assert flags["--region"] == "$REGION", name
+    assert all(f["--location"] == "$REGION" for n, f, _ in calls if "--location" in f)
+    assert [f["--region"] for n, f, _ in calls if n == ("app", "create")] == ["$APP_REGION"]
+
+
+def test_every_command_runs_as_written() -> None:
+    """Quotes balance, no optional part in brackets, no placeholder left to edit, and
+    every variable set before it is used (by the first block, a loop or a command)."""
+    defined = {"HOME"}
+    for command in deploy_commands():
+        words = shlex.split(command)
+        assert not [w for w in words if w.startswith("[")], command
+        if words[0] != "sed":
+            assert "REPLACE_WITH" not in command and "<" not in command, command
+        assigned = re.findall(r"(?:^|[\s;)])([A-Za-z_]\w*)=", command)
+        assigned += re.findall(r"\bfor (\w+) in\b", command)
+        used = re.findall(r"\$\{?([A-Za-z_]\w*)", command)
+        defined |= set(assigned)
+        assert not set(used) - defined, (command, set(used) - defined)
+    assert {"PROJECT", "REGION", "BUCKET", "ORG", "IMAGE", "HOST", "APP_ID"} <= defined
+
+
+def test_the_region_is_set_once() -> None:
+    region = re.compile(
+        r"\b(?:us|europe|asia|northamerica|southamerica|australia|me|africa)-[a-z]+\d\b"
+    )
+    named = [c for c in deploy_commands() if region.search(c)]
+    assert [c.split()[:2] for c in named] == [["REGION=us-central1"], ["case", "$REGION"]]
+    for name in ("app.yaml", "deploy/runner-job.yaml", "deploy/cloudbuild.yaml"):
+        assert not region.search((ROOT / name).read_text()), name
+
+
+FAKE = {
+    "PROJECT": "proj",
+    "REGION": "europe-west3",
+    "BUCKET": "proj-sr",
+    "IMAGE": "europe-west3-docker.pkg.dev/proj/scarlet/runner:abc1234",
+    "HOST": "proj.ew.r.appspot.com",
+    "APP_ID": "12345",
+}
+
+
+def filled(name: str) -> Any:
+    """``name`` (app.yaml or deploy/runner-job.yaml) as the README's sed fills it, with
+    the ``FAKE`` values."""
+    (sed,) = [shlex.split(c) for c in deploy_commands() if c.startswith("sed ") and name in c]
+    text = (ROOT / name).read_text()
+    for word, expression in itertools.pairwise(sed):
+        if word == "-e":
+            _, old, new, _ = expression.split("|")
+            text = text.replace(old, re.sub(r"\$(\w+)", lambda m: FAKE[m[1]], new))
+    loaded = yaml.safe_load(text)
+    assert "REPLACE_WITH" not in json.dumps(loaded), name
+    return loaded
+
+
+def test_the_readme_fills_every_placeholder_of_the_job_and_the_app() -> None:
+    job = filled("deploy/runner-job.yaml")
+    (container,) = job["spec"]["template"]["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == FAKE["IMAGE"]  # the tag the build pushed, never :latest
+    volume = job["spec"]["template"]["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["csi"]["volumeAttributes"]["bucketName"] == "proj-sr-data"
+    env = filled("app.yaml")["env_variables"]
+    assert env["SCARLET_BOT_CLOUD_RUN_JOB"] == (
+        "projects/proj/locations/europe-west3/jobs/scarlet-runner"
+    )
+    assert env["SCARLET_BOT_PUBLIC_URL"] == "https://proj.ew.r.appspot.com"
+    assert env["GITHUB_APP_ID"] == "12345"
+    buckets = [env[k] for k in ("SCARLET_BOT_STORE", "SCARLET_BOT_PRIVATE_STORE")]
+    assert buckets == ["gs://proj-sr", "gs://proj-sr-private"]
+    (build,) = [f for n, f, _ in gcloud_calls() if n == ("builds", "submit")]
+    assert build["--substitutions"] == "_IMAGE=$IMAGE"
+    (image,) = [c for c in deploy_commands() if c.startswith("IMAGE=")]
+    assert image.endswith(":$(git rev-parse --short HEAD)")
+
+
+def test_the_public_bucket_is_read_by_name_and_nobody_lists_it() -> None:
+    calls = gcloud_calls()
+    (role,) = [f for n, f, a in calls if n == ("iam", "roles", "create") and "Reader" in a[0]]
+    assert role["--permissions"] == "storage.objects.get"
+    grants = {
+        (a[0], f["--member"]): f["--role"]
+        for n, f, a in calls
+        if n == ("storage", "buckets", "add-iam-policy-binding")
+    }
+    reader = "projects/$PROJECT/roles/scarletObjectReader"
+    assert grants[("gs://$BUCKET", "allUsers")] == reader
+    assert grants[("gs://$BUCKET", "serviceAccount:$BOT")] == reader
+    private = [m for (bucket, m) in grants if bucket == "gs://$BUCKET-private"]
+    assert private == ["serviceAccount:$RUNNER"]  # the runner's alone
+    (closed,) = [
+        a
+        for n, f, a in calls
+        if n == ("storage", "buckets", "create") and "--public-access-prevention" in f
+    ]
+    assert {"gs://$BUCKET-private", "gs://$BUCKET-bot", "gs://$BUCKET-data"} <= set(closed)
+
+
+def test_the_bot_may_act_as_the_runner_and_you_as_both() -> None:
+    grants = {
+        (a[0], f["--member"], f["--role"])
+        for n, f, a in gcloud_calls()
+        if n == ("iam", "service-accounts", "add-iam-policy-binding")
+    }
+    user = "roles/iam.serviceAccountUser"
+    assert grants == {
+        ("$RUNNER", "serviceAccount:$BOT", user),
+        ("$RUNNER", "$ME", user),
+        ("$BOT", "$ME", user),
+    }
+    assert "`iam.serviceAccounts.actAs`" in (DEPLOY / "iam.md").read_text()
 
 
 def test_every_secret_has_a_version_before_the_first_deploy() -> None:
@@ -456,6 +655,39 @@ def test_gcloudignore_uploads_the_app_and_nothing_else() -> None:
     assert {"runner/__init__.py", "runner/store/__init__.py"} <= needed
     assert needed <= set(upload)  # every module the bot can import is there
     assert not [f for f in upload if f.startswith("runner/") and f not in needed]
+
+
+def build_upload(files: list[str]) -> list[str]:
+    """The files of ``files`` that ``gcloud builds submit`` uploads as the README runs it:
+    its ``--ignore-file``, read (as gcloud reads it) relative to the uploaded directory."""
+    (build,) = [(f, a) for n, f, a in gcloud_calls() if n == ("builds", "submit")]
+    flags, (source,) = build
+    assert source == "."  # the repository root
+    lines = (ROOT / flags["--ignore-file"]).read_text().splitlines()
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    return [f for f in files if not spec.match_file(f)]
+
+
+def test_cloud_build_uploads_the_dockerfile_and_what_it_copies() -> None:
+    files = repository_files()
+    bogus = ["app-credentials/key.pem", ".venv/bin/python", "bot/__pycache__/app.pyc"]
+    upload = build_upload([*files, *bogus, "data/hsc/set1/blend-0.npz", "tests/x.py"])
+    config = load_yaml(DEPLOY / "cloudbuild.yaml")
+    (step,) = config["steps"]
+    args = step["args"]
+    dockerfile, context = args[args.index("-f") + 1], args[-1]
+    assert context == "." and {dockerfile, dockerfile + ".dockerignore"} <= set(upload)
+    copied = []
+    for line in (ROOT / dockerfile).read_text().splitlines():
+        if line.startswith("COPY "):
+            copied += line.split()[1:-1]
+    assert {"runner", "bot", "pyproject.toml", "README.md"} <= set(copied)
+    needed = [f for f in files if any(f == c or f.startswith(c + "/") for c in copied)]
+    needed = [f for f in needed if "__pycache__" not in f]
+    assert needed and set(needed) <= set(upload)
+    assert set(upload) == {*needed, dockerfile, dockerfile + ".dockerignore"}
+    # The root .gcloudignore (App Engine's allow-list) would leave the Dockerfile out.
+    assert dockerfile not in uploaded(files)
 
 
 NOT_UPLOADED = ("data/", "tests/", "benchmarks/", "app-credentials/", ".venv/", "deploy/", ".git")

@@ -153,7 +153,7 @@ async def test_a_dependency_break_opens_one_issue_until_drift_is_clean_again(bot
     (issue,) = [i for i in fake.issues(REPO) if i not in (decoy, bot_decoy)]
     assert issue.state == "open" and issue.body.startswith(DRIFT_MARKER)
     assert "tinyscale" in issue.title
-    assert "| `tinyscale` | 1.0 | 2.0 |" in issue.body and "TypeError" in issue.body
+    assert "| `tinyscale` | `1.0` | `2.0` |" in issue.body and "TypeError" in issue.body
     assert "/trends" not in issue.body, "drift runs are no point of the trends"
 
     # Day 3: still broken. The same issue is updated; no second one.

@@ -245,11 +245,14 @@ async def test_superseded_sha_cancelled_through_the_store(harness):
     assert await all_gone(harness.tmp / "pids")
 
 
-async def test_only_submitted_jobs_run(harness):
-    held = await harness.store.add(make_job("ok", pr=5))  # e.g. a fork awaiting approval
+async def test_held_jobs_never_run(harness):
+    held = make_job("ok", pr=5)
+    held.state = "held"  # e.g. a fork awaiting approval
+    held = await harness.store.add(held)
     job = await harness.dispatcher.submit(make_job("ok"))
     await harness.outcome(job)
-    assert (await harness.store.get(held.id)).state == "queued"
+    await harness.dispatcher.resume()
+    assert (await harness.store.get(held.id)).state == "held"
 
 
 async def test_concurrency_one_runs_jobs_one_after_the_other(harness):

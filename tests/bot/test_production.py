@@ -92,7 +92,7 @@ async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(
     deployment.shared |= {
         "cloud_run_job": JOB,
         "cloud_run_emulator": cloud_run.endpoint,
-        "cloud_run_poll": 0.5,
+        "watch_interval": 0.5,
     }
     old = await deployment.instance("old")
     pull = deployment.fake.add_pull(REPO, 31, head_sha=head(old), base_ref="main")

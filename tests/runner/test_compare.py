@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from runner.commands import main
-from runner.judge.compare import compare, identical_measurements
+from runner.judge.compare import compare, identical_measurements, needs_retiming
 from runner.judge.metrics import metric_names
 from runner.judge.paired import signed_rank_p
 from runner.judge.policy import CompareConfig, ConfigError, differences, parse_config
-from runner.result import SCHEMA_FILE, BlendRun, Build, RunResult
+from runner.result import SCHEMA_FILE, BlendRun, Build, RetimedBlend, RunResult
 from support import BANDS, shift_head, synthetic_result
 
 
@@ -41,7 +41,7 @@ def test_identical_code_passes_with_every_science_metric_unchanged():
     for metric in comparison.metrics:
         if metric.kind == "science":
             assert metric.status == "unchanged" and metric.p is None
-    assert by_name(comparison)["runtime_per_source"].status == "unchanged"
+    assert by_name(comparison)["cpu_time_per_source"].status == "unchanged"
     assert comparison.tally.changed == comparison.tally.worse == 0
 
 
@@ -171,17 +171,69 @@ def test_sources_neither_side_measures_are_excluded_and_listed():
     assert comparison.verdict == "pass"
 
 
-def test_timing_noise_is_not_a_regression_but_twice_as_slow_is():
-    result = synthetic_result(timing_noise=0.1)
-    assert by_name(compare(result, CompareConfig()))["runtime_per_source"].status == "unchanged"
+def slower(result, factor, models_change=True):
+    """Head's CPU time ``factor`` times base's on every blend; its models changed too
+    (by round-off) unless ``models_change`` is False."""
     for blend in result.blends:
-        blend.head.fit_time *= 2
-        blend.head.init_time *= 2
+        blend.head.cpu_time = blend.base.cpu_time * factor
+        if models_change:
+            blend.head.model_hash = "d" * 64
+    return result
+
+
+def retimed(result, factor, repeats=3):
+    """A confirming re-timing of ten blends in which head takes ``factor`` times base's
+    CPU time (with 2 % noise)."""
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 0.02, (10, repeats))
+    result.retiming = [
+        RetimedBlend("set", b.id, b.n_sources, [1.0] * repeats, list(factor * np.exp(n)))
+        for b, n in zip(result.blends[:10], noise, strict=True)
+    ]
+    return result
+
+
+def test_timing_noise_is_not_a_regression_but_twice_as_slow_is_when_a_re_timing_agrees():
+    result = synthetic_result(timing_noise=0.1)
+    runtime = by_name(compare(result, CompareConfig()))["cpu_time_per_source"]
+    assert runtime.status == "unchanged"
+    slow = slower(synthetic_result(timing_noise=0.1), 2.0)
+    comparison = compare(slow, CompareConfig())
+    runtime = by_name(comparison)["cpu_time_per_source"]
+    assert runtime.delta == pytest.approx(2, rel=0.1) and runtime.unit == "s"
+    assert runtime.status == "inconclusive" and not runtime.gating  # not yet confirmed
+    assert needs_retiming(comparison) and comparison.verdict == "pass"
+    comparison = compare(retimed(slow, 2.0), CompareConfig())
+    runtime = by_name(comparison)["cpu_time_per_source"]
+    assert runtime.status == "regressed" and runtime.retimed.confirmed
+    assert runtime.retimed.delta == pytest.approx(2, rel=0.05) and runtime.retimed.pairs == 30
+    assert comparison.verdict == "fail" and comparison.reasons == ["regressed: CPU time per source"]
+
+
+def test_a_slowdown_a_re_timing_does_not_confirm_is_only_reported():
+    comparison = compare(retimed(slower(synthetic_result(), 2.0), 1.0), CompareConfig())
+    runtime = by_name(comparison)["cpu_time_per_source"]
+    assert runtime.status == "inconclusive" and not runtime.gating
+    assert not runtime.retimed.confirmed and "re-timing did not confirm" in runtime.note
+    assert comparison.verdict == "pass" and not needs_retiming(comparison)
+
+
+def test_timing_alone_never_fails_a_run_whose_models_are_bit_identical():
+    result = retimed(slower(synthetic_result(), 2.0, models_change=False), 2.0)
     comparison = compare(result, CompareConfig())
-    runtime = by_name(comparison)["runtime_per_source"]
-    assert runtime.status == "regressed" and runtime.delta == pytest.approx(2, rel=0.1)
-    assert runtime.unit == "s"
-    assert comparison.verdict == "fail"
+    runtime = by_name(comparison)["cpu_time_per_source"]
+    assert comparison.models_bit_identical and not runtime.gating
+    assert "bit-identical" in runtime.note and not needs_retiming(comparison)
+    assert comparison.verdict == "pass"
+
+
+def test_the_worker_s_own_wall_clock_is_reported_never_judged():
+    result = slower(synthetic_result(), 1.0)
+    for blend in result.blends:
+        blend.head.init_time = blend.base.init_time * 3
+    init = by_name(compare(result, CompareConfig()))["init_time"]
+    assert init.status == "regressed" and not init.gating
+    assert compare(result, CompareConfig()).verdict == "pass"
 
 
 def test_a_blend_that_errors_only_with_head_fails():

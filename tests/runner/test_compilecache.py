@@ -174,7 +174,7 @@ def test_without_ccache_revisions_build_without_a_cache(tiny_c, monkeypatch):
 def test_the_compiler_cache_a_trusted_run_wrote_travels_through_the_store(runs, tmp_path):
     base, head, builds = runs
     store = LocalStore(tmp_path / "store")
-    shared = ("--store", str(store.root), "--repository", "octo/scarlet")
+    shared = ("--private-store", str(store.root), "--repository", "octo/scarlet")
     trusted = builds(base, base, "trusted", "--trusted-ref", "main", *shared)
     assert trusted[0] == "ccache: 0 hits, 1 miss (writable)"
     (key,) = store.list("ccache/")

@@ -59,10 +59,11 @@ def test_a_newer_release_of_a_dependency_breaks_the_deblend_and_the_drift_run_na
     assert all(b.head.status == "errored" and "TypeError" in b.head.error for b in result.blends)
     assert result.comparison.verdict == "fail" and drift_failed(result)
     text = comment(result, Links())
-    assert "| `tinyscale` | 1.0 | 2.0 |" in text and "2 errored deblend(s)" in text
-    assert "| `tinyscale` | 1.0 | 2.0 |" in check_run_output(result, Links()).summary
+    assert "| `tinyscale` | `1.0` | `2.0` |" in text and "2 errored deblend(s)" in text
+    assert "| `tinyscale` | `1.0` | `2.0` |" in check_run_output(result, Links()).summary
     title, body = drift_issue(result, Links())
-    assert "tinyscale" in title and "TypeError" in body and "| `tinyscale` | 1.0 | 2.0 |" in body
+    assert "tinyscale" in title and "TypeError" in body
+    assert "| `tinyscale` | `1.0` | `2.0` |" in body
 
     # With the lock, the same revision is clean: deblended twice, identical models.
     assert runner("run", repo, dataset, tmp_path / "locked", "--head", sha, "--base", sha) == 0

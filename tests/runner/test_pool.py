@@ -6,11 +6,10 @@ import json
 import socket
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from runner.deblend.pool import SWITCH_AT, Side, Task, TaskQueue, run_tasks
+from runner.deblend.pool import Side, Task, run_tasks
 from runner.deblend.sandbox import isolation
 from runner.secretfiles import HIDE_VARIABLE
 from support import FAULTY_ADAPTER, write_blend_with
@@ -113,36 +112,6 @@ def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypat
     seen = outcomes[0].reply["version"]
     assert "GITHUB_APP_PRIVATE_KEY" not in seen
     assert "OMP_NUM_THREADS" in seen
-
-
-def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set, tmp_path):
-    sides = {name: Side(name, sys.executable, FAULTY_ADAPTER) for name in ("base", "head")}
-    blends = sorted(synthetic_set.glob("*.npz"))
-    tasks = [
-        Task(side, path, tmp_path / f"{path.stem}.{side}.npz", {})
-        for path in blends
-        for side in ("base", "head")
-    ]
-    outcomes = []
-    run_tasks(tasks, sides, tmp_path, 2, 10.0, outcomes.append)
-    assert len(outcomes) == 2 * len(blends) and all(o.error is None for o in outcomes)
-    started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
-    assert started == ["worker-0-base.log", "worker-1-head.log"]
-
-
-def test_a_slot_with_nothing_left_for_its_revision_takes_the_other_s_when_many_wait():
-    """Base reused but for one blend: the base slot then helps with head's blends, but
-    does not start a worker for the last few."""
-    tasks = [Task("base", Path("b0"), Path("o"), {})]
-    tasks += [Task("head", Path(f"h{i}"), Path("o"), {}) for i in range(SWITCH_AT + 2)]
-    queue = TaskQueue(tasks)
-    assert queue.take({"base"}, only_preferred=True).side == "base"
-    assert queue.take({"head"}, only_preferred=True).blend == Path("h0")
-    assert queue.take({"base"}, only_preferred=True).blend == Path("h1")  # switches
-    while len(queue.tasks) >= SWITCH_AT:
-        assert queue.take({"head"}, only_preferred=True).side == "head"
-    assert queue.take({"base"}, only_preferred=True) is None  # too few to start a worker
-    assert queue.take({"base"}, only_preferred=False).side == "head"  # the only slot
 
 
 MALICIOUS = """

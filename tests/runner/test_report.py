@@ -45,9 +45,10 @@ def test_the_comment_leads_with_marker_verdict_and_the_changed_metrics():
     assert table < text.index("unchanged metric(s)</summary>")
     row = next(line for line in lines if line.startswith("| mag error r [mag] |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[3] == "+0.0100" and cells[4] == "[+0.0100, +0.0100]"
-    assert cells[5] == "±0.005", "the tolerance is stated in the form of Δ"
-    assert cells[7:] == ["<0.001", "🔴 regressed"]
+    assert cells[1] == "+0.0100 [+0.0100, +0.0100]", "Δ with its interval first"
+    assert cells[2] == "±0.005", "the tolerance is stated in the form of Δ"
+    assert cells[3] == "🔴 regressed" and cells[5] == "<0.001"
+    assert "| base's own median | head's own median |" in text
     assert "| \\|mag error\\|, mean over bands [mag] |" in text, "pipes in labels are escaped"
     assert "Δ: the median paired difference head − base" in text
     assert text.lower().count("full report") == 1, "the full report is linked once"
@@ -82,13 +83,14 @@ def test_identical_code_says_so_and_shows_a_short_table():
 def test_timings_carry_units_and_ratios_their_factor():
     result = synthetic_result()
     for blend in result.blends:
-        blend.head.fit_time *= 2
-        blend.head.init_time *= 2
+        blend.head.cpu_time *= 2
+        blend.head.model_hash = "e" * 64
     text = comment(compared(result), LINKS)
-    row = next(line for line in text.splitlines() if line.startswith("| runtime per source [s] |"))
+    row = next(line for line in text.splitlines() if line.startswith("| CPU time per source [s] |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[3].startswith("×2.")
-    assert cells[5] == "×1.25"
+    assert cells[1].startswith("×2.")
+    assert cells[2] == "×1.25"
+    assert cells[3] == "🟡 inconclusive — not re-timed to confirm it: reported only"
 
 
 def test_the_policy_and_what_the_head_would_change_are_stated():
@@ -138,9 +140,10 @@ def test_the_check_run_output_names_the_verdict_and_lists_errors():
     result = synthetic_result()
     result.blends[0].head = BlendRun(status="errored", error="TypeError: boom\ntraceback…")
     output = check_run_output(compared(result), LINKS)
-    assert output.title == "fail: regressed: errored blends"
-    assert "| errored blends | 0 | 1 | +1 |" in output.summary
-    assert "- `set/b0` head: TypeError: boom" in output.text
+    assert output.title == "fail: head errors on 1 of 40 blends: TypeError"
+    assert "| errored blends | +1 | 0 | 🔴 regressed | any | – | 0 | 1 |" in output.summary
+    assert "<summary>head errors on 1 of 40 blends: `TypeError`</summary>" in output.text
+    assert "e.g. `set/b0`" in output.text and "TypeError: boom" in output.text
 
 
 class _Parser(html.parser.HTMLParser):

@@ -101,18 +101,20 @@ def test_a_revision_that_does_not_exist_stops_the_run_with_one_line(setup, capsy
     assert not (out / "result.json").exists()
 
 
-def test_a_head_that_does_not_build_errors_its_side_and_base_is_still_measured(setup, capsys):
+@pytest.mark.parametrize("full", [False, True])
+def test_a_head_that_does_not_build_fails_naming_its_error_and_nothing_is_deblended(
+    setup, capsys, full
+):
     repo, base, _, dataset, out = setup
     (repo / "pyproject.toml").write_text("[project\nname = broken")
     broken = commit(repo, "break the build")
-    assert run_cli(repo, broken, base, dataset, out) == 0
+    assert run_cli(repo, broken, base, dataset, out, *(["--full"] if full else [])) == 0
     result = RunResult.read(out / "result.json")
     assert result.provenance.head.build.status == "failed"
     assert "pyproject.toml" in result.provenance.head.build.log_tail
-    ok = [b for b in result.blends if b.base.status == "ok"]
-    assert len(ok) == 3
-    for blend in ok:
-        assert blend.head.error.startswith("head revision did not build: ")
+    assert result.blends == [] and not list(out.glob("logs/worker-*.log"))  # base neither
+    assert result.comparison.verdict == "fail"
+    assert result.comparison.reasons[0].startswith("head does not build: ")
     assert "warning: head" in capsys.readouterr().err
 
 
@@ -314,8 +316,9 @@ def test_three_shards_merged_give_the_science_of_one_run(setup, capsys):
 
 def test_shards_stored_by_cloud_run_tasks_merge_from_the_store(setup, monkeypatch):
     repo, base, head, dataset, out = setup
-    store = out.parent / "store"
-    publish = ["--store", str(store), "--repository", "octo/scarlet", "--pr", "3"]
+    store, private = out.parent / "store", out.parent / "private"
+    publish = ["--store", str(store), "--private-store", str(private)]
+    publish += ["--repository", "octo/scarlet", "--pr", "3"]
     for index in range(2):
         monkeypatch.setenv("CLOUD_RUN_TASK_INDEX", str(index))
         monkeypatch.setenv("CLOUD_RUN_TASK_COUNT", "2")

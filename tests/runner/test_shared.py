@@ -78,7 +78,8 @@ def run_shards(pair, dataset: Path, tmp_path: Path, store: str, env: dict, count
         argv = [*own_tmp(own, common), sys.executable, str(TINY_RUNNER), "run",
                 "--repo", str(repo), "--head", head, "--base", base, "--dataset", str(dataset),
                 "--out", str(tmp_path / f"out-{index}"), "--cache", str(common), "--workers", "1",
-                "--shard", f"{index}/{count}", "--store", store, "--repository", "octo/scarlet",
+                "--shard", f"{index}/{count}", "--private-store", store,
+                "--repository", "octo/scarlet",
                 "--pr", "4"]  # fmt: skip
         log = (tmp_path / f"shard-{index}.log").open("wb")
         processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -103,7 +104,7 @@ def assert_built_once(results: list[RunResult]) -> None:
 
 def merged(pair, store: str, tmp_path: Path, count: int = 4) -> RunResult:
     argv = ["merge", "--out", str(tmp_path / "merged"), "--sha", pair[2], "--shards", str(count),
-            "--store", store, "--repository", "octo/scarlet", "--pr", "4"]  # fmt: skip
+            "--private-store", store, "--repository", "octo/scarlet", "--pr", "4"]  # fmt: skip
     assert main(argv) == 0
     return RunResult.read(tmp_path / "merged" / "result.json")
 
@@ -146,7 +147,7 @@ def test_an_environment_at_another_cache_path_is_built_there(
         out = tmp_path / f"out-{index}"
         argv = ["run", "--repo", str(repo), "--head", head, "--base", base, "--adapter", "tiny",
                 "--dataset", str(synthetic_set), "--out", str(out), "--workers", "1",
-                "--cache", str(tmp_path / cache), "--store", str(store),
+                "--cache", str(tmp_path / cache), "--private-store", str(store),
                 "--repository", "octo/scarlet"]  # fmt: skip
         assert main(argv) == 0
         builds.append(RunResult.read(out / "result.json").provenance.head.build)

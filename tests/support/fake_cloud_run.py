@@ -6,7 +6,9 @@ over this process's, and its ``--out`` moved to a folder of its own (the contain
 disk). ``GET .../executions/E`` answers as Cloud Run does: running until the process
 ends, then ``completionTime`` with ``succeededCount`` or ``failedCount`` (and the exit
 code in a condition). ``POST .../executions/E:cancel`` kills the process. Executions go
-on whatever happens to the bot that started them, as on Cloud Run.
+on whatever happens to the bot that started them, as on Cloud Run. ``run_delay`` holds
+the answer to ``:run`` that long after the execution started (Cloud Run answering
+slowly); ``cancelled`` lists the executions cancelled, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +37,8 @@ class FakeCloudRun:
     folder: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     finished: dict[str, str] = field(default_factory=dict)
+    cancelled: list[str] = field(default_factory=list)
+    run_delay: float = 0.0
     endpoint: str = ""
     _count: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,6 +65,7 @@ class FakeCloudRun:
                 start_new_session=True,
             )
         self.processes[name] = process
+        time.sleep(self.run_delay)
         return {"name": name}
 
     def execution(self, name: str) -> dict:
@@ -78,6 +84,7 @@ class FakeCloudRun:
 
     def cancel(self, name: str) -> dict:
         """Stop the execution's process."""
+        self.cancelled.append(name)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.processes[name].pid, signal.SIGTERM)
         return {"name": name}

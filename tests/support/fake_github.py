@@ -484,12 +484,15 @@ class FakeGitHub:
         draft: bool = False,
         merged: bool = False,
         merge_commit_sha: str | None = None,
+        base_sha: str | None = None,
     ) -> PullRequest:
-        """A pull request; ``head_repo`` names a fork, ``head_sha`` defaults to a random SHA;
-        a merged one may name the commit it landed as (``merge_commit_sha``)."""
+        """A pull request; ``head_repo`` names a fork, ``head_sha`` defaults to a random SHA,
+        ``base_sha`` to the head of the base branch (``add_repo``'s ``branches``); a merged
+        one may name the commit it landed as (``merge_commit_sha``)."""
         with self._lock:
             if repo not in self.repos:
                 raise KeyError(f"add_repo({repo!r}) first")
+            base_sha = base_sha or self.repos[repo].branches.get(base_ref) or "0" * 40
             pull = PullRequest(
                 repo=repo,
                 number=number or self._next_number(repo),
@@ -504,6 +507,7 @@ class FakeGitHub:
                 draft=draft,
                 merged=merged,
                 merge_commit_sha=merge_commit_sha,
+                base_sha=base_sha,
             )
             self.pulls[(repo, pull.number)] = pull
         return pull
@@ -645,6 +649,7 @@ class FakeGitHub:
         head repo, draft, author and the installation of its repository); ``repo``
         (``"owner/name"``); ``installation_id``; ``number``; ``head_sha`` (PR head,
         ``check_run``/``check_suite`` head, push ``after``); ``head_ref``; ``base_ref``;
+        ``base_sha``;
         ``head_repo`` (a fork's ``"owner/name"``); ``draft``; ``merged``; ``title``;
         ``body`` (the comment body, or the PR body); ``sender`` (login of the sender,
         also the comment's or PR's author); ``author_association`` (of the comment);
@@ -1490,6 +1495,7 @@ def _apply_overrides(
             "head_sha": pull.head_sha,
             "head_ref": pull.head_ref,
             "base_ref": pull.base_ref,
+            "base_sha": pull.base_sha,
             "draft": pull.draft,
             "pull_requests": [] if pull.fork else [pull],
         }
@@ -1558,6 +1564,8 @@ def _apply_overrides(
     if (base_ref := take("base_ref")) is not None and pr is not None:
         pr["base"]["ref"] = base_ref
         pr["base"]["label"] = f"{pr['base']['label'].split(':')[0]}:{base_ref}"
+    if (base_sha := take("base_sha")) is not None and pr is not None:
+        pr["base"]["sha"] = base_sha
     if (head_repo := take("head_repo")) is not None and pr is not None:
         pr["head"]["repo"] = _set_repo(pr["head"]["repo"], head_repo)
         pr["head"]["repo"]["fork"] = True

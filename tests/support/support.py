@@ -165,6 +165,7 @@ def synthetic_result(
             status="ok",
             init_time=0.1 * fit,
             fit_time=fit,
+            cpu_time=1.1 * fit,
             iterations=int(rng.integers(20, 100)),
             logL=float(rng.uniform(5e3, 3e4)),
             init_logL=float(rng.uniform(1e3, 5e3)),
@@ -175,6 +176,7 @@ def synthetic_result(
         head = copy.deepcopy(base)
         noise = float(np.exp(rng.normal(0, timing_noise)))
         head.fit_time, head.init_time = base.fit_time * noise, base.init_time * noise
+        head.cpu_time = base.cpu_time * noise
         results.append(
             BlendResult("set", f"b{index}", "0" * 64, sources, [40, 40], base, head, 5 * 1600)
         )

@@ -6,8 +6,9 @@ its command line) the deblender. Protocol, one JSON object per line: it announce
 "options": {...}}`` (the blend's inputs alone: no truth) by deblending it, writing the
 arrays the adapter returned (flux, centroid, model) to ``out`` and replying with the
 scalars (``converged`` a bool: False when the fit stopped at its iteration cap), or with
-``{"ok": false, "error": ...}``. Anything the deblender prints goes to stderr. The runner
-times each request itself.
+``{"ok": false, "error": ...}`` (with the traceback's last lines and the function that
+raised it, ``raised_in``). Anything the deblender prints goes to stderr. The runner times
+each request itself.
 """
 
 import importlib.util
@@ -48,6 +49,17 @@ def deblend(adapter, request):
     return reply
 
 
+def raised_in(error):
+    """The qualified name of the function that raised ``error`` (its innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return None
+    code = tb.tb_frame.f_code
+    return getattr(code, "co_qualname", code.co_name)
+
+
 def main():
     """Serve requests from stdin until it closes."""
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
@@ -65,6 +77,7 @@ def main():
                 "ok": False,
                 "error": f"{type(error).__name__}: {error}",
                 "traceback": "\n".join(lines[-15:]),
+                "raised_in": raised_in(error),
             }
         protocol.write(json.dumps(reply) + "\n")
 

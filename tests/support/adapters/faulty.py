@@ -2,9 +2,12 @@
 
 The fault is read from ``images[0, 0, 0]`` of the blend, which the tests set:
 1001 raises, 1002 hangs, 1003 kills the process, 1004 returns NaNs, 1005 prints to
-stdout before answering, 1006 allocates memory without bound. Otherwise the "model" is
+stdout before answering, 1006 allocates memory without bound; every blend raises a
+ValueError where the installed ``tinydeblender.BROKEN`` is true. Otherwise the "model" is
 the image times the installed ``tinydeblender.GAIN`` (1 where it has none), and each
-source's flux the sum of a 5x5 box of the model around its centre.
+source's flux the sum of a 5x5 box of the model around its centre. Each deblend works
+the CPU for ``tinydeblender.WORK`` seconds (0.02 where it has none), so that its CPU
+time can be measured.
 """
 
 import os
@@ -23,14 +26,28 @@ FAULTS = {
 }
 
 
-def _gain():
-    """The installed tinydeblender's GAIN; 1 where it has none or (the pool tests run this
-    file with the test interpreter) where no tinydeblender is installed."""
+def _setting(name, default):
+    """The installed tinydeblender's ``name``; ``default`` where it has none or (the pool
+    tests run this file with the test interpreter) where no tinydeblender is installed."""
     try:
         import tinydeblender
     except ImportError:
-        return 1.0
-    return getattr(tinydeblender, "GAIN", 1.0)
+        return default
+    return getattr(tinydeblender, name, default)
+
+
+def _work(seconds):
+    """Keep the CPU busy for ``seconds`` of this process's CPU time."""
+    until = time.process_time() + seconds
+    total = 0
+    while time.process_time() < until:
+        total += sum(range(1000))
+    return total
+
+
+def _check_box(centers):
+    """A deblender bug: every blend errors."""
+    raise ValueError(f"{len(centers)} centres outside the box")
 
 
 def deblend(blend, options):
@@ -50,7 +67,10 @@ def deblend(blend, options):
             time.sleep(0.05)
     if fault == "print":
         print("chatty deblender output on stdout")
-    images = blend["images"].astype(float) * _gain()
+    if _setting("BROKEN", False):
+        _check_box(blend["centers"])
+    _work(_setting("WORK", 0.02))
+    images = blend["images"].astype(float) * _setting("GAIN", 1.0)
     flux = np.array(
         [
             images[:, max(y - 2, 0) : y + 3, max(x - 2, 0) : x + 3].sum(axis=(1, 2))
