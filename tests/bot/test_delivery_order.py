@@ -136,8 +136,14 @@ async def test_two_prs_of_one_head_sha_each_get_their_own_check_run_and_report(b
     commit(bot.repo, "main: models 10 % brighter")
     git(bot.repo, "checkout", "--quiet", "-b", "shared", "main")
     sha = push(bot, "notes only")
-    to_main = bot.fake.add_pull(REPO, 43, head_sha=sha, head_ref="shared", base_ref="main")
-    to_develop = bot.fake.add_pull(REPO, 44, head_sha=sha, head_ref="shared", base_ref="develop")
+    # As GitHub does, each PR's event names its base branch's newest commit.
+    tips = {ref: git(bot.repo, "rev-parse", ref) for ref in ("main", "develop")}
+    to_main, to_develop = (
+        bot.fake.add_pull(
+            REPO, number, head_sha=sha, head_ref="shared", base_ref=ref, base_sha=tips[ref]
+        )
+        for number, ref in ((43, "main"), (44, "develop"))
+    )
     assert await bot.send("pull_request", "opened", pull=to_main) == 202
     assert await bot.send("pull_request", "opened", pull=to_develop) == 202
 
