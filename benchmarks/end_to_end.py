@@ -71,7 +71,8 @@ async def report_after(
 ) -> tuple[float, float, float]:
     """Seconds from delivering PR ``number``'s opened webhook to the runner's start, the
     runner's wall time, and seconds from its end to the report comment."""
-    pull = fake.add_pull(REPO, number, head_sha=sha, base_ref="main")
+    base = git(repo, "rev-parse", "main")  # as GitHub's event names it
+    pull = fake.add_pull(REPO, number, head_sha=sha, base_ref="main", base_sha=base)
     merge = {"repository": {"clone_url": str(repo)}}
     headers, body = fake.webhook("pull_request", "opened", pull=pull, merge=merge)
     stamps.write_text("")
@@ -79,7 +80,11 @@ async def report_after(
         sent = time.time()
         async with session.post(f"{bot_url}/webhook", data=body, headers=headers) as response:
             assert response.status == 202, response.status
+        deadline = sent + 600
         while not any(c.body.startswith(MARKER) for c in fake.comments(REPO, number)):
+            if time.time() > deadline:
+                outputs = [run.output for run in fake.check_runs(REPO, sha)]
+                raise SystemExit(f"no report comment on PR {number} after 600 s: {outputs}")
             await asyncio.sleep(0.005)
         commented = time.time()
     (start, end), *_ = [map(float, line.split()) for line in stamps.read_text().splitlines()]
