@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6  # 6: issue 24 (tool failures, requirement conflicts, native measurements)
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -56,7 +56,12 @@ class SourceModel:
 class BlendRun:
     """One revision's outcome on one blend; ``reused_from``: the run that measured it,
     when it was read from the store instead of deblended in this run (its timings then
-    belong to that run's job and are not paired with the other side's)."""
+    belong to that run's job and are not paired with the other side's). ``sources`` are
+    measured by the runner from the deblender's source models; ``native`` is the
+    deblender's own measurement of them, where it has one (not judged: a change of it
+    alone is reported as a change of the revision's measurement code). An errored run
+    keeps the worker's ``traceback`` (its last frames) and whose code raised it
+    (``raised_in``: "adapter", the tool's own code, or "deblender")."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
@@ -73,6 +78,9 @@ class BlendRun:
     sources: list[SourceModel] = field(default_factory=list)
     injected: list[InjectedSource] = field(default_factory=list)
     reused_from: str | None = None
+    native: list[SourceModel] = field(default_factory=list)
+    traceback: str | None = None
+    raised_in: Literal["adapter", "deblender"] | None = None
 
 
 @dataclass
@@ -100,13 +108,16 @@ class BlendResult:
 @dataclass
 class Build:
     """How the revision's environment came about ("skipped": not built, as it cannot
-    change a model, see ``Provenance.skipped``): ``reused`` from this machine's cache,
+    change a model, see ``Provenance.skipped``; "refused": the adapter cannot build this
+    revision, ``error`` says why): ``reused`` from this machine's cache,
     ``fetched_from`` the store (built by another task or run), or built here;
     ``compiler_cache`` how its compiled code came about (hits and misses of the compiler
     cache, and whether this build could write it); ``installed`` the hash of the files
-    installed for the deblender, version files and metadata aside."""
+    installed for the deblender, version files and metadata aside; ``conflicts`` every
+    requirement the revision declares that the locked environment does not meet (``uv pip
+    check``), one line each."""
 
-    status: Literal["ok", "failed", "skipped"]
+    status: Literal["ok", "failed", "skipped", "refused"]
     seconds: float | None = None
     reused: bool = False
     environment: str | None = None
@@ -115,6 +126,7 @@ class Build:
     fetched_from: str | None = None
     compiler_cache: str | None = None
     installed: str | None = None
+    conflicts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -308,6 +320,35 @@ class Policy:
 
 
 @dataclass
+class ToolFailure:
+    """The adapter, not the revision, failed: an exception raised in the adapter's own
+    code, the same failure on both sides on every blend, or a revision the adapter
+    refuses to build. ``headline`` says so in a line ("the scarlet2 adapter cannot drive
+    this revision: ..."); ``error`` and ``traceback`` (its last frames) are the first such
+    failure's; ``sides`` where it happened, ``blends`` how many blends it hit."""
+
+    adapter: str
+    kind: Literal["adapter code", "same failure on both sides", "refused"]
+    headline: str
+    error: str
+    traceback: str | None
+    sides: list[str]
+    blends: int
+
+
+@dataclass
+class NativeChange:
+    """The deblender's own measurement (its ``measure`` functions) differs from base's on
+    ``blends`` whose models and runner measurements are identical: a change of the
+    revision's measurement code, reported, not judged. ``flux`` is the largest relative
+    flux difference, ``centroid`` the largest centroid shift in pixels."""
+
+    blends: list[str]
+    flux: float | None
+    centroid: float | None
+
+
+@dataclass
 class Comparison:
     """The verdict on head against base, metric by metric and blend by blend, and why.
 
@@ -316,6 +357,8 @@ class Comparison:
     ``excluded``: blends that errored on both sides and injected sources neither side
     measured ("set/id" or "set/id source k"), left out of the statistics.
     ``unconverged``: per side, the fits that stopped at their iteration cap.
+    ``tool_failure``: the adapter could not drive a revision (then the verdict is
+    neutral); ``native``: the revision's own measurement changed where nothing judged did.
     """
 
     verdict: Verdict
@@ -328,6 +371,8 @@ class Comparison:
     unconverged: dict[str, int]
     policy: Policy
     config: dict[str, Any]
+    tool_failure: ToolFailure | None = None
+    native: NativeChange | None = None
 
 
 @dataclass(frozen=True)

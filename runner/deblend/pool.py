@@ -90,7 +90,13 @@ class WorkerError(RuntimeError):
 
 
 class WorkerStartError(WorkerError):
-    """A worker that could not import its deblender: every later task would fail too."""
+    """A worker that could not import its deblender: every later task would fail too;
+    ``reply`` the worker's account of it, where it gave one (its traceback, and whether
+    the adapter's code or the deblender's raised it)."""
+
+    def __init__(self, message: str, reply: dict | None = None):
+        super().__init__(message)
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -175,9 +181,13 @@ class Worker:
         LIVE_WORKERS.add(self)
         self._buffer = b""
         try:
-            self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting")
+            ready = json.loads(self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting"))
         except WorkerError as error:
             raise WorkerStartError(f"worker could not start: {error}") from None
+        if not ready.get("ready"):
+            self.stop()
+            error = ready.get("error", "unknown error")
+            raise WorkerStartError(f"worker could not load its adapter: {error}", ready)
 
     def run(self, request: dict, timeout: float) -> dict:
         """Send one request and wait at most ``timeout`` seconds for its reply."""
@@ -289,7 +299,7 @@ def run_tasks(
     """Run every task on ``slots`` parallel slots; report each outcome as it comes."""
     pending = TaskQueue(tasks)
     report = threading.Lock()
-    broken: dict[str, str] = {}
+    broken: dict[str, WorkerStartError] = {}
 
     def slot(number: int) -> None:
         workers = {
@@ -326,9 +336,11 @@ def run_tasks(
         thread.join()
 
 
-def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str]) -> Outcome:
+def _run_one(
+    task: Task, worker: Worker, timeout: float, broken: dict[str, WorkerStartError]
+) -> Outcome:
     if task.side in broken:
-        return Outcome(task, None, broken[task.side], 0.0)
+        return Outcome(task, broken[task.side].reply, str(broken[task.side]), 0.0)
     started = time.perf_counter()
     arrays = worker.home / "arrays.npz"
     arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
@@ -336,8 +348,8 @@ def _run_one(task: Task, worker: Worker, timeout: float, broken: dict[str, str])
     try:
         reply = worker.run(request, timeout)
     except WorkerStartError as error:
-        broken[task.side] = str(error)
-        return Outcome(task, None, str(error), time.perf_counter() - started)
+        broken[task.side] = error
+        return Outcome(task, error.reply, str(error), time.perf_counter() - started)
     except WorkerError as error:
         return Outcome(task, None, str(error), time.perf_counter() - started)
     wall = time.perf_counter() - started

@@ -568,7 +568,14 @@ class Run:
 
     def _measure(self, blend: Blend, outcome: Outcome) -> BlendRun:
         if outcome.error is not None:
-            return BlendRun(status="errored", error=outcome.error, wall_time=outcome.wall)
+            reply = outcome.reply or {}
+            return BlendRun(
+                status="errored",
+                error=outcome.error,
+                wall_time=outcome.wall,
+                traceback=reply.get("traceback"),
+                raised_in=reply.get("raised_in"),
+            )
         relative = str(outcome.task.out.relative_to(self.config.out))
         try:
             with np.load(outcome.task.out, allow_pickle=False) as archive:

@@ -31,6 +31,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from runner.deblend.failures import tool_failure
+from runner.deblend.native import native_change
 from runner.judge.blends import blend_changes, both_ok, lost_sources, measured, tally
 from runner.judge.metrics import Metric, metrics, paired_values
 from runner.judge.paired import median_interval, paired_change
@@ -243,6 +245,9 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
     changes = blend_changes(result.blends, config.blends, result.bands)
     blend_tally = tally(changes, config.blends, config.alpha)
     verdict, reasons = _verdict(result, comparisons, blend_tally)
+    failure = tool_failure(result)
+    if failure is not None:  # the tool's break, never the PR's regression
+        verdict, reasons = "neutral", [failure.headline]
     return Comparison(
         verdict=verdict,
         reasons=reasons,
@@ -257,6 +262,8 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
         },
         policy=policy or Policy("defaults"),
         config=config.as_dict(),
+        tool_failure=failure,
+        native=native_change(result),
     )
 
 
