@@ -76,7 +76,7 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
     assert len(blends) == 6
     for blend in blends.values():
         assert blend.base.status == blend.head.status
-    assert blends["raises"].head.error == "RuntimeError: the deblender gave up"
+    assert blends["raises"].head.error == "DeblendFailure: the deblender gave up"
     assert "NaN value(s) in model" in blends["nan"].head.error
     assert blends["truncated"].head.error.startswith("bad blend file: not a readable npz")
     good = [b for b in blends.values() if b.head.status == "ok"]

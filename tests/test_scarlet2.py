@@ -202,7 +202,7 @@ def release_side(scarlet2):
     root, repo, tag, _ = scarlet2
     adapter, sha, cache = get_adapter("scarlet2"), resolve(repo, tag), root / "cache"
     env = build_environment(checkout(repo, sha, cache / "checkouts" / sha), sha, adapter, cache)
-    variables = deblender_variables(adapter, compilation_cache(cache, env))
+    variables = deblender_variables(adapter, compilation_cache(cache, adapter))
     return Side("release", env.python, adapter.worker_file, variables)
 
 

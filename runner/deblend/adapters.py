@@ -38,7 +38,9 @@ class Adapter:
 
 
 def _adapter(name: str, module: str, *markers: str) -> Adapter:
-    return Adapter(name, module, LOCK_DIR / f"{name}.txt", WORKER_DIR / f"adapter_{name}.py", markers)
+    return Adapter(
+        name, module, LOCK_DIR / f"{name}.txt", WORKER_DIR / f"adapter_{name}.py", markers
+    )
 
 
 # In the order they are recognised: the first whose marker a tree holds.
@@ -71,4 +73,6 @@ def detect_adapter(checkout: Path) -> Adapter:
             ):
                 return adapter
     known = ", ".join(m for a in ADAPTERS.values() for m in a.markers)
-    raise AdapterError(f"cannot tell which deblender {checkout} holds (none of {known}); pass --adapter")
+    raise AdapterError(
+        f"cannot tell which deblender {checkout} holds (none of {known}); pass --adapter"
+    )

@@ -48,9 +48,9 @@ def deblend(blend: dict, options: dict) -> dict:
     Returns the rendered blend model (B, H, W), each source's deconvolved model
     ``source_models`` (N, B, H, W) in the model frame (NaN for sources that could not be
     initialised), scarlet's own measurement of them (``native_flux`` (N, B),
-    ``native_centroid`` (N, 2, (y, x))), iterations, converged, logL (final log-likelihood as returned by
-    ``Blend.fit``), init_logL (log-likelihood of the initial model), init_time, fit_time and
-    version.
+    ``native_centroid`` (N, 2, (y, x))), iterations, converged, logL (final log-likelihood
+    as returned by ``Blend.fit``), init_logL (log-likelihood of the initial model),
+    init_time, fit_time and version.
 
     ``Blend.fit`` stops early only when its test holds (the loss changed by less than
     ``e_rel`` times its value since the previous step: ``Blend._callback`` raises

@@ -259,4 +259,3 @@ def _deblend_pass(images, weights, psf, centers, opts) -> dict:
         "fit_time": time.perf_counter() - t0,
         "pipeline": kind,
     }
-

@@ -113,7 +113,9 @@ def deblend(blend: dict, options: dict) -> dict:
     if all(source.is_null for source in sources):
         raise DeblendFailure(f"none of the {len(centers)} sources could be initialised")
     blend_ = Blend(sources, observation).fit_spectra()
-    blend_.parameterize(partial(default_adaprox_parameterization, noise_rms=observation.noise_rms / 10))
+    blend_.parameterize(
+        partial(default_adaprox_parameterization, noise_rms=observation.noise_rms / 10)
+    )
     init_logL = float(blend_.log_likelihood)
     init_time = time.perf_counter() - t0
 
