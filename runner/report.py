@@ -202,12 +202,53 @@ def notes(result: RunResult) -> list[str]:
         lines.append(
             f"Excluded from the statistics (errored or unmeasured on both sides): {shown}{more}."
         )
+    lines += requirement_notes(result) + native_note(comparison)
     lines += reuse_notes(result)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
         counts = ", ".join(f"{n} {side}" for side, n in capped.items())
         lines.append(f"Fits that stopped at their iteration cap (not converged): {counts}.")
     return lines
+
+
+def tool_notice(comparison: Comparison) -> str:
+    """The loud block of a tool failure (the adapter, not the PR, failed): its headline
+    and the traceback's last frames; empty when there is none."""
+    failure = comparison.tool_failure
+    if failure is None:
+        return ""
+    block = (
+        f"> [!CAUTION]\n> **Tool failure, not this pull request's regression:**"
+        f" {failure.headline} ({failure.blends} blend(s)). The verdict is neutral until the"
+        f" adapter is mended."
+    )
+    if failure.traceback:
+        block += f"\n\n```\n{failure.traceback[-3000:]}\n```"
+    return block
+
+
+def requirement_notes(result: RunResult) -> list[str]:
+    """The requirements each revision declares that its locked environment does not meet."""
+    lines = []
+    for side in ("base", "head"):
+        conflicts = getattr(result.provenance, side).build.conflicts
+        if conflicts:
+            shown = "; ".join(f"`{c}`" for c in conflicts)
+            lines.append(f"The lock does not meet {side}'s declared requirements: {shown}.")
+    return lines
+
+
+def native_note(comparison: Comparison) -> list[str]:
+    """The revision's own measurement changed where nothing judged did (reported only)."""
+    native = comparison.native
+    if native is None:
+        return []
+    return [
+        f"The deblender's own measurement code gives other values than base's on"
+        f" {len(native.blends)} blend(s) whose models are identical (largest flux change"
+        f" {_number(native.flux)}, centroid shift {_number(native.centroid)} px): not judged,"
+        " the runner measures fluxes and centroids from the models itself."
+    ]
 
 
 def reuse_notes(result: RunResult) -> list[str]:
@@ -480,7 +521,11 @@ def comment(result: RunResult, links: Links) -> str:
     rows = metric_rows(comparison)
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
-    parts = [title, opening, intro]
+    parts = [title, opening]
+    notice = tool_notice(comparison)
+    if notice:
+        parts.append(notice)
+    parts.append(intro)
     if result.provenance.drift is not None:
         parts.append("### Versions that differ from the lock\n\n" + package_table(result))
     if changed:
@@ -541,6 +586,9 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         title = title[: TITLE_LIMIT - 1] + "…"
     link_line = _links_line(links)
     summary_parts = [what_changed(result), _provenance_line(result)]
+    notice = tool_notice(comparison)
+    if notice:
+        summary_parts.insert(1, notice)
     if link_line:
         summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:

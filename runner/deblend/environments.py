@@ -44,6 +44,7 @@ from runner.deblend.sandbox import Isolation
 
 RECIPE_VERSION = 2  # 2: the revision built offline behind the read-only sandbox
 LOG_TAIL_LINES = 25
+NOT_CONFLICTS = ("Using ", "Checked ", "Found ")  # uv pip check's lines around the conflicts
 COMPLETE_MARKER = "environment.json"
 SOURCE = ".source"  # the copy of the revision's tree, in its environment while it builds
 BUILD_VARIABLES = (
@@ -80,6 +81,7 @@ class Environment:
     reused: bool
     fetched_from: str | None = None
     compiler_cache: str | None = None
+    conflicts: tuple[str, ...] = ()
 
 
 def build_files(environ: dict[str, str] | os._Environ) -> list[Path]:
@@ -197,6 +199,28 @@ def _probe(env: Path, adapter: Adapter, prefix: tuple[str, ...], variables: dict
     return info
 
 
+def requirement_conflicts(env: Path, variables: dict[str, str] | None = None) -> list[str]:
+    """Every declared requirement the environment at ``env`` does not meet, one line each,
+    as ``uv pip check`` (or ``pip check``) reports it. The runner's own tool, reading the
+    metadata the build wrote as the runner reads the installed files (no code of the
+    revision runs)."""
+    uv, python = uv_binary(), str(env / "bin" / "python")
+    check = [uv, "pip", "check", "--no-cache", "--python", python]
+    if not uv:
+        check = [python, "-m", "pip", "check", "--disable-pip-version-check"]
+    result = subprocess.run(
+        check, capture_output=True, text=True, env=variables, check=False
+    )
+    if result.returncode == 0:
+        return []
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
+    found = [line for line in lines if line.startswith("The package ") or "requirement " in line]
+    if found:
+        return found
+    what = "; ".join(line for line in lines if line and not line.startswith(NOT_CONFLICTS))
+    return [f"the requirement check could not run: {what}"]
+
+
 def _tail(log: Path) -> str:
     lines = log.read_text(errors="replace").splitlines()
     return "\n".join(lines[-LOG_TAIL_LINES:])
@@ -259,13 +283,16 @@ def _build(
                 _run(step, prefix, own_env, scratch, stream, log)
         finally:
             _clear(tree)  # before the import check, which must not find the package there
+        prefix = sandbox.prefix([scratch]) if sandbox else ()
         try:
-            info = _probe(env, adapter, sandbox.prefix([scratch]) if sandbox else (), own_env)
+            info = _probe(env, adapter, prefix, own_env)
         except RuntimeError as error:
             stream.write(f"{error}\n")
             stream.flush()
             raise BuildError(str(error).splitlines()[0], _tail(log), log) from None
         info["compiler_cache"] = compiler_cache.summary(scratch) if compiler_cache else None
+        info["conflicts"] = requirement_conflicts(env, trusted_env)
+        stream.write("".join(f"requirement not met: {line}\n" for line in info["conflicts"]))
         return info
 
 
@@ -325,6 +352,8 @@ def build_environment(
             _clear(marker)
             marker.write_text(json.dumps(info, indent=2))
         info = json.loads(marker.read_text())
+        if "conflicts" not in info:  # built before the check was recorded
+            info["conflicts"] = requirement_conflicts(env)
     return _environment(key, env, sha, adapter, info, reused)
 
 
@@ -346,6 +375,7 @@ def _environment(
         build_seconds=float(info["build_seconds"]),
         reused=reused,
         compiler_cache=info.get("compiler_cache"),
+        conflicts=tuple(info.get("conflicts") or ()),
     )
 
 

@@ -192,6 +192,7 @@ def _revision_info(
         fetched_from=env.fetched_from,
         compiler_cache=env.compiler_cache,
         installed=installed,
+        conflicts=list(env.conflicts),
     )
     return RevisionInfo(
         rev,
