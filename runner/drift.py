@@ -25,7 +25,7 @@ from runner.deblend.environments import (
     build_newest_environment,
 )
 from runner.deblend.lockfile import normalise
-from runner.deblend.run import Progress, Run, RunConfig, _environment
+from runner.deblend.run import Progress, Run, RunConfig, RunError, _environment
 from runner.deblend.sandbox import isolation
 from runner.result import Drift, PackageChange, RunResult
 
@@ -90,5 +90,14 @@ class DriftRun(Run):
 
 
 def drift(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
-    """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun)."""
-    return DriftRun(dataclasses.replace(config, base=config.head), progress).execute()
+    """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun); an
+    empty ``config.head`` is the repository's default branch, resolved now, so that the
+    newest commit of main is deblended and an adapter it breaks shows the same day."""
+    head = config.head
+    if not head:
+        try:
+            repo = revisions.local_repository(config.repo, config.cache.resolve())
+            head = revisions.default_branch(repo)
+        except revisions.RevisionError as error:
+            raise RunError(str(error)) from None
+    return DriftRun(dataclasses.replace(config, head=head, base=head), progress).execute()

@@ -316,9 +316,11 @@ def package_table(result: RunResult) -> str:
 
 
 def drift_failed(result: RunResult) -> bool:
-    """Whether a drift run shows a break: a regression, or blends that errored."""
+    """Whether a drift run shows a break: a regression, blends that errored, or an adapter
+    that cannot drive the revision (main broke the tool: the same issue says so)."""
     errored = any("errored" in (b.base.status, b.head.status) for b in result.blends)
-    return _comparison(result).verdict == "fail" or errored
+    comparison = _comparison(result)
+    return comparison.verdict == "fail" or errored or comparison.tool_failure is not None
 
 
 def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
@@ -330,6 +332,8 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         raise ValueError("not the result of a drift run")
     names = ", ".join(p.name for p in drift.packages) or "no package"
     title = f"Newer releases of dependencies break the deblender ({names})"
+    if comparison.tool_failure is not None:
+        title = comparison.tool_failure.headline[:1].upper() + comparison.tool_failure.headline[1:]
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1] + "…"
     changed = [m for m in metric_rows(comparison) if m.status != "unchanged"]
@@ -343,6 +347,9 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         "### Versions that differ from the lock\n\n" + package_table(result),
         metric_table(changed) if changed else "No metric changed beyond its tolerance.",
     ]
+    notice = tool_notice(comparison)
+    if notice:
+        parts.insert(1, notice)
     errors = _errors(result)
     if errors:
         parts.append(errors)

@@ -32,14 +32,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 from runner.deblend.adapters import Adapter
 from runner.deblend.compilecache import CompilerCache
+from runner.deblend.lockfile import normalise
 from runner.deblend.sandbox import Isolation
 
 RECIPE_VERSION = 2  # 2: the revision built offline behind the read-only sandbox
@@ -60,6 +64,42 @@ class BuildError(RuntimeError):
         super().__init__(message)
         self.log_tail = log_tail
         self.log_path = log_path
+
+
+class BuildRefused(BuildError):
+    """A revision the adapter cannot build with its lock (a tool failure, never the
+    revision's): why, in one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "", Path())
+
+
+def refusal(tree: Path, adapter: Adapter) -> BuildRefused | None:
+    """Why ``adapter`` cannot build the revision whose tree is ``tree``: a build
+    requirement in its ``pyproject.toml`` that the lock (which the build uses, without
+    isolation) does not satisfy, such as scarlet_lite's ``setuptools<65`` before 8fd276d
+    (2024-10), whose ``setup.py`` imports ``numpy.distutils``; None when there is none."""
+    try:
+        declared = tomllib.loads((tree / "pyproject.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    locked = {
+        normalise(name): version
+        for name, _, version in (line.partition("==") for line in adapter.lock_requirements())
+    }
+    for text in declared.get("build-system", {}).get("requires", []):
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        version = locked.get(normalise(requirement.name))
+        applies = requirement.marker is None or requirement.marker.evaluate()
+        if version and applies and not requirement.specifier.contains(version, prereleases=True):
+            return BuildRefused(
+                f"its build requires {requirement}, the {adapter.name} lock has"
+                f" {requirement.name} {version}: not built"
+            )
+    return None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ from runner.deblend.adapters import Adapter, detect_adapter, get_adapter
 from runner.deblend.compilecache import CompilerCache
 from runner.deblend.environments import (
     BuildError,
+    BuildRefused,
     Environment,
     build_environment,
     identity_key,
+    refusal,
 )
 from runner.deblend.installed import (
     InstalledError,
@@ -170,6 +172,9 @@ def _environment(
     """The environment of ``sha``, or why it did not build; it compiles through
     ``compiler_cache`` (None: without a cache)."""
     source = revisions.checkout(repo, sha, cache / "checkouts" / sha)
+    refused = refusal(source, adapter)
+    if refused is not None:
+        return refused
     try:
         return build_environment(source, sha, adapter, cache, sandbox, compiler_cache)
     except BuildError as error:
@@ -181,6 +186,8 @@ def _revision_info(
 ) -> RevisionInfo:
     if env is None:
         return RevisionInfo(rev, sha, Build("skipped"))
+    if isinstance(env, BuildRefused):
+        return RevisionInfo(rev, sha, Build("refused", error=str(env)))
     if isinstance(env, BuildError):
         build = Build("failed", error=str(env), log_tail=env.log_tail)
         return RevisionInfo(rev, sha, build)
@@ -382,6 +389,10 @@ class Run:
         )
 
         def environment(side: str, sha: str, trusted: bool) -> Environment | BuildError:
+            tree = revisions.checkout(repo, sha, cache / "checkouts" / sha)
+            refused = refusal(tree, adapter)
+            if refused is not None:  # not the revision's failure: never shared as one
+                return refused
             compiler = CompilerCache(cache / "ccache", writable=trusted) if shortcuts else None
             local = functools.partial(_environment, repo, sha, adapter, cache, sandbox, compiler)
             return sharing.environment(Wanted(side, sha, local, compiler))

@@ -4,6 +4,7 @@ requirements the lock does not meet. A tiny package and a tiny adapter, end to e
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -12,8 +13,10 @@ import pytest
 from runner.cli import main
 from runner.deblend import adapters
 from runner.deblend.adapters import Adapter
+from runner.deblend.run import RunConfig
+from runner.drift import drift
 from runner.release import commit
-from runner.report import Links, comment
+from runner.report import Links, comment, drift_failed, drift_issue
 from runner.result import SCHEMA_FILE, RunResult
 from support import TINY_LOCK, TINY_PYPROJECT, tiny_repository, two_blends
 
@@ -115,3 +118,20 @@ def test_declared_requirements_the_lock_does_not_meet_are_reported(tiny):
     assert f"The lock does not meet head's declared requirements: `{conflicts[0]}`." in comment(
         result, Links()
     )
+
+
+def test_a_drift_run_watches_mains_newest_commit_and_names_an_adapter_it_broke(tiny, tmp_path):
+    # No revision given: the default branch's newest commit, resolved at run time.
+    repo, _, _ = tiny
+    newest = change(repo, FIT.format(result="1.0, 7, {'loss': []}"), "main: fit returns more")
+    config = RunConfig(
+        str(repo), "", "", [tmp_path / "blends"], tmp_path / "drift", workers=1, adapter="tiny"
+    )
+    result = drift(dataclasses.replace(config, cache=tmp_path / "cache"))
+    assert result.provenance.drift.rev == "main" and result.provenance.head.sha == newest
+    failure = result.comparison.tool_failure
+    assert failure.kind == "adapter code" and failure.sides == ["base", "head"]
+    assert result.comparison.verdict == "neutral" and drift_failed(result)
+    title, body = drift_issue(result, Links())
+    assert title.startswith("The tiny adapter cannot drive these revisions")
+    assert "gain, iterations = tinydeblender.fit" in body
