@@ -248,9 +248,7 @@ def requirement_conflicts(env: Path, variables: dict[str, str] | None = None) ->
     check = [uv, "pip", "check", "--no-cache", "--python", python]
     if not uv:
         check = [python, "-m", "pip", "check", "--disable-pip-version-check"]
-    result = subprocess.run(
-        check, capture_output=True, text=True, env=variables, check=False
-    )
+    result = subprocess.run(check, capture_output=True, text=True, env=variables, check=False)
     if result.returncode == 0:
         return []
     lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]

@@ -230,9 +230,11 @@ def compilation_cache(cache: Path, adapter: Adapter) -> Path:
     return cache / "jax" / identity_key(identity)
 
 
-def deblender_variables(adapter: Adapter, compiled: Path) -> dict[str, str]:
+def deblender_variables(adapter: Adapter, compiled: Path, writes: bool = True) -> dict[str, str]:
     """Environment variables the adapter's workers need beyond the scrubbed basics;
-    ``compiled`` is their compilation cache (``compilation_cache``)."""
+    ``compiled`` is their compilation cache (``compilation_cache``), which they add to
+    only if they ``writes`` (an untrusted side's read it: JAX writes no program that
+    compiled in less than a billion seconds, and the sandbox keeps the folder read-only)."""
     if adapter.name != "scarlet2":
         return {}
     # One XLA thread per worker (the pool gives each core a worker) and a persistent
@@ -241,7 +243,7 @@ def deblender_variables(adapter: Adapter, compiled: Path) -> dict[str, str]:
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
         "JAX_COMPILATION_CACHE_DIR": str(compiled),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0" if writes else "1e9",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
 
@@ -509,12 +511,13 @@ class Run:
         may write the shared compilation cache, the others only read it."""
         config = self.config
         compiled = compilation_cache(config.cache, adapter)
-        variables = deblender_variables(adapter, compiled)
-        if variables:
-            compiled.mkdir(parents=True, exist_ok=True)
         sides: dict[str, Side] = {}
         for name, env in envs.items():
             if isinstance(env, Environment):
+                writes = name in self.trusted
+                variables = deblender_variables(adapter, compiled, writes)
+                if variables:
+                    compiled.mkdir(parents=True, exist_ok=True)
                 sides[name] = Side(
                     name,
                     env.python,
@@ -522,7 +525,7 @@ class Run:
                     variables,
                     config.memory_limit,
                     self.isolation["workers"],
-                    (compiled,) if variables and name in self.trusted else (),
+                    (compiled,) if variables and writes else (),
                 )
         return sides
 

@@ -21,7 +21,7 @@ from runner.result import SCHEMA_FILE, RunResult
 from support import TINY_LOCK, TINY_PYPROJECT, tiny_repository, two_blends
 
 # A tiny adapter that relies on the deblender's API: ``fit`` returning (gain, iterations).
-ADAPTER = '''
+ADAPTER = """
 import numpy as np
 import tinydeblender
 
@@ -36,7 +36,7 @@ def deblend(blend, options):
     return {"model": model.astype(np.float32), "source_models": sources,
             "iterations": iterations, "converged": True, "logL": 0.0, "init_logL": -1.0,
             "init_time": 0.0, "fit_time": 0.0, "version": tinydeblender.__version__}
-'''
+"""
 FIT = "__version__ = '1.0'\n\ndef fit(images):\n    return {result}\n"
 
 
