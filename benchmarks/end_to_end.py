@@ -29,19 +29,19 @@ import aiohttp
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT / "tests" / "support"), str(ROOT / "benchmarks")]
 
 import webhook_load  # noqa: E402
 
 from bot.app import create_app  # noqa: E402
-from bot.jobs import Job  # noqa: E402
-from bot.runs import runner_command  # noqa: E402
+from bot.dispatch.runs import runner_command  # noqa: E402
 from bot.settings import Settings  # noqa: E402
+from bot.state.jobs import Job  # noqa: E402
 from fake_github import FakeGitHub  # noqa: E402
 from gcs_emulator import GCSEmulator, find_binary, free_port  # noqa: E402
+from runner.commands.release_repo import commit  # noqa: E402
 from runner.deblend.revisions import git  # noqa: E402
-from runner.release import commit  # noqa: E402
-from runner.report import MARKER  # noqa: E402
+from runner.publish.report import MARKER  # noqa: E402
 from runner.synth import write_synthetic_set  # noqa: E402
 from support import tiny_repository  # noqa: E402
 

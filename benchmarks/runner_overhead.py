@@ -23,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from runner.commands.release_repo import release_repository
 from runner.deblend import revisions
 from runner.deblend.adapters import detect_adapter
 from runner.deblend.environments import build_environment
 from runner.deblend.pool import Side, worker_environment
 from runner.deblend.run import RunConfig, compilation_cache, deblender_variables, default_cache, run
-from runner.release import release_repository
 from runner.synth import write_synthetic_set
 
 BARE_LOOP = """

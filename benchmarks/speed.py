@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from runner.commands.release_repo import commit
 from runner.deblend.revisions import git
-from runner.release import commit
 from runner.result import RunResult
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
-from runner.publish import publish_run
+from runner.publish.publish import publish_run
 from runner.result import RunResult
 from runner.store import LocalStore
 

@@ -24,15 +24,15 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "support"))
 
-from bot.trends import trend_data
+from bot.pages.trends import trend_data
 from gcs_emulator import GCSEmulator, find_binary, free_port
-from runner.history import append_record, history_key, read_history
 from runner.judge.compare import compare
 from runner.judge.policy import CompareConfig
+from runner.publish.history import append_record, history_key, read_history
+from runner.publish.summarise import summarise
 from runner.store import GCSStore, LocalStore
-from runner.summarise import summarise
 from support import synthetic_result
 
 REPO = "octo/scarlet"

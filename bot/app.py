@@ -19,13 +19,14 @@ import aiohttp
 from aiohttp import web
 from gidgethub import BadRequest, ValidationFailure, sansio
 
-from bot import drift, logs, reconcile
-from bot.auth import InstallationClients
-from bot.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
-from bot.pages import add_routes
+from bot import drift, logs
+from bot.github.auth import InstallationClients
+from bot.pages.serve import add_routes
 from bot.routers import router
 from bot.service import SERVICE, RegressionService
 from bot.settings import Settings, SettingsError
+from bot.state import reconcile
+from bot.state.jobs import DeliveryLog, JobStore, SQLiteDeliveryLog, SQLiteJobStore
 from runner.store import KeyNotFound, ObjectInfo, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def open_state(settings: Settings) -> tuple[JobStore, DeliveryLog]:
             SQLiteJobStore(path, lease=settings.lease),
             SQLiteDeliveryLog(path, lease=settings.lease),
         )
-    from bot.gcsstate import DELIVERY_DEADLINE, Bucket, GCSDeliveryLog, GCSJobStore
+    from bot.state.gcsstate import DELIVERY_DEADLINE, Bucket, GCSDeliveryLog, GCSJobStore
 
     on_the_webhook = Bucket(*shared, deadline=DELIVERY_DEADLINE, timeout=DELIVERY_DEADLINE)
     return (
@@ -264,11 +265,11 @@ def _cloud_run_emulator(endpoint: str) -> dict:
 
 def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
     """Cloud Run Jobs when a job is configured (production), else the embedded queue."""
-    from bot.runs import merge_arguments, runner_command
+    from bot.dispatch.runs import merge_arguments, runner_command
 
     command = runner_command(settings)
     if settings.cloud_run_job:
-        from bot.cloudrun import CloudRunDispatcher
+        from bot.dispatch.cloudrun import CloudRunDispatcher
 
         return CloudRunDispatcher(
             jobs,
@@ -282,7 +283,7 @@ def _dispatcher(settings: Settings, jobs: JobStore, service: RegressionService):
             poll_interval=settings.cloud_run_poll,
             **_cloud_run_emulator(settings.cloud_run_emulator),
         )
-    from bot.dispatch import EmbeddedDispatcher
+    from bot.dispatch.local import EmbeddedDispatcher
 
     return EmbeddedDispatcher(
         jobs,

@@ -1,5 +1,6 @@
 """Scheduled drift runs: ``/schedule/drift`` starts one per installed repository and
-day; a failing one opens (or updates) one issue, a clean one closes it.
+day; a failing one opens (or updates) one issue, a clean one closes it
+(``bot.drift_issue``).
 
 In production App Engine's cron service calls ``GET /schedule/drift`` (``cron.yaml``)
 with the header ``X-Appengine-Cron: true``, which App Engine removes from every request
@@ -18,14 +19,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from gidgethub import GitHubBroken, GitHubException
+from gidgethub import GitHubException
 from gidgethub.abc import GitHubAPI
 
-from bot import github
-from bot.auth import InstallationClients
-from bot.jobs import Job
-from runner.report import DRIFT_MARKER, Links, drift_cleared, drift_failed, drift_issue
-from runner.result import RunResult
+from bot.github import client as github
+from bot.github.auth import InstallationClients
+from bot.state.jobs import Job
 from runner.store import StoreError
 
 if TYPE_CHECKING:
@@ -86,28 +85,3 @@ async def _submit(gh: GitHubAPI, service: RegressionService, installation: int, 
     job = await service.dispatcher.submit(job)
     log.info("drift run of %s at %s (%s) submitted", job.repository, job.head_sha, branch)
     return job
-
-
-async def report(
-    gh: GitHubAPI, repository: str, result: RunResult, links: Links, bot_login: str
-) -> None:
-    """Open or update the drift issue (the App's bot user's) for a failing run; comment on
-    and close it once a run is clean. A clean run with no open issue says nothing."""
-    existing = await github.find_issue(gh, repository, DRIFT_MARKER, bot_login)
-    if drift_failed(result):
-        title, body = drift_issue(result, links)
-        if existing is None:
-            try:
-                await github.open_issue(gh, repository, title, body)
-                return
-            except GitHubBroken:  # GitHub may have opened it after all: look again
-                existing = await github.find_issue(gh, repository, DRIFT_MARKER, bot_login)
-                if existing is None:
-                    await github.open_issue(gh, repository, title, body)
-                    return
-        await github.edit_issue(gh, repository, existing["number"], title=title, body=body)
-    elif existing is not None:
-        await github.reply(gh, repository, existing["number"], drift_cleared(result, links))
-        await github.edit_issue(
-            gh, repository, existing["number"], state="closed", state_reason="completed"
-        )

@@ -1,9 +1,9 @@
 """The regression service: turns requests for runs into jobs, check runs and one comment.
 
 Webhook handlers call ``request_run`` and ``cancel_pr``; the dispatcher calls back
-``on_progress`` and ``on_finished``; the reconciler (``bot.reconcile``) calls ``resume``
+``on_progress`` and ``on_finished``; the reconciler (``bot.state.reconcile``) calls ``resume``
 and ``on_finished`` for what a bot process that died left. GitHub is written to here and
-in ``bot.github`` only; the text comes from ``runner.report``.
+in ``bot.github.client`` only; the text comes from ``runner.publish.report``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from aiohttp import web
 from gidgethub import GitHubException
 from gidgethub.abc import GitHubAPI
 
-from bot import drift, github
-from bot.dispatch import RUNNER_FAILURES, VERDICT_CONCLUSIONS
-from bot.jobs import Job, JobStore
+from bot import drift_issue
+from bot.dispatch.local import RUNNER_FAILURES, VERDICT_CONCLUSIONS
+from bot.github import client as github
+from bot.pages.trends import trends_url
 from bot.settings import Settings
-from bot.trends import trends_url
-from runner.report import CheckRunOutput, Links, check_run_output, comment
+from bot.state.jobs import Job, JobStore
+from runner.publish.report import CheckRunOutput, Links, check_run_output, comment
 from runner.result import RunResult
 from runner.store import ArtifactStore, StoreError, run_prefix
 
@@ -347,7 +348,7 @@ class RegressionService:
             log.error("the drift run of %s cannot be read: %s", job.repository, error)
             return
         gh = await self.client(job.installation_id)
-        await drift.report(gh, job.repository, result, links, await self.bot_login())
+        await drift_issue.report(gh, job.repository, result, links, await self.bot_login())
 
     def load(self, job: Job) -> tuple[RunResult, Links]:
         """The compared result the runner stored for ``job`` and the addresses of its parts."""

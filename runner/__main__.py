@@ -2,7 +2,7 @@
 
 import sys
 
-from runner.cli import exit_with_workers_on_sigterm, main
+from runner.commands import exit_with_workers_on_sigterm, main
 
 exit_with_workers_on_sigterm()
 sys.exit(main())

@@ -8,10 +8,10 @@ import re
 from gidgethub import routing
 from gidgethub.sansio import Event
 
-from bot import github
-from bot.jobs import Job
+from bot.github import client as github
 from bot.service import RegressionService, RunRequest
 from bot.settings import CHECK_NAME
+from bot.state.jobs import Job
 
 router = routing.Router()
 APPROVAL_REFUSED = (

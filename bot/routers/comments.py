@@ -7,7 +7,7 @@ import re
 from gidgethub import routing
 from gidgethub.sansio import Event
 
-from bot import github
+from bot.github import client as github
 from bot.routers.pull_requests import run_request
 from bot.service import RegressionService
 

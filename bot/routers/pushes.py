@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from gidgethub import routing
 from gidgethub.sansio import Event
 
-from bot import github
+from bot.github import client as github
 from bot.service import RegressionService, RunRequest
 
 router = routing.Router()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.cli import main
+from runner.commands import main
 from runner.deblend.adapters import detect_adapter
 from runner.deblend.revisions import checkout, resolve
 from runner.result import RunResult

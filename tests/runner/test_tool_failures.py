@@ -10,13 +10,13 @@ import json
 import jsonschema
 import pytest
 
-from runner.cli import main
+from runner.commands import main
+from runner.commands.drift import drift
+from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.adapters import Adapter
 from runner.deblend.run import RunConfig
-from runner.drift import drift
-from runner.release import commit
-from runner.report import Links, comment, drift_failed, drift_issue
+from runner.publish.report import Links, comment, drift_failed, drift_issue
 from runner.result import SCHEMA_FILE, RunResult
 from support import TINY_LOCK, TINY_PYPROJECT, tiny_repository, two_blends
 

@@ -1,0 +1,246 @@
+"""The worker pool under a deblender that raises, hangs, crashes, returns NaNs or prints."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.deblend.pool import SWITCH_AT, Side, Task, TaskQueue, run_tasks
+from runner.deblend.sandbox import isolation
+from runner.secretfiles import HIDE_VARIABLE
+from support import FAULTY_ADAPTER, write_blend_with
+
+FAULT_CODES = {
+    "raise": 1001.0,
+    "hang": 1002.0,
+    "crash": 1003.0,
+    "nan": 1004.0,
+    "print": 1005.0,
+    "adapter": 1007.0,
+}
+ALLOCATES = 1006.0
+
+
+def faulty_blends(synthetic_set, tmp_path):
+    source = sorted(synthetic_set.glob("*.npz"))[0]
+    images = np.load(source)["images"]
+    blends = {"fine": source}
+    for fault, code in FAULT_CODES.items():
+        changed = images.copy()
+        changed[0, 0, 0] = code
+        blends[fault] = write_blend_with(tmp_path / f"{fault}.npz", source, images=changed)
+    return blends
+
+
+def run_all(blends, tmp_path, timeout=5.0, slots=2):
+    side = Side("head", sys.executable, FAULTY_ADAPTER)
+    tasks = [Task("head", path, tmp_path / f"{name}.out.npz", {}) for name, path in blends.items()]
+    outcomes = {}
+    run_tasks(
+        tasks,
+        {"head": side},
+        tmp_path,
+        slots,
+        timeout,
+        lambda o: outcomes.__setitem__(o.task.blend, o),
+    )
+    return {name: outcomes[path] for name, path in blends.items()}
+
+
+def test_every_fault_errors_only_its_own_blend(synthetic_set, tmp_path):
+    blends = faulty_blends(synthetic_set, tmp_path)
+    started = time.monotonic()
+    outcomes = run_all(blends, tmp_path, timeout=5.0)
+    assert time.monotonic() - started < 60
+    assert outcomes["fine"].error is None
+    assert outcomes["fine"].reply["iterations"] == 1
+    assert outcomes["print"].error is None, "stdout of the deblender must not break the protocol"
+    assert outcomes["raise"].error == "DeblendFailure: the deblender gave up"
+    assert "DeblendFailure" in outcomes["raise"].reply["traceback"]
+    assert outcomes["raise"].reply["raised_in"] == "deblender"
+    # An exception raised in the adapter's own code is the tool's, its frames kept.
+    assert outcomes["adapter"].error.startswith("ValueError: too many values to unpack")
+    assert outcomes["adapter"].reply["raised_in"] == "adapter"
+    assert "_values, _loss = (1, 2, 3)" in outcomes["adapter"].reply["traceback"]
+    assert outcomes["hang"].error == "timed out while deblending"
+    assert "killed by signal 9" in outcomes["crash"].error
+    # NaNs are caught by the measurement step, not by the pool.
+    assert outcomes["nan"].error is None
+
+
+def test_tasks_after_a_crash_run_on_a_new_worker(synthetic_set, tmp_path):
+    blends = faulty_blends(synthetic_set, tmp_path)
+    order = {
+        "crash": blends["crash"],
+        "fine": blends["fine"],
+        "hang": blends["hang"],
+        "print": blends["print"],
+    }
+    outcomes = run_all(order, tmp_path, timeout=3.0, slots=1)
+    assert outcomes["crash"].error and outcomes["hang"].error
+    assert outcomes["fine"].error is None and outcomes["print"].error is None
+
+
+def test_a_worker_that_cannot_start_errors_its_side_with_the_reason(synthetic_set, tmp_path):
+    broken = tmp_path / "broken_adapter.py"
+    broken.write_text("import scarlet_that_does_not_exist\n")
+    side = Side("head", sys.executable, broken)
+    blends = sorted(synthetic_set.glob("*.npz"))[:3]
+    tasks = [Task("head", p, tmp_path / f"{p.stem}.out.npz", {}) for p in blends]
+    outcomes = []
+    run_tasks(tasks, {"head": side}, tmp_path, 1, 5.0, outcomes.append)
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert outcome.error.startswith("worker could not load its adapter")
+        assert "No module named 'scarlet_that_does_not_exist'" in outcome.error
+        # The import the adapter's own code made: its traceback, and whose code it is.
+        assert outcome.reply["raised_in"] == "adapter"
+        assert "broken_adapter.py" in outcome.reply["traceback"]
+
+
+def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
+    spy = tmp_path / "spy_adapter.py"
+    spy.write_text(
+        "import json, os, sys\n"
+        f"exec(open({str(FAULTY_ADAPTER)!r}).read())\n"
+        "_deblend = deblend\n"
+        "def deblend(blend, options):\n"
+        "    result = _deblend(blend, options)\n"
+        "    result['version'] = json.dumps(sorted(os.environ))\n"
+        "    return result\n"
+    )
+    blend = sorted(synthetic_set.glob("*.npz"))[0]
+    outcomes = []
+    run_tasks(
+        [Task("head", blend, tmp_path / "out.npz", {})],
+        {"head": Side("head", sys.executable, spy)},
+        tmp_path,
+        1,
+        10.0,
+        outcomes.append,
+    )
+    seen = outcomes[0].reply["version"]
+    assert "GITHUB_APP_PRIVATE_KEY" not in seen
+    assert "OMP_NUM_THREADS" in seen
+
+
+def test_with_a_slot_per_revision_each_slot_keeps_to_one_revision(synthetic_set, tmp_path):
+    sides = {name: Side(name, sys.executable, FAULTY_ADAPTER) for name in ("base", "head")}
+    blends = sorted(synthetic_set.glob("*.npz"))
+    tasks = [
+        Task(side, path, tmp_path / f"{path.stem}.{side}.npz", {})
+        for path in blends
+        for side in ("base", "head")
+    ]
+    outcomes = []
+    run_tasks(tasks, sides, tmp_path, 2, 10.0, outcomes.append)
+    assert len(outcomes) == 2 * len(blends) and all(o.error is None for o in outcomes)
+    started = sorted(p.name for p in tmp_path.glob("worker-*.log"))
+    assert started == ["worker-0-base.log", "worker-1-head.log"]
+
+
+def test_a_slot_with_nothing_left_for_its_revision_takes_the_other_s_when_many_wait():
+    """Base reused but for one blend: the base slot then helps with head's blends, but
+    does not start a worker for the last few."""
+    tasks = [Task("base", Path("b0"), Path("o"), {})]
+    tasks += [Task("head", Path(f"h{i}"), Path("o"), {}) for i in range(SWITCH_AT + 2)]
+    queue = TaskQueue(tasks)
+    assert queue.take({"base"}, only_preferred=True).side == "base"
+    assert queue.take({"head"}, only_preferred=True).blend == Path("h0")
+    assert queue.take({"base"}, only_preferred=True).blend == Path("h1")  # switches
+    while len(queue.tasks) >= SWITCH_AT:
+        assert queue.take({"head"}, only_preferred=True).side == "head"
+    assert queue.take({"base"}, only_preferred=True) is None  # too few to start a worker
+    assert queue.take({"base"}, only_preferred=False).side == "head"  # the only slot
+
+
+MALICIOUS = """
+import json, os, pathlib, socket, subprocess
+exec(open({faulty!r}).read())
+_deblend = deblend
+
+def read(path):
+    try:
+        return pathlib.Path(path).read_text()
+    except OSError:
+        return ''
+
+def deblend(blend, options):
+    found = {{k: v for k, v in os.environ.items() if 'KEY' in k or 'CRED' in k}}
+    for path in {secrets!r}:
+        parent = os.path.dirname(path)
+        found[path] = read(path) + read('/proc/%d/root%s' % (os.getppid(), path))
+        subprocess.run(['umount', parent], capture_output=True)  # look under the cover
+        found[path] += read(path) + ' '.join(os.listdir(parent))
+    for environ in pathlib.Path('/proc').glob('[0-9]*/environ'):
+        if 'PRIVATE KEY' in read(environ):
+            found[str(environ)] = 'a private key'
+    for host, port in (('127.0.0.1', {port}), ('pypi.org', 443)):
+        try:
+            socket.create_connection((host, port), 2)
+            found[host] = 'connected'
+        except OSError:
+            pass
+    result = _deblend(blend, options)
+    result['version'] = json.dumps({{k: v for k, v in found.items() if v}})
+    return result
+"""
+
+
+def test_a_malicious_deblender_finds_no_secret_no_secret_file_and_no_network(
+    synthetic_set, tmp_path, monkeypatch
+):
+    # The bot's App key and the store's credentials, where a deblender could guess them.
+    key = tmp_path / "app" / "private-key.pem"
+    credentials = tmp_path / "gcloud" / "credentials.json"
+    for path, text in ((key, "-----BEGIN PRIVATE KEY-----"), (credentials, '{"private_key"}')):
+        path.parent.mkdir()
+        path.write_text(text)
+    monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    monkeypatch.setenv(HIDE_VARIABLE, str(key))  # as the bot names its key file
+    blend = sorted(synthetic_set.glob("*.npz"))[0]
+    spy = tmp_path / "malicious_adapter.py"
+    way = isolation(os.environ, [synthetic_set, tmp_path, spy], network=False)
+    if way.tool != "bwrap":
+        pytest.skip(f"this machine cannot isolate workers fully: {way.describe()}")
+    assert {key.parent, credentials.parent} <= {path for path, _ in way.hidden}
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        secrets = [str(key), str(credentials)]
+        text = MALICIOUS.format(faulty=str(FAULTY_ADAPTER), secrets=secrets,
+                                port=server.getsockname()[1])  # fmt: skip
+        spy.write_text(text)
+        outcomes = []
+        side = Side("head", sys.executable, spy, sandbox=way)
+        run_tasks([Task("head", blend, tmp_path / "o.npz", {})], {"head": side}, tmp_path, 1,
+                  20.0, outcomes.append)  # fmt: skip
+    assert outcomes[0].error is None
+    assert json.loads(outcomes[0].reply["version"]) == {}
+    assert key.read_text().startswith("-----BEGIN"), "the file is still there, outside"
+
+
+def test_a_deblender_that_allocates_without_bound_is_stopped_at_the_limit(synthetic_set, tmp_path):
+    source = sorted(synthetic_set.glob("*.npz"))[0]
+    images = np.load(source)["images"].copy()
+    images[0, 0, 0] = ALLOCATES
+    greedy = write_blend_with(tmp_path / "greedy.npz", source, images=images)
+    # Behind the sandbox where it runs: the worker is then bwrap's grandchild.
+    way = isolation(os.environ, [synthetic_set, tmp_path], network=False)
+    side = Side("head", sys.executable, FAULTY_ADAPTER, memory_limit=1 * 2**30, sandbox=way)
+    tasks = [Task("head", path, tmp_path / f"{path.stem}.out.npz", {}) for path in (greedy, source)]
+    outcomes = {}
+    run_tasks(tasks, {"head": side}, tmp_path, 1, 60.0,
+              lambda o: outcomes.__setitem__(o.task.blend, o))  # fmt: skip
+    assert "over the limit of 1024 MiB" in outcomes[greedy].error
+    assert outcomes[greedy].wall < 30
+    assert outcomes[source].error is None, "the next blend runs on a fresh worker"
