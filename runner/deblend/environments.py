@@ -301,11 +301,12 @@ def requirement_conflicts(
     """Every declared requirement the environment at ``env`` does not meet, one line each,
     as ``uv pip check`` (or ``pip check``) reports it, reading the metadata the build
     wrote. Both start the environment's interpreter, whose start-up runs the revision's
-    ``.pth`` files: behind a sandbox ``prefix`` it is ``pip check`` inside it."""
+    ``.pth`` files: it runs behind ``prefix`` (a sandbox that sees ``env`` and uv)."""
     uv, python = uv_binary(), str(env / "bin" / "python")
     check = [uv, "pip", "check", "--no-cache", "--python", python]
-    if not uv or prefix:
-        check = [*prefix, python, "-m", "pip", "check", "--disable-pip-version-check"]
+    if not uv:
+        check = [python, "-m", "pip", "check", "--disable-pip-version-check"]
+    check = [*prefix, *check]
     result = subprocess.run(
         check, capture_output=True, text=True, env=variables, cwd=env, check=False
     )
@@ -325,8 +326,11 @@ def _conflicts(env: Path, sandbox: Isolation | None, variables: dict[str, str] |
     if sandbox is None:
         return requirement_conflicts(env, variables)
     with tempfile.TemporaryDirectory(dir=env.parent) as scratch:
-        prefix = sandbox.prefix([Path(scratch)], [env], owner=f"build-{env.name}")
-        return requirement_conflicts(env, variables, prefix)
+        uv = uv_binary()
+        readable = [env, *([Path(uv)] if uv else [])]
+        prefix = sandbox.prefix([Path(scratch)], readable, owner=f"build-{env.name}")
+        own = {**(variables or {}), "HOME": scratch, "TMPDIR": scratch}
+        return requirement_conflicts(env, own, prefix)
 
 
 def _tail(log: Path) -> str:
