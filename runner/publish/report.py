@@ -344,7 +344,7 @@ def requirement_notes(result: RunResult, span=code) -> list[str]:
     for side in ("base", "head"):
         conflicts = getattr(result.provenance, side).build.conflicts
         if conflicts:
-            shown = "; ".join(span(c, 200) for c in conflicts[:10])
+            shown = "; ".join(span(c) for c in conflicts[:10])
             more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
             lines.append(f"The lock does not meet {side}'s declared requirements: {shown}{more}.")
     return lines

@@ -17,6 +17,7 @@ from runner.deblend import adapters
 from runner.deblend.adapters import Adapter
 from runner.deblend.run import RunConfig
 from runner.publish.report import Links, comment, drift_failed, drift_issue
+from runner.publish.untrusted import code
 from runner.result import SCHEMA_FILE, RunResult
 from support import TINY_LOCK, TINY_PYPROJECT, tiny_repository, two_blends
 
@@ -115,7 +116,8 @@ def test_declared_requirements_the_lock_does_not_meet_are_reported(tiny):
     conflicts = result.provenance.head.build.conflicts
     assert len(conflicts) == 1 and "numpy<2" in conflicts[0] and "2.4.6" in conflicts[0]
     assert result.provenance.base.build.conflicts == []
-    assert f"The lock does not meet head's declared requirements: `{conflicts[0]}`." in comment(
+    # Untrusted text (it names the revision's requirements): one code span, however fenced.
+    assert f"The lock does not meet head's declared requirements: {code(conflicts[0])}." in comment(
         result, Links()
     )
 
