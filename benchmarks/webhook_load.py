@@ -43,6 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 SECRET = "load-test-secret"
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -58,7 +64,8 @@ REPOSITORY = {
 
 class StubGitHub:
     """Answers installation tokens and PR reads (each PR open at a head no delivery
-    names), counting the reads."""
+    names), counting the reads (``GET /reads``). It runs in a process of its own
+    (``--stub-github PORT``), so that neither it nor the load shares the other's CPU."""
 
     def __init__(self) -> None:
         self.reads = 0
@@ -74,14 +81,18 @@ class StubGitHub:
         now = pull_request(number, "f" * 40) | {"updated_at": "2099-01-01T00:00:00Z"}
         return web.json_response(now)
 
-    async def serve(self, port: int) -> web.AppRunner:
+    async def count(self, request: web.Request) -> web.Response:
+        return web.json_response({"reads": self.reads})
+
+    async def serve(self, port: int) -> None:
         app = web.Application()
         app.router.add_post("/app/installations/{id}/access_tokens", self.token)
         app.router.add_get("/repos/{owner}/{repo}/pulls/{number}", self.pull)
-        runner = web.AppRunner(app)
+        app.router.add_get("/reads", self.count)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        return runner
+        await asyncio.Event().wait()
 
 
 def pull_request(number: int, sha: str) -> dict:
@@ -171,12 +182,21 @@ async def load(url: str, rate: float, seconds: float, repeat: float, event: str)
 
 
 async def run(
-    rate: float, seconds: float, repeat: float, env: dict[str, str], event: str = "pull_request"
+    rate: float,
+    seconds: float,
+    repeat: float,
+    env: dict[str, str],
+    event: str = "pull_request",
+    others: dict[str, int] | None = None,
 ) -> None:
-    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it."""
+    """Start the bot (with ``env`` over its settings) and a stub GitHub, and load it;
+    print the CPU time per delivery of the bot and of ``others`` (name: pid), and the
+    machine's load average."""
     github_port, bot_port = free_port(), free_port()
-    stub = StubGitHub()
-    github = await stub.serve(github_port)
+    github = subprocess.Popen(
+        [sys.executable, __file__, "--stub-github", str(github_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -200,23 +220,40 @@ async def run(
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{bot_port}"
+            stub = f"http://127.0.0.1:{github_port}"
             async with aiohttp.ClientSession() as session:
-                for _ in range(100):
-                    try:
-                        async with session.get(f"{url}/healthz") as response:
-                            if response.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
+                for address in (f"{url}/healthz", f"{stub}/reads"):
+                    for _ in range(100):
+                        try:
+                            async with session.get(address) as response:
+                                if response.status == 200:
+                                    break
+                        except aiohttp.ClientError:
+                            pass
+                        await asyncio.sleep(0.1)
+            pids = {"bot": bot.pid, "stub GitHub": github.pid, **(others or {})}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             await load(f"{url}/webhook", rate, seconds, repeat, event)
             await asyncio.sleep(1.0)  # the last deliveries' work, after their answers
             if event == "pull_request":
-                print(f"PRs read from GitHub after the answer: {stub.reads}")
+                async with (
+                    aiohttp.ClientSession() as session,
+                    session.get(f"{stub}/reads") as response,
+                ):
+                    reads = (await response.json())["reads"]
+                print(f"PRs read from GitHub after the answer: {reads}")
+            deliveries = rate * seconds
+            used = ", ".join(
+                f"{name} {(cpu_seconds(pid) - before[name]) / deliveries * 1e3:.1f} ms"
+                for name, pid in pids.items()
+            )
+            load_average = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+            print(f"CPU per delivery: {used}; machine load average {load_average}")
         finally:
             bot.terminate()
             bot.wait(timeout=10)
-            await github.cleanup()
+            github.terminate()
+            github.wait(timeout=10)
 
 
 async def main() -> None:
@@ -225,7 +262,10 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--repeat", type=float, default=0.05)
     parser.add_argument("--event", choices=["pull_request", "push"], default="pull_request")
+    parser.add_argument("--stub-github", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stub_github:
+        await StubGitHub().serve(args.stub_github)
     await run(args.rate, args.seconds, args.repeat, {}, args.event)
 
 

@@ -121,10 +121,10 @@ class CompilerCache:
     def summary(self, scratch: Path, before: dict[str, int]) -> str | None:
         """One line on what the build whose scratch folder is ``scratch`` compiled: its
         hits and misses and whether it could write the cache. A writable build's are
-        counted by the runner (ccache's statistics now against ``before``); a read-only
-        build's come from its own log, compilations of files outside the environment (a
-        setup.py's checks of compiler flags, on temporary files that cannot hit) counted
-        apart. None if it compiled nothing."""
+        counted by the runner (ccache's statistics now against ``before``: a setup.py's
+        checks of compiler flags, on temporary files that never hit, are misses there
+        too); a read-only build's come from its own log, those checks counted apart. None
+        if it compiled nothing."""
         if ccache() is None:
             return "no ccache on this machine: compiled without a cache"
         if self.writable:

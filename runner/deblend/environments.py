@@ -103,7 +103,6 @@ class BuildLimits:
 
 
 BUILD_LIMITS = BuildLimits()
-TAIL_BYTES = 64 * 2**10
 
 
 class BuildError(RuntimeError):

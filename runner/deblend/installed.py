@@ -26,9 +26,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
+import stat
 import tokenize
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from runner.deblend.revisions import git
 
@@ -76,14 +79,33 @@ class InstalledError(RuntimeError):
     """An environment whose deblender's installed files cannot be listed."""
 
 
+RECORD_LIMIT = 16 * 2**20  # bytes of a RECORD read (the revision's build wrote it)
+
+
+def _regular(path: Path) -> BinaryIO | None:
+    """``path`` opened for reading if it is a regular file (never a link, a pipe, a
+    device: the revision's build made it), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return open(fd, "rb")
+
+
 def record(site_packages: Path, module: str) -> list[str]:
     """The files the distribution holding ``module`` (a dotted name: its top-level
     package's) installed, from its RECORD, as paths relative to ``site_packages`` (POSIX)."""
     top = module.split(".")[0]
     for info in sorted(site_packages.glob("*.dist-info")):
-        if not (info / "RECORD").exists():
+        stream = _regular(info / "RECORD")
+        if stream is None:
             continue
-        rows = csv.reader(io.StringIO((info / "RECORD").read_text()))
+        with stream:
+            text = stream.read(RECORD_LIMIT).decode(errors="replace")
+        rows = csv.reader(io.StringIO(text))
         paths = [row[0] for row in rows if row]
         if any(PurePosixPath(p).parts[0] in (top, f"{top}.py") for p in paths):
             return paths
@@ -102,7 +124,7 @@ def _package_files(paths: list[str]) -> list[PurePosixPath]:
     """The installed files that are the package's own: no metadata, bytecode, scripts."""
     files = []
     for path in map(PurePosixPath, paths):
-        if path.parts[0].endswith(".dist-info") or ".." in path.parts:
+        if path.is_absolute() or path.parts[0].endswith(".dist-info") or ".." in path.parts:
             continue
         if "__pycache__" in path.parts or path.suffix == ".pyc":
             continue
@@ -195,7 +217,12 @@ def installed_hash(env: Path, module: str) -> str:
     for path in sorted(_package_files(record(root, module))):
         if path.name in VERSION_FILES:
             continue
-        data = _content(path, (root / path).read_bytes())
+        stream = _regular(root / path)
+        if stream is None:  # a link or a special file: its name stands for it
+            digest.update(f"{path}\0not a regular file\0".encode())
+            continue
+        with stream:
+            data = _content(path, stream.read())
         digest.update(f"{path}\0{len(data)}\0".encode())
         digest.update(data)
     return digest.hexdigest()

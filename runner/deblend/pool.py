@@ -51,6 +51,7 @@ THREAD_VARIABLES = (
 )
 INPUT_KEYS = ("images", "variance", "footprint", "psfs", "centers")  # what a worker is given
 INPUTS = "blend.npz"  # the inputs' name in a worker's scratch folder
+ARRAYS_LIMIT = 256 * 2**20  # bytes of arrays a worker may return for one blend
 TICKS = os.sysconf("SC_CLK_TCK")
 # What a worker may see of the parent's environment; everything else is scrubbed.
 PASSED_VARIABLES = ("PATH", "LANG", "LC_ALL", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
@@ -447,11 +448,15 @@ def write_inputs(blend: Path, inputs: Path) -> None:
 
 def collect(arrays: Path, out: Path) -> None:
     """Copy the file a worker wrote to ``out`` and remove it, refusing anything but a
-    regular file (a symbolic link would have us copy what it points to, a pipe block)."""
+    regular file (a symbolic link would have us copy what it points to, a pipe block) of
+    at most :data:`ARRAYS_LIMIT` bytes."""
     fd = os.open(arrays, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with open(fd, "rb") as source:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             raise OSError(f"{arrays.name} is not a regular file")
+        if status.st_size > ARRAYS_LIMIT:
+            raise OSError(f"{arrays.name} holds over {ARRAYS_LIMIT // 2**20} MiB")
         with open(out, "wb") as target:
             shutil.copyfileobj(source, target)
     arrays.unlink()

@@ -81,6 +81,7 @@ from runner.result import (
 from runner.store import ArtifactStore, LocalStore, StoreError, open_store
 
 SIDES = ("base", "head")
+ARRAY_KEYS = ("flux", "centroid", "model")  # what is read of a worker's arrays
 CLOUD_RUN_VARIABLE = "CLOUD_RUN_JOB"  # set in a Cloud Run job's tasks
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
@@ -109,15 +110,16 @@ class RunConfig:
     """Everything a run needs to know. ``store``: where environments, measured outcomes
     and the compiler cache are shared between tasks and runs, the runner's own and never
     public (a ``--private-store`` spec; None: this machine's cache only). ``shortcuts``:
-    skip work that cannot change the answer (a head that cannot change a model, base
-    outcomes already measured); off, both sides are built and
-    deblended in full. ``timing_sample``: blends timed on both sides in this run when base
-    is reused (the timing metrics rest on them). ``trusted_ref``: the protected branch
-    whose own commits head and base are (a push or baseline run; checked): only such a
-    run writes the shared compiler cache and stored outcomes. ``unsandboxed``: run the
-    revisions' code unisolated where the sandbox cannot run (a developer's own machine;
-    otherwise such a run is refused). ``base_sha``: the base branch's commit the pull
-    request's event named (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
+    skip work that cannot change the answer (a head that cannot change a model, outcomes
+    of either side already measured); off, both sides are built and deblended in full
+    (but nothing where head does not build). ``timing_sample``: blends deblended on both
+    sides in this run when a side is reused (spot-checking the stored outcomes; the timing
+    metrics rest on them). ``trusted_ref``: the protected branch whose own commits head
+    and base are (a push or baseline run; checked): only such a run writes the shared
+    compiler cache and stored outcomes. ``unsandboxed``: run the revisions' code
+    unisolated where the sandbox cannot run (a developer's own machine; otherwise such a
+    run is refused). ``base_sha``: the base branch's commit the pull request's event named
+    (``base`` is then ``refs/heads/<name>``, checked to hold it)."""
 
     repo: str
     head: str
@@ -709,8 +711,9 @@ class Run:
         sides: dict[str, Side],
         loaded: dict[tuple[str, str], Blend | BlendError],
     ) -> None:
-        """Deblend and measure ``plan``'s (blend, side) pairs, in order (so base and head
-        of a blend interleave and machine drift cancels in their timings)."""
+        """Deblend and measure ``plan``'s (blend, side) pairs, in order: both sides of a
+        blend next to each other run on the same slot (``pool.TaskQueue``), so that the
+        same load meets both in their timings."""
         config = self.config
         workdir = config.out / "logs"
         workdir.mkdir(parents=True, exist_ok=True)
@@ -780,7 +783,7 @@ class Run:
         relative = str(outcome.task.out.relative_to(self.config.out))
         try:
             with np.load(outcome.task.out, allow_pickle=False) as archive:
-                arrays = {key: archive[key] for key in archive.files}
+                arrays = {key: archive[key] for key in ARRAY_KEYS if key in archive.files}
             reply = outcome.reply or {}
             return measure(blend, arrays, reply, relative, outcome.wall, outcome.cpu)
         except (MeasurementError, OSError, ValueError, KeyError) as error:

@@ -480,12 +480,11 @@ def failure_reasons(comparison: Comparison) -> list[str]:
 
 
 def _fixed_reason(comparison: Comparison, result: RunResult) -> list[str]:
+    """The fixes, credited (what base errored with is said by its failure's line)."""
     if not comparison.fixed:
         return []
-    kinds = [f.summary for f in comparison.failures if f.side == "base" and f.stage == "deblend"]
-    what = f" ({'; '.join(kinds[:2])})" if kinds else ""
     count = f"{len(comparison.fixed)} of {len(result.blends)}"
-    return [f"fixed: {count} blends that errored on base{what} deblend on head"]
+    return [f"fixed: {count} blends that errored on base deblend on head"]
 
 
 def _ancestor_reasons(comparison: Comparison, base: str) -> list[str]:
@@ -546,8 +545,9 @@ def _verdict(result: RunResult, comparison: Comparison) -> tuple[str, list[str]]
     if inconclusive:
         doubt.append(f"inconclusive: {', '.join(inconclusive)}")
     if not both_ok(result.blends) and ancestor is None:
-        doubt += [line for line in broken if line.startswith("base ")]
         doubt.append("no blend was deblended by both base and head")
+    # What base errors with is said whatever the verdict, before the fixes it credits.
+    credit = [line for line in broken if line.startswith("base ")] + credit
     if bad or (ancestor is not None and ancestor.verdict == "fail"):
         return "fail", [*bad, *doubt, *credit]
     if doubt or (ancestor is not None and ancestor.verdict == "neutral"):

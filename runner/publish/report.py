@@ -189,10 +189,13 @@ def failure_line(failure: Failure) -> str:
 
 def _rendered_reasons(comparison: Comparison) -> list[str]:
     """The verdict's reasons as Markdown: a failure's error text in a code span."""
-    plain = {f.reason: failure_line(f) for f in comparison.failures}
-    if comparison.tool_failure is not None:
-        plain[comparison.tool_failure.headline] = tool_failure_line(comparison.tool_failure)
-    return [plain.get(reason, reason) for reason in comparison.reasons]
+    rendered = []
+    for reason in comparison.reasons:
+        for failure in comparison.failures:
+            reason = reason.replace(failure.reason, failure_line(failure))
+        tool = comparison.tool_failure
+        rendered.append(tool_failure_line(tool) if tool and reason == tool.headline else reason)
+    return rendered
 
 
 def _sentence(text: str) -> str:
@@ -650,15 +653,28 @@ def _reasons(comparison: Comparison) -> str:
     return "\n".join(f"- {reason}" for reason in _rendered_reasons(comparison))
 
 
+def _why(change: BlendChange) -> str:
+    """Why a blend is clearly worse; a mixed blend's better side too."""
+    why = "; ".join(change.worse[:4])
+    return f"{why} — but {'; '.join(change.better[:2])}" if change.mixed else why
+
+
 def worse_list(comparison: Comparison, limit: int = WORSE_LISTED) -> str:
-    """The blends clearly worse beyond tolerance, each with why; empty when none."""
-    worse = [c for c in comparison.blends if c.worse]
-    if not worse:
-        return ""
-    rows = [f"- `{c.dataset}/{c.id}`: {'; '.join(c.worse[:4])}" for c in worse[:limit]]
-    if len(worse) > limit:
-        rows.append(f"- … and {len(worse) - limit} more (see the full report)")
-    return f"### {len(worse)} blend(s) clearly worse\n\n" + "\n".join(rows)
+    """The blends clearly worse beyond tolerance, then the mixed ones (clearly worse in
+    one respect, clearly better in another), each with why; empty when none."""
+    parts = []
+    for mixed, title in (
+        (False, "clearly worse"),
+        (True, "mixed (one respect better, another worse)"),
+    ):
+        found = [c for c in comparison.blends if c.worse and c.mixed == mixed]
+        if not found:
+            continue
+        rows = [f"- `{c.dataset}/{c.id}`: {_why(c)}" for c in found[:limit]]
+        if len(found) > limit:
+            rows.append(f"- … and {len(found) - limit} more (see the full report)")
+        parts.append(f"### {len(found)} blend(s) {title}\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
 
 
 def _identical_line(comparison: Comparison) -> str:
@@ -829,7 +845,7 @@ def failures_html(result: RunResult) -> str:
         hit = f"<p>e.g. {esc(examples)}</p>" if examples else ""
         items.append(
             f"<details open><summary>{esc(title)}</summary>{hit}"
-            f"<pre>{esc(failure.detail or '(no output)')}</pre></details>"
+            f"<pre><code>{esc(failure.detail or '(no output)')}</code></pre></details>"
         )
     return "<h2>What broke</h2>" + "".join(items)
 
@@ -909,17 +925,18 @@ def html_report(result: RunResult, links: Links) -> str:
         f"<p>{html_line(lambda span: _provenance_line(result, span))}</p>",
         f"<p>{links_html}</p>" if links_html else "",
     ]
-    worse = [c for c in comparison.blends if c.worse]
-    worse_html = (
-        f"<h2>{len(worse)} blend(s) clearly worse</h2><ul>"
-        + "".join(
-            f"<li><code>{esc(c.dataset)}/{esc(c.id)}</code>: {esc('; '.join(c.worse))}</li>"
-            for c in worse
-        )
-        + "</ul>"
-        if worse
-        else ""
-    )
+    worse_html = ""
+    for mixed, heading in ((False, "clearly worse"), (True, "mixed")):
+        found = [c for c in comparison.blends if c.worse and c.mixed == mixed]
+        if found:
+            worse_html += (
+                f"<h2>{len(found)} blend(s) {heading}</h2><ul>"
+                + "".join(
+                    f"<li><code>{esc(c.dataset)}/{esc(c.id)}</code>: {esc(_why(c))}</li>"
+                    for c in found
+                )
+                + "</ul>"
+            )
     notes_html = "".join(f"<p>{line}</p>" for line in html_lines(lambda span: notes(result, span)))
     identical = _identical_line(comparison)
     if identical:

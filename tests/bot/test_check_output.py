@@ -7,6 +7,7 @@ import aiohttp
 from bot.github import client as github
 from bot.github.client import CHECK_BYTES, clip
 from bot.github.resilience import ResilientGitHubAPI
+from bot.settings import CHECK_NAME
 from runner.publish.report import CheckRunOutput
 
 REPO = "octo/scarlet"
@@ -27,8 +28,9 @@ async def test_an_output_near_the_limit_in_multibyte_text_is_accepted_within_byt
     assert len(summary) <= CHECK_BYTES < len(summary.encode())
     async with aiohttp.ClientSession() as session:
         gh = ResilientGitHubAPI(session, "test", oauth_token=token, base_url=fake_github.url)
+        queued = CheckRunOutput("queued", "Queued.", "")
         check_run = await github.create_check_run(
-            gh, REPO, "a" * 40, "https://x", CheckRunOutput("queued", "Queued.", ""), "job-1"
+            gh, REPO, "a" * 40, CHECK_NAME, "https://x", queued, "job-1"
         )
         output = CheckRunOutput("fail: 3 metrics regressed", summary, text)
         await github.complete_check_run(gh, REPO, check_run, "failure", output)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from pathlib import Path
 
@@ -135,8 +136,14 @@ async def test_two_prs_of_one_head_sha_each_get_their_own_check_run_and_report(b
     commit(bot.repo, "main: models 10 % brighter")
     git(bot.repo, "checkout", "--quiet", "-b", "shared", "main")
     sha = push(bot, "notes only")
-    to_main = bot.fake.add_pull(REPO, 43, head_sha=sha, head_ref="shared", base_ref="main")
-    to_develop = bot.fake.add_pull(REPO, 44, head_sha=sha, head_ref="shared", base_ref="develop")
+    # As GitHub does, each PR's event names its base branch's newest commit.
+    tips = {ref: git(bot.repo, "rev-parse", ref) for ref in ("main", "develop")}
+    to_main, to_develop = (
+        bot.fake.add_pull(
+            REPO, number, head_sha=sha, head_ref="shared", base_ref=ref, base_sha=tips[ref]
+        )
+        for number, ref in ((43, "main"), (44, "develop"))
+    )
     assert await bot.send("pull_request", "opened", pull=to_main) == 202
     assert await bot.send("pull_request", "opened", pull=to_develop) == 202
 
@@ -147,7 +154,7 @@ async def test_two_prs_of_one_head_sha_each_get_their_own_check_run_and_report(b
     for pull, run in ((to_main, by_name["scarlet regression"]),
                       (to_develop, by_name["scarlet regression (develop)"])):  # fmt: skip
         job = await service.jobs.latest(REPO, pull.number)
-        assert (job.check_run_id, job.base) == (run.id, pull.base_ref)
+        assert (job.check_run_id, job.base) == (run.id, f"refs/heads/{pull.base_ref}")
         (report,) = bot.report_comments(pull.number)
         verdict = report.body.split("scarlet regression: ", 1)[1].split()[0]
         expected = {"pass": "success", "fail": "failure", "neutral": "neutral"}[verdict]
@@ -274,14 +281,19 @@ async def test_a_burst_of_pushes_runs_at_most_the_cap_and_reports_the_newest(
                 most = max(most, runners(bot))
                 await asyncio.sleep(0.05)
 
+        # Twenty pushes within seconds: their deliveries arrive together, in no order.
+        shas = [push(bot, f"push {n}") for n in range(20)]
+        merge = {"repository": {"clone_url": str(bot.repo)}}
+        deliveries = [
+            fake_github.webhook("pull_request", "synchronize", pull=pull, head_sha=sha, merge=merge)
+            for sha in shas
+        ]
+        pull.head_sha = newest = shas[-1]
         watching = asyncio.create_task(watch())
         try:
-            shas = []
-            for n in range(20):
-                pull.head_sha = push(bot, f"push {n}")
-                shas.append(pull.head_sha)
-                assert await bot.send("pull_request", "synchronize", pull=pull) == 202
-            newest = shas[-1]
+            random.Random(25).shuffle(deliveries)
+            statuses = await asyncio.gather(*(bot.deliver(*d) for d in deliveries))
+            assert statuses == [202] * 20
             (run,) = await bot.completed(newest, timeout=300)
             await asyncio.sleep(2.0)
         finally:

@@ -811,7 +811,8 @@ def test_the_uploaded_app_installs_and_serves_as_on_app_engine(tmp_path: Path) -
             except OSError:
                 time.sleep(0.1)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as answer:
-            assert json.load(answer) == {"ok": True}
+            health = json.load(answer)
+        assert health["ok"] is True and health["watcher"]["failures"] == 0, health
     finally:
         server.terminate()
         server.communicate(timeout=30)

@@ -129,7 +129,7 @@ async def test_a_bot_killed_mid_run_is_replaced_by_one_with_nothing_on_disk(
 
 
 async def test_a_conclusion_github_refused_is_written_later_by_the_reconciler(deployment):
-    deployment.shared["reconcile_interval"] = 0.5
+    deployment.shared |= {"reconcile_interval": 0.5, "report_backoff": 1.0}
     bot = await deployment.instance("one")
     fake = deployment.fake
     # Every try of the conclusion fails (the bot tries six times) ...

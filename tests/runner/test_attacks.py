@@ -329,11 +329,11 @@ def test_a_base_branch_cannot_poison_the_compiler_cache(world):
     world.pull_request("evil", {"setup.py": POISONING_BASE + C_SETUP}, base="c-trunk")
     pr = world.pull_request("pr-on-evil", {"README.md": "a change\n"}, base="evil")
     attacked = world.run(pr, "evil", *shared_store)
-    assert attacked.provenance.trusted_ref is None
+    assert not caches.exists() or snapshot(caches) == {}, "nothing written"
+    assert not (store / "ccache").exists(), "nothing uploaded"
     for side in (attacked.provenance.base, attacked.provenance.head):
         assert "writable" not in (side.build.compiler_cache or "")
-    assert snapshot(caches) == {} if caches.exists() else True
-    assert not (store / "ccache").exists(), "nothing uploaded"
+    assert attacked.provenance.trusted_ref is None
 
     # A trusted run of the protected branch's own commits fills its cache ...
     trusted = world.run(trunk, trunk, "--trusted-ref", "c-trunk", *shared_store)
@@ -384,7 +384,7 @@ def test_a_build_that_copies_the_datasets_finds_none(world):
 
 
 def test_an_environment_of_gigabytes_is_a_build_error_and_never_packed(world, tmp_path):
-    size = environments.BUILD_LIMITS.size + 2**20
+    size = 2 * 2**30 + 2**20  # the limit, and a MiB
     result = world.run(world.pull_request("two-gigabytes", setup_py(BIG.format(size=size))))
 
     build = head_build(result)
@@ -413,7 +413,8 @@ import subprocess, sys
 bomb = subprocess.run(["/bin/sh", "-c", "for i in $(seq 300); do sleep 20 & done; wait"],
                       capture_output=True, text=True)
 print(bomb.stderr[-200:], file=sys.stderr)
-sys.exit(1 if "fork" in bomb.stderr.lower() else 0)
+if "fork" in bomb.stderr.lower():
+    sys.exit(1)
 """
 DISK_FILL = """
 import pathlib, sys, time
@@ -505,15 +506,16 @@ def test_a_hung_build_and_a_hung_import_are_stopped(world, limits):
 # -- 7. fail closed: no sandbox, no untrusted code -------------------------------------
 
 
+NO_BWRAP = "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
+
+
 def test_where_the_sandbox_cannot_run_untrusted_code_is_refused(
     world, tmp_path, monkeypatch, capsys
 ):
     broken = tmp_path / "bin"
     broken.mkdir()
     bwrap = broken / "bwrap"
-    bwrap.write_text(
-        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
-    )
+    bwrap.write_text(NO_BWRAP)
     bwrap.chmod(0o755)
     monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
     capsys.readouterr()
@@ -529,7 +531,10 @@ def test_where_the_sandbox_cannot_run_untrusted_code_is_refused(
 
 
 class Metadata(BaseHTTPRequestHandler):
+    asked = 0
+
     def do_GET(self):
+        Metadata.asked += 1
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b"a token")
@@ -541,6 +546,7 @@ class Metadata(BaseHTTPRequestHandler):
 @pytest.fixture
 def metadata_server():
     """A stand-in for the metadata server, on loopback: its (host, port)."""
+    Metadata.asked = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield ("127.0.0.1", server.server_port)
@@ -548,18 +554,46 @@ def metadata_server():
     server.server_close()
 
 
-def test_on_cloud_run_the_offline_check_runs_first(world, metadata_server, monkeypatch, capsys):
+ASK_FOR_THE_TOKEN = """
+import urllib.request
+try:
+    urllib.request.urlopen("http://{host}:{port}/computeMetadata/v1/token", timeout=5).read()
+except OSError:
+    pass
+"""
+
+
+def test_on_cloud_run_no_revision_s_code_runs_unless_the_sandbox_is_offline(
+    world, metadata_server, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("CLOUD_RUN_JOB", "scarlet-runner")
     targets = (metadata_server, ("localhost", 9))
     monkeypatch.setattr(sandbox, "UNREACHABLE", targets, raising=False)
-    # Behind the sandbox the loopback server is out of reach: the run goes on.
-    result = world.run(world.innocent)
-    assert result.comparison.verdict == "pass"
-    assert world.run(world.innocent, "main", "--unsandboxed", code=2) is None
+    host, port = metadata_server
+    asking = world.pull_request(
+        "ask-for-the-token", setup_py(ASK_FOR_THE_TOKEN.format(host=host, port=port))
+    )
+
+    # Where the sandbox cannot run, the job refuses before any revision's code runs.
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    for tool in ("bwrap", "unshare"):
+        (broken / tool).write_text(NO_BWRAP)
+        (broken / tool).chmod(0o755)
+    with monkeypatch.context() as path:
+        path.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+        assert world.run(asking, code=2) is None
+        assert world.run(asking, "main", "--unsandboxed", code=2) is None
+    assert Metadata.asked == 0, "nobody asked the metadata server"
     assert "--unsandboxed is refused on Cloud Run" in capsys.readouterr().err
 
+    # Behind the sandbox the (loopback) metadata server is out of reach: the run goes on.
+    result = world.run(asking)
+    assert result.provenance.head.build.status == "ok" and Metadata.asked == 0
+    assert result.comparison.verdict == "pass"
+
     # A sandbox that let the network through is caught before any revision's code runs.
-    with pytest.raises(sandbox.SandboxError, match=f"could reach 127.0.0.1:{metadata_server[1]}"):
+    with pytest.raises(sandbox.SandboxError, match=f"could reach 127.0.0.1:{port}"):
         sandbox.check_offline(sandbox.isolation(network=True), [metadata_server])
     sandbox.check_offline(sandbox.isolation(network=False), [metadata_server])
     with socket.create_connection(metadata_server, 2):
