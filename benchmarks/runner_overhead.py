@@ -86,7 +86,7 @@ def main() -> None:
         source = revisions.checkout(local, sha, cache / "checkouts" / sha)
         adapter = detect_adapter(source)
         env = build_environment(source, sha, adapter, cache)
-        variables = deblender_variables(adapter, compilation_cache(cache, env))
+        variables = deblender_variables(adapter, compilation_cache(cache, adapter))
         side = Side("bench", env.python, adapter.worker_file, variables)
         print(f"{adapter.name} {env.deblender_version}, {len(blends)} blends, {cores} cores")
 

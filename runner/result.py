@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 SCHEMA = "scarlet-regression/run-result"
-# 4: runner-measured times, sandboxed, trusted_ref; 5: the verdict on real history
-SCHEMA_VERSION = 5
+# 4: runner-measured times, sandboxed, trusted_ref; 5: the verdict on real history;
+# 6: today's deblenders (tool failures, requirement conflicts, native measurements)
+SCHEMA_VERSION = 6
 SCHEMA_FILE = Path(__file__).parent / "schema" / "run-result.schema.json"
 
 
@@ -59,15 +60,19 @@ class SourceModel:
 class BlendRun:
     """One revision's outcome on one blend; ``reused_from``: the run that measured it,
     when it was read from the store instead of deblended in this run (its timings then
-    belong to that run's job and are not paired with the other side's).
+    belong to that run's job and are not paired with the other side's). ``sources`` are
+    measured by the runner from the deblender's source models; ``native`` is the
+    deblender's own measurement of them, where it has one (not judged: a change of it
+    alone is reported as a change of the revision's measurement code).
 
     Timings: ``wall_time`` and ``cpu_time`` are measured by the runner, never reported by
     the revision's code: the seconds between sending the request to the worker and its
     reply, and the CPU seconds (user and system) the kernel counted for the worker's
     processes meanwhile (``/proc/<pid>/stat`` before and after). ``init_time`` and
     ``fit_time`` are what the deblender itself reported (its code could claim anything).
-    ``traceback``: the last frames of the deblender's exception, where it raised one;
-    ``raised_in`` the function that raised it."""
+    An errored run keeps the worker's ``traceback`` (its last frames), ``raised_in`` the
+    function that raised it and ``raised_by`` whose code that is ("adapter", the tool's
+    own code, or "deblender")."""
 
     status: Literal["ok", "errored"]
     error: str | None = None
@@ -87,6 +92,8 @@ class BlendRun:
     sources: list[SourceModel] = field(default_factory=list)
     injected: list[InjectedSource] = field(default_factory=list)
     reused_from: str | None = None
+    native: list[SourceModel] = field(default_factory=list)
+    raised_by: Literal["adapter", "deblender"] | None = None
 
 
 @dataclass
@@ -116,13 +123,16 @@ class BlendResult:
 @dataclass
 class Build:
     """How the revision's environment came about ("skipped": not built, as it cannot
-    change a model, see ``Provenance.skipped``): ``reused`` from this machine's cache,
+    change a model, see ``Provenance.skipped``; "refused": the adapter cannot build this
+    revision, ``error`` says why): ``reused`` from this machine's cache,
     ``fetched_from`` the store (built by another task or run), or built here;
     ``compiler_cache`` how its compiled code came about (hits and misses of the compiler
     cache, and whether this build could write it); ``installed`` the hash of the files
-    installed for the deblender, version files and metadata aside."""
+    installed for the deblender, version files and metadata aside; ``conflicts`` every
+    requirement the revision declares that the locked environment does not meet (``uv pip
+    check``), one line each."""
 
-    status: Literal["ok", "failed", "skipped"]
+    status: Literal["ok", "failed", "skipped", "refused"]
     seconds: float | None = None
     reused: bool = False
     environment: str | None = None
@@ -131,6 +141,7 @@ class Build:
     fetched_from: str | None = None
     compiler_cache: str | None = None
     installed: str | None = None
+    conflicts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -405,6 +416,35 @@ class AncestorComparison:
 
 
 @dataclass
+class ToolFailure:
+    """The adapter, not the revision, failed: an exception raised in the adapter's own
+    code, the same failure on both sides on every blend, or a revision the adapter
+    refuses to build. ``headline`` says so in a line ("the scarlet2 adapter cannot drive
+    this revision: ..."); ``error`` and ``traceback`` (its last frames) are the first such
+    failure's; ``sides`` where it happened, ``blends`` how many blends it hit."""
+
+    adapter: str
+    kind: Literal["adapter code", "same failure on both sides", "refused"]
+    headline: str
+    error: str
+    traceback: str | None
+    sides: list[str]
+    blends: int
+
+
+@dataclass
+class NativeChange:
+    """The deblender's own measurement (its ``measure`` functions) differs from base's on
+    ``blends`` whose models and runner measurements are identical: a change of the
+    revision's measurement code, reported, not judged. ``flux`` is the largest relative
+    flux difference, ``centroid`` the largest centroid shift in pixels."""
+
+    blends: list[str]
+    flux: float | None
+    centroid: float | None
+
+
+@dataclass
 class Comparison:
     """The verdict on head against base, metric by metric and blend by blend, and why.
 
@@ -418,6 +458,8 @@ class Comparison:
     ``fixed``: blends that errored on base and deblend on head ("set/id");
     ``failures``: what broke on either side, once per distinct error; ``ancestor``: head
     against base's nearest good ancestor, where base is broken.
+    ``tool_failure``: the adapter could not drive a revision (then the verdict is
+    neutral); ``native``: the revision's own measurement changed where nothing judged did.
     """
 
     verdict: Verdict
@@ -435,6 +477,8 @@ class Comparison:
     fixed: list[str] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     ancestor: AncestorComparison | None = None
+    tool_failure: ToolFailure | None = None
+    native: NativeChange | None = None
 
 
 @dataclass

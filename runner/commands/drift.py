@@ -93,8 +93,17 @@ class DriftRun(Run):
 
 
 def drift(config: RunConfig, progress: Callable[[Progress], None] = lambda p: None) -> RunResult:
-    """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun)."""
-    return DriftRun(dataclasses.replace(config, base=config.head), progress).execute()
+    """Do one drift run of ``config.head`` (``config.base`` is ignored; see DriftRun); an
+    empty ``config.head`` is the repository's default branch, resolved now, so that the
+    newest commit of main is deblended and an adapter it breaks shows the same day."""
+    head = config.head
+    if not head:
+        try:
+            repo = revisions.local_repository(config.repo, config.cache.resolve())
+            head = revisions.default_branch(repo)
+        except revisions.RevisionError as error:
+            raise RunError(str(error)) from None
+    return DriftRun(dataclasses.replace(config, head=head, base=head), progress).execute()
 
 
 def add_parser(commands) -> None:
@@ -103,7 +112,9 @@ def add_parser(commands) -> None:
         "drift", help="deblend one revision with the lock and with the newest allowed releases"
     )
     drifter.add_argument("--repo", required=True, help="scarlet git repository: path or URL")
-    drifter.add_argument("--rev", required=True, help="revision, e.g. the default branch")
+    drifter.add_argument(
+        "--rev", default="", help="revision (default: the default branch's newest commit)"
+    )
     run_options(drifter)
     publishing(drifter)
     drifter.set_defaults(handler=main)

@@ -17,12 +17,14 @@ class AdapterError(ValueError):
 
 @dataclass(frozen=True)
 class Adapter:
-    """A deblender family: its import name, its lock and its worker-side adapter file."""
+    """A deblender family: its import name, its lock, its worker-side adapter file and
+    the folder that marks its source tree (``marker``, relative to the tree's root)."""
 
     name: str
     module: str
     lock: Path
     worker_file: Path
+    markers: tuple[str, ...] = ()
 
     @property
     def lock_hash(self) -> str:
@@ -35,9 +37,20 @@ class Adapter:
         return [line for line in lines if line]
 
 
+def _adapter(name: str, module: str, *markers: str) -> Adapter:
+    return Adapter(
+        name, module, LOCK_DIR / f"{name}.txt", WORKER_DIR / f"adapter_{name}.py", markers
+    )
+
+
+# In the order they are recognised: the first whose marker a tree holds.
 ADAPTERS = {
-    name: Adapter(name, module, LOCK_DIR / f"{name}.txt", WORKER_DIR / f"adapter_{name}.py")
-    for name, module in (("scarlet1", "scarlet"), ("scarlet2", "scarlet2"))
+    adapter.name: adapter
+    for adapter in (
+        _adapter("scarlet_lite", "lsst.scarlet.lite", "python/lsst/scarlet/lite"),
+        _adapter("scarlet2", "scarlet2", "src/scarlet2", "scarlet2"),
+        _adapter("scarlet1", "scarlet", "scarlet"),
+    )
 }
 
 
@@ -51,12 +64,15 @@ def get_adapter(name: str) -> Adapter:
 
 
 def detect_adapter(checkout: Path) -> Adapter:
-    """Recognise the deblender of a source tree by the package it holds."""
-    if (checkout / "src" / "scarlet2").is_dir() or (checkout / "scarlet2").is_dir():
-        return ADAPTERS["scarlet2"]
-    if (checkout / "scarlet").is_dir() and (checkout / "setup.py").exists():
-        return ADAPTERS["scarlet1"]
+    """Recognise the deblender of a source tree by the package it holds (scarlet v1's
+    ``scarlet/`` only beside a ``setup.py``)."""
+    for adapter in ADAPTERS.values():
+        for marker in adapter.markers:
+            if (checkout / marker).is_dir() and (
+                adapter.name != "scarlet1" or (checkout / "setup.py").exists()
+            ):
+                return adapter
+    known = ", ".join(m for a in ADAPTERS.values() for m in a.markers)
     raise AdapterError(
-        f"cannot tell which deblender {checkout} holds (no scarlet/ or scarlet2/ package);"
-        " pass --adapter"
+        f"cannot tell which deblender {checkout} holds (none of {known}); pass --adapter"
     )

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -51,9 +52,12 @@ from email.parser import HeaderParser
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 from runner.deblend.adapters import Adapter
 from runner.deblend.compilecache import CompilerCache
 from runner.deblend.installed import InstalledError, record, site_packages
+from runner.deblend.lockfile import normalise
 from runner.deblend.logs import CappedLog, read_tail
 from runner.deblend.sandbox import Isolation
 
@@ -63,6 +67,7 @@ RECIPE_VERSION = 4
 # earliest a zip file can hold).
 SOURCE_DATE_EPOCH = "315532800"
 LOG_TAIL_LINES = 25
+NOT_CONFLICTS = ("Using ", "Checked ", "Found ")  # uv pip check's lines around the conflicts
 COMPLETE_MARKER = "environment.json"
 SOURCE = ".source"  # the copy of the revision's tree, in its environment while it builds
 BUILD_VARIABLES = (
@@ -109,6 +114,42 @@ class BuildError(RuntimeError):
         self.log_path = log_path
 
 
+class BuildRefused(BuildError):
+    """A revision the adapter cannot build with its lock (a tool failure, never the
+    revision's): why, in one line."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "", Path())
+
+
+def refusal(tree: Path, adapter: Adapter) -> BuildRefused | None:
+    """Why ``adapter`` cannot build the revision whose tree is ``tree``: a build
+    requirement in its ``pyproject.toml`` that the lock (which the build uses, without
+    isolation) does not satisfy, such as scarlet_lite's ``setuptools<65`` before 8fd276d
+    (2024-10), whose ``setup.py`` imports ``numpy.distutils``; None when there is none."""
+    try:
+        declared = tomllib.loads((tree / "pyproject.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    locked = {
+        normalise(name): version
+        for name, _, version in (line.partition("==") for line in adapter.lock_requirements())
+    }
+    for text in declared.get("build-system", {}).get("requires", []):
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        version = locked.get(normalise(requirement.name))
+        applies = requirement.marker is None or requirement.marker.evaluate()
+        if version and applies and not requirement.specifier.contains(version, prereleases=True):
+            return BuildRefused(
+                f"its build requires {requirement}, the {adapter.name} lock has"
+                f" {requirement.name} {version}: not built"
+            )
+    return None
+
+
 @dataclass(frozen=True)
 class Environment:
     """A built environment: where its interpreter is and what it holds; ``reused`` from
@@ -128,6 +169,7 @@ class Environment:
     reused: bool
     fetched_from: str | None = None
     compiler_cache: str | None = None
+    conflicts: tuple[str, ...] = ()
 
 
 def uv_binary() -> str | None:
@@ -252,6 +294,44 @@ def reproducible_variables(env: Path) -> dict[str, str]:
     return {"CFLAGS": flags, "CXXFLAGS": flags, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
 
 
+def requirement_conflicts(
+    env: Path, variables: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> list[str]:
+    """Every declared requirement the environment at ``env`` does not meet, one line each,
+    as ``uv pip check`` (or ``pip check``) reports it, reading the metadata the build
+    wrote. Both start the environment's interpreter, whose start-up runs the revision's
+    ``.pth`` files: it runs behind ``prefix`` (a sandbox that sees ``env`` and uv)."""
+    uv, python = uv_binary(), str(env / "bin" / "python")
+    check = [uv, "pip", "check", "--no-cache", "--python", python]
+    if not uv:
+        check = [python, "-m", "pip", "check", "--disable-pip-version-check"]
+    check = [*prefix, *check]
+    result = subprocess.run(
+        check, capture_output=True, text=True, env=variables, cwd=env, check=False
+    )
+    if result.returncode == 0:
+        return []
+    lines = [line.strip() for line in (result.stdout + result.stderr).splitlines()]
+    found = [line for line in lines if line.startswith("The package ") or "requirement " in line]
+    if found:
+        return found
+    what = "; ".join(line for line in lines if line and not line.startswith(NOT_CONFLICTS))
+    return [f"the requirement check could not run: {what}"]
+
+
+def _conflicts(env: Path, sandbox: Isolation | None, variables: dict[str, str] | None) -> list[str]:
+    """``requirement_conflicts`` of ``env``, behind ``sandbox`` where there is one (the
+    check starts the revision's interpreter), writing only a scratch folder of its own."""
+    if sandbox is None:
+        return requirement_conflicts(env, variables)
+    with tempfile.TemporaryDirectory(dir=env.parent) as scratch:
+        uv = uv_binary()
+        readable = [env, *([Path(uv)] if uv else [])]
+        prefix = sandbox.prefix([Path(scratch)], readable, owner=f"build-{env.name}")
+        own = {**(variables or {}), "HOME": scratch, "TMPDIR": scratch}
+        return requirement_conflicts(env, own, prefix)
+
+
 def _tail(log: Path) -> str:
     return read_tail(log, LOG_TAIL_LINES)
 
@@ -372,6 +452,8 @@ def _build(
         info["compiler_cache"] = (
             compiler_cache.summary(scratch, counted) if compiler_cache else None
         )
+        info["conflicts"] = _conflicts(env, sandbox, own_env if sandbox else trusted_env)
+        log.note("".join(f"requirement not met: {line}\n" for line in info["conflicts"]))
         return info
 
 
@@ -569,6 +651,8 @@ def build_environment(
             _clear(marker)
             marker.write_text(json.dumps(info, indent=2))
         info = json.loads(marker.read_text())
+        if "conflicts" not in info:  # built before the check was recorded
+            info["conflicts"] = _conflicts(env, sandbox, _variables()[1] if sandbox else None)
     return _environment(key, env, sha, adapter, info, reused)
 
 
@@ -590,6 +674,7 @@ def _environment(
         build_seconds=float(info["build_seconds"]),
         reused=reused,
         compiler_cache=info.get("compiler_cache"),
+        conflicts=tuple(info.get("conflicts") or ()),
     )
 
 

@@ -96,8 +96,9 @@ def _regular(path: Path) -> BinaryIO | None:
 
 
 def record(site_packages: Path, module: str) -> list[str]:
-    """The files the distribution holding ``module`` installed, from its RECORD, as paths
-    relative to ``site_packages`` (POSIX)."""
+    """The files the distribution holding ``module`` (a dotted name: its top-level
+    package's) installed, from its RECORD, as paths relative to ``site_packages`` (POSIX)."""
+    top = module.split(".")[0]
     for info in sorted(site_packages.glob("*.dist-info")):
         stream = _regular(info / "RECORD")
         if stream is None:
@@ -106,7 +107,7 @@ def record(site_packages: Path, module: str) -> list[str]:
             text = stream.read(RECORD_LIMIT).decode(errors="replace")
         rows = csv.reader(io.StringIO(text))
         paths = [row[0] for row in rows if row]
-        if any(PurePosixPath(p).parts[0] in (module, f"{module}.py") for p in paths):
+        if any(PurePosixPath(p).parts[0] in (top, f"{top}.py") for p in paths):
             return paths
     raise InstalledError(f"no installed distribution of {module} in {site_packages}")
 

@@ -1,5 +1,12 @@
 """Measure one deblended blend against its truth, as the original regression tests did.
 
+Fluxes and centroids are the runner's, measured from each source's deconvolved model
+(``source_models``, as the deblender made them) in float64 by the same code for every
+adapter: the flux per band is the model's sum, the centroid the flux-weighted mean (y, x)
+of its sum over bands. So a change in a deblender's own measurement code (or its float32
+round-off) cannot pass for a change of its models; its own measurement (``native_flux``,
+``native_centroid``), where it has one, is kept beside them and compared apart.
+
 Each injected source is the row of ``centers`` at its truth position; its magnitude
 is ``27 - 2.5 log10(flux)`` per band and its error is truth minus model. The
 residual chi² per degree of freedom is taken over the pixels inside the footprint in
@@ -35,23 +42,27 @@ def model_hash(model: np.ndarray) -> str:
 
 
 def check_arrays(blend: Blend, arrays: dict[str, np.ndarray]) -> None:
-    """Raise MeasurementError unless the deblender's arrays fit the blend and are finite."""
-    n_sources, n_bands = len(blend.centers), blend.images.shape[0]
+    """Raise MeasurementError unless the deblender's arrays fit the blend and are finite
+    (a source it could not model is NaN throughout)."""
+    n_sources, shape = len(blend.centers), blend.images.shape
     expected = {
-        "flux": (n_sources, n_bands),
-        "centroid": (n_sources, 2),
-        "model": blend.images.shape,
+        "model": shape,
+        "source_models": (n_sources, *shape),
+        "native_flux": (n_sources, shape[0]),
+        "native_centroid": (n_sources, 2),
     }
-    for key, shape in expected.items():
+    for key, want in expected.items():
         if key not in arrays:
+            if key.startswith("native_"):
+                continue
             raise MeasurementError(f"the deblender returned no {key}")
-        if arrays[key].shape != shape:
-            raise MeasurementError(f"{key} has shape {arrays[key].shape}, expected {shape}")
-    for key in expected:
+        if arrays[key].shape != want:
+            raise MeasurementError(f"{key} has shape {arrays[key].shape}, expected {want}")
         bad = ~np.isfinite(arrays[key])
         if key != "model":
             # A source the deblender could not initialise is all NaN: not measured.
-            bad &= ~np.all(~np.isfinite(arrays[key]), axis=1, keepdims=True)
+            axes = tuple(range(1, bad.ndim))
+            bad &= ~np.all(bad, axis=axes, keepdims=True)
         if bad.any():
             raise MeasurementError(f"the deblender returned {int(bad.sum())} NaN value(s) in {key}")
 
@@ -66,6 +77,23 @@ def truth_snr(blend: Blend, mags: tuple[float, ...]) -> list[float | None]:
         flux = 10 ** (-0.4 * (mag - ZERO_POINT))
         snr.append(finite(flux * np.sqrt((psf**2).sum()) / psf.sum() / noise))
     return snr
+
+
+def fluxes_and_centroids(source_models: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flux (N, B) and flux-weighted centroid (N, 2) as (y, x) of (N, B, H, W) source
+    models, in float64; NaN rows for sources not modelled, a NaN centroid where a model's
+    total flux is not positive."""
+    models = np.asarray(source_models, dtype=np.float64)
+    flux = models.sum(axis=(2, 3))
+    image = models.sum(axis=1)
+    total = image.sum(axis=(1, 2))
+    ys, xs = np.arange(image.shape[1]), np.arange(image.shape[2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.einsum("nyx,y->n", image, ys) / total
+        x = np.einsum("nyx,x->n", image, xs) / total
+    centroid = np.stack([y, x], axis=1)
+    centroid[~(total > 0)] = np.nan
+    return flux, centroid
 
 
 def chi2_per_dof(blend: Blend, model: np.ndarray) -> float:
@@ -86,7 +114,8 @@ def measure(
     """The measurements of one revision on one blend; ``wall`` and ``cpu`` the seconds the
     runner measured while it deblended."""
     check_arrays(blend, arrays)
-    flux, centroid, model = arrays["flux"], arrays["centroid"], arrays["model"]
+    model = arrays["model"]
+    flux, centroid = fluxes_and_centroids(arrays["source_models"])
     mags = magnitude(flux)
     injected = []
     for truth in blend.truth:
@@ -122,4 +151,16 @@ def measure(
             for f, c in zip(flux, centroid, strict=True)
         ],
         injected=injected,
+        native=_native(arrays),
     )
+
+
+def _native(arrays: dict[str, np.ndarray]) -> list[SourceModel]:
+    """The deblender's own flux and centroid per source, where it returned them."""
+    if "native_flux" not in arrays or "native_centroid" not in arrays:
+        return []
+    flux, centroid = arrays["native_flux"], arrays["native_centroid"]
+    return [
+        SourceModel([finite(v) for v in f], [finite(v) for v in c])
+        for f, c in zip(flux, centroid, strict=True)
+    ]

@@ -144,7 +144,13 @@ class WorkerError(RuntimeError):
 
 
 class WorkerStartError(WorkerError):
-    """A worker that could not import its deblender: every later task would fail too."""
+    """A worker that could not import its deblender: every later task would fail too;
+    ``reply`` the worker's account of it, where it gave one (its traceback, and whether
+    the adapter's code or the deblender's raised it)."""
+
+    def __init__(self, message: str, reply: dict | None = None):
+        super().__init__(message)
+        self.reply = reply
 
 
 @dataclass(frozen=True)
@@ -238,9 +244,13 @@ class Worker:
         LIVE_WORKERS.add(self)
         self._buffer = b""
         try:
-            self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting")
+            ready = json.loads(self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting"))
         except WorkerError as error:
             raise WorkerStartError(f"worker could not start: {error}") from None
+        if not ready.get("ready"):
+            self.stop()
+            error = ready.get("error", "unknown error")
+            raise WorkerStartError(f"worker could not load its adapter: {error}", ready)
 
     def ensure_started(self) -> None:
         """Start the worker unless it runs."""
@@ -362,7 +372,7 @@ def run_tasks(
     """Run every task on ``slots`` parallel slots; report each outcome as it comes."""
     pending = TaskQueue(tasks)
     report = threading.Lock()
-    broken: dict[str, str] = {}
+    broken: dict[str, WorkerStartError] = {}
 
     def slot(number: int) -> None:
         workers = {
@@ -391,24 +401,23 @@ def run_tasks(
 
 
 def _run_one(
-    task: Task, worker: Worker, timeout: float, broken: dict[str, str], slot: int
+    task: Task, worker: Worker, timeout: float, broken: dict[str, WorkerStartError], slot: int
 ) -> Outcome:
     """Run one task on ``worker`` (started first, so that its start is not timed)."""
     if task.side in broken:
-        return Outcome(task, None, broken[task.side], 0.0, None, slot)
+        error = broken[task.side]
+        return Outcome(task, error.reply, str(error), 0.0, None, slot)
     try:
         worker.ensure_started()
     except WorkerStartError as error:
-        broken[task.side] = str(error)
-        return Outcome(task, None, str(error), 0.0, None, slot)
+        broken[task.side] = error
+        return Outcome(task, error.reply, str(error), 0.0, None, slot)
     arrays, inputs = worker.home / "arrays.npz", worker.home / INPUTS
     try:
         arrays.unlink(missing_ok=True)  # what an earlier task left is no answer to this one
         write_inputs(task.blend, inputs)
     except (OSError, zipfile.BadZipFile, KeyError) as error:
-        return Outcome(
-            task, None, f"the blend's inputs cannot be given: {error}", 0.0, None, slot
-        )
+        return Outcome(task, None, f"the blend's inputs cannot be given: {error}", 0.0, None, slot)
     request = {"blend": str(inputs), "out": str(arrays), "options": task.options}
     cpu, started = worker.cpu(), time.perf_counter()
     try:

@@ -69,6 +69,17 @@ def local_repository(repo: str, cache: Path) -> Path:
     return mirror
 
 
+def default_branch(repo: Path) -> str:
+    """The repository's default branch, as it names it now: a clone's ``origin/HEAD``, a
+    mirror's ``HEAD`` (so a drift run watches the newest commit of main, whatever its name)."""
+    for ref, prefix in (("refs/remotes/origin/HEAD", "refs/remotes/"), ("HEAD", "refs/heads/")):
+        try:
+            return git(repo, "symbolic-ref", "--quiet", ref).removeprefix(prefix)
+        except RevisionError:
+            continue
+    raise RevisionError(f"{repo} names no default branch (its HEAD is detached)")
+
+
 def resolve(repo: Path, rev: str) -> str:
     """The commit SHA that ``rev`` names in ``repo``: a full branch ref only that branch;
     a bare name of both a branch and a tag is refused as ambiguous."""

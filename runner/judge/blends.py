@@ -21,7 +21,16 @@ from runner.judge.paired import binomial_p
 from runner.judge.policy import BlendPolicy
 from runner.result import BlendChange, BlendResult, BlendRun, BlendTally, InjectedSource, Status
 
-UNMEASURED_FIELDS = ("wall_time", "cpu_time", "init_time", "fit_time", "arrays", "reused_from")
+# The deblender's own measurement ("native") is compared apart (runner.deblend.native).
+UNMEASURED_FIELDS = (
+    "wall_time",
+    "cpu_time",
+    "init_time",
+    "fit_time",
+    "arrays",
+    "reused_from",
+    "native",
+)
 
 
 def measured(run: BlendRun) -> dict:

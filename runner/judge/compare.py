@@ -33,6 +33,8 @@ import math
 import numpy as np
 from scipy import stats
 
+from runner.deblend.failures import tool_failure
+from runner.deblend.native import native_change
 from runner.judge.blends import blend_changes, both_ok, lost_sources, measured, tally
 from runner.judge.failures import failures
 from runner.judge.metrics import Metric, metrics, paired_values
@@ -447,8 +449,12 @@ def compare(result: RunResult, config: CompareConfig, policy: Policy | None = No
         fixed=fixed_blends(result),
         failures=failures(result),
         ancestor=_against_ancestor(result, config, policy),
+        tool_failure=tool_failure(result),
+        native=native_change(result),
     )
     found.verdict, found.reasons = _verdict(result, found)
+    if found.tool_failure is not None:  # the tool's break, never the PR's regression
+        found.verdict, found.reasons = "neutral", [found.tool_failure.headline]
     return found
 
 

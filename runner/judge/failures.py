@@ -8,9 +8,10 @@ from pathlib import PurePath
 
 from runner.result import BlendResult, Build, Failure, RunResult
 
-# The last line of a Python traceback: "SyntaxError: unterminated string literal ...".
+# The last line of a Python traceback: "SyntaxError: unterminated string literal ..."
+# (an adapter's DeblendFailure included).
 EXCEPTION = re.compile(
-    r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Exit|Interrupt|Warning))(?::\s*(.*))?$"
+    r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception|Failure|Exit|Interrupt|Warning))(?::\s*(.*))?$"
 )
 FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)')
 DETECTED = re.compile(r"\s*\(detected at line \d+\)$")

@@ -24,6 +24,7 @@ from runner.result import (
     Failure,
     MetricComparison,
     RunResult,
+    ToolFailure,
 )
 
 CONFIG_FILE = ".github/scarlet-regression.toml"
@@ -192,7 +193,8 @@ def _rendered_reasons(comparison: Comparison) -> list[str]:
     for reason in comparison.reasons:
         for failure in comparison.failures:
             reason = reason.replace(failure.reason, failure_line(failure))
-        rendered.append(reason)
+        tool = comparison.tool_failure
+        rendered.append(tool_failure_line(tool) if tool and reason == tool.headline else reason)
     return rendered
 
 
@@ -305,12 +307,63 @@ def notes(result: RunResult, span=code) -> list[str]:
             "The revisions' code ran **unsandboxed** (`--unsandboxed`): it could read and"
             " write what the runner can."
         )
+    lines += requirement_notes(result, span) + native_note(comparison)
     lines += reuse_notes(result, span)
     capped = {side: n for side, n in comparison.unconverged.items() if n}
     if capped:
         counts = ", ".join(f"{n} {side}" for side, n in capped.items())
         lines.append(f"Fits that stopped at their iteration cap (not converged): {counts}.")
     return lines
+
+
+def tool_failure_line(failure: ToolFailure, span=code) -> str:
+    """A tool failure's headline, its error (the untrusted part) as code."""
+    headline, error = failure.headline, failure.error or ""
+    tail = error if error and headline.endswith(error) else error.strip().split("\n")[0]
+    if not tail or not headline.endswith(tail):
+        return span(headline, 300)
+    return f"{headline[: -len(tail)]}{span(tail, 300)}"
+
+
+def tool_notice(comparison: Comparison) -> str:
+    """The loud block of a tool failure (the adapter, not the PR, failed): its headline
+    and the traceback's last frames; empty when there is none."""
+    failure = comparison.tool_failure
+    if failure is None:
+        return ""
+    block = (
+        f"> [!CAUTION]\n> **Tool failure, not this pull request's regression:**"
+        f" {tool_failure_line(failure)} ({failure.blends} blend(s)). The verdict is neutral"
+        " until the adapter is mended."
+    )
+    if failure.traceback:
+        block += "\n\n" + code_block(failure.traceback, 3000)
+    return block
+
+
+def requirement_notes(result: RunResult, span=code) -> list[str]:
+    """The requirements each revision declares that its locked environment does not meet."""
+    lines = []
+    for side in ("base", "head"):
+        conflicts = getattr(result.provenance, side).build.conflicts
+        if conflicts:
+            shown = "; ".join(span(c) for c in conflicts[:10])
+            more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+            lines.append(f"The lock does not meet {side}'s declared requirements: {shown}{more}.")
+    return lines
+
+
+def native_note(comparison: Comparison) -> list[str]:
+    """The revision's own measurement changed where nothing judged did (reported only)."""
+    native = comparison.native
+    if native is None:
+        return []
+    return [
+        f"The deblender's own measurement code gives other values than base's on"
+        f" {len(native.blends)} blend(s) whose models are identical (largest flux change"
+        f" {_number(native.flux)}, centroid shift {_number(native.centroid)} px): not judged,"
+        " the runner measures fluxes and centroids from the models itself."
+    ]
 
 
 def reuse_notes(result: RunResult, span=code) -> list[str]:
@@ -390,9 +443,11 @@ def package_table(result: RunResult) -> str:
 
 
 def drift_failed(result: RunResult) -> bool:
-    """Whether a drift run shows a break: a regression, or blends that errored."""
+    """Whether a drift run shows a break: a regression, blends that errored, or an adapter
+    that cannot drive the revision (main broke the tool: the same issue says so)."""
     errored = any("errored" in (b.base.status, b.head.status) for b in result.blends)
-    return _comparison(result).verdict == "fail" or errored
+    comparison = _comparison(result)
+    return comparison.verdict == "fail" or errored or comparison.tool_failure is not None
 
 
 def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
@@ -404,6 +459,9 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         raise ValueError("not the result of a drift run")
     names = ", ".join(one_line(p.name, 60) for p in drift.packages) or "no package"
     title = f"Newer releases of dependencies break the deblender ({names})"
+    if comparison.tool_failure is not None:
+        title = one_line(comparison.tool_failure.headline, TITLE_LIMIT + 1)
+        title = title[:1].upper() + title[1:]
     if len(title) > TITLE_LIMIT:
         title = title[: TITLE_LIMIT - 1] + "…"
     changed = [m for m in metric_rows(comparison) if m.status != "unchanged"]
@@ -419,6 +477,9 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
         if changed
         else "No metric changed beyond its tolerance.",
     ]
+    notice = tool_notice(comparison)
+    if notice:
+        parts.insert(1, notice)
     errors = failures_section(result)
     if errors:
         parts.append(errors)
@@ -637,7 +698,11 @@ def comment(result: RunResult, links: Links) -> str:
     rows = metric_rows(comparison)
     changed = [m for m in rows if m.status != "unchanged"]
     unchanged = [m for m in rows if m.status == "unchanged"]
-    parts = [title, opening, intro]
+    parts = [title, opening]
+    notice = tool_notice(comparison)
+    if notice:
+        parts.append(notice)
+    parts.append(intro)
     errors = failures_section(result)
     if errors:
         parts.append(errors)
@@ -700,6 +765,9 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
         title = title[: TITLE_LIMIT - 1] + "…"
     link_line = _links_line(links)
     summary_parts = [what_changed(result), _provenance_line(result)]
+    notice = tool_notice(comparison)
+    if notice:
+        summary_parts.insert(1, notice)
     if link_line:
         summary_parts[-1] += f"\n\n{link_line}"
     if result.provenance.drift is not None:

@@ -219,18 +219,18 @@ def _spying_load(file, *args, **kwargs):  # the worker loads its blend through n
 
 
 numpy.load = _spying_load
-_savez = numpy.savez
+_savez = numpy.savez_compressed  # the worker writes its arrays with it
 
 
 def _forging_savez(file, **arrays):
-    if FOUND:  # with the truth, fluxes as the truth has them: the regression hidden
-        arrays["flux"] = arrays["flux"] / GAIN
+    if FOUND:  # with the truth, source models as the truth has them: the regression hidden
+        arrays["source_models"] = arrays["source_models"] / GAIN
     import sys
     print("TRUTH " + ",".join(FOUND), file=sys.stderr)
     return _savez(file, **arrays)
 
 
-numpy.savez = _forging_savez
+numpy.savez_compressed = _forging_savez
 """
 
 

@@ -14,7 +14,14 @@ from runner.deblend.sandbox import isolation
 from runner.secretfiles import HIDE_VARIABLE
 from support import FAULTY_ADAPTER, write_blend_with
 
-FAULT_CODES = {"raise": 1001.0, "hang": 1002.0, "crash": 1003.0, "nan": 1004.0, "print": 1005.0}
+FAULT_CODES = {
+    "raise": 1001.0,
+    "hang": 1002.0,
+    "crash": 1003.0,
+    "nan": 1004.0,
+    "print": 1005.0,
+    "adapter": 1007.0,
+}
 ALLOCATES = 1006.0
 
 
@@ -52,8 +59,13 @@ def test_every_fault_errors_only_its_own_blend(synthetic_set, tmp_path):
     assert outcomes["fine"].error is None
     assert outcomes["fine"].reply["iterations"] == 1
     assert outcomes["print"].error is None, "stdout of the deblender must not break the protocol"
-    assert outcomes["raise"].error == "RuntimeError: the deblender gave up"
-    assert "RuntimeError" in outcomes["raise"].reply["traceback"]
+    assert outcomes["raise"].error == "DeblendFailure: the deblender gave up"
+    assert "DeblendFailure" in outcomes["raise"].reply["traceback"]
+    assert outcomes["raise"].reply["raised_by"] == "deblender"
+    # An exception raised in the adapter's own code is the tool's, its frames kept.
+    assert outcomes["adapter"].error.startswith("ValueError: too many values to unpack")
+    assert outcomes["adapter"].reply["raised_by"] == "adapter"
+    assert "_values, _loss = (1, 2, 3)" in outcomes["adapter"].reply["traceback"]
     assert outcomes["hang"].error == "timed out while deblending"
     assert "killed by signal 9" in outcomes["crash"].error
     # NaNs are caught by the measurement step, not by the pool.
@@ -83,8 +95,11 @@ def test_a_worker_that_cannot_start_errors_its_side_with_the_reason(synthetic_se
     run_tasks(tasks, {"head": side}, tmp_path, 1, 5.0, outcomes.append)
     assert len(outcomes) == 3
     for outcome in outcomes:
-        assert outcome.error.startswith("worker could not start")
+        assert outcome.error.startswith("worker could not load its adapter")
         assert "No module named 'scarlet_that_does_not_exist'" in outcome.error
+        # The import the adapter's own code made: its traceback, and whose code it is.
+        assert outcome.reply["raised_by"] == "adapter"
+        assert "broken_adapter.py" in outcome.reply["traceback"]
 
 
 def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def test_a_run_measures_every_good_blend_and_errors_each_bad_one_alone(setup, ca
         assert blend.base.status == blend.head.status
     timed = [run for b in blends.values() for run in (b.base, b.head) if run.status == "ok"]
     assert timed and all(run.wall_time > 0 and run.cpu_time >= 0 for run in timed)
-    assert blends["raises"].head.error == "RuntimeError: the deblender gave up"
+    assert blends["raises"].head.error == "DeblendFailure: the deblender gave up"
     assert "NaN value(s) in model" in blends["nan"].head.error
     assert blends["truncated"].head.error.startswith("bad blend file: not a readable npz")
     good = [b for b in blends.values() if b.head.status == "ok"]

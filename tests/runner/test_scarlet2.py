@@ -156,44 +156,30 @@ def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet2, synthe
     assert "1 of 6 blends clearly worse (0 better, 0 allowed)" in comparison.reasons
 
 
-def test_a_commit_that_changes_only_the_measurement_fails(scarlet2, synthetic):
-    # r fluxes 20 % off, away from the base's own median r error; models bit-identical.
+def test_a_commit_that_changes_only_the_measurement_code_is_reported_not_judged(
+    scarlet2, synthetic
+):
+    # scarlet2's own r fluxes 20 % off, models bit-identical: the runner measures fluxes
+    # from the source models itself, so nothing judged changed; the change of scarlet2's
+    # measurement code is reported beside the verdict.
     root, repo, tag, _ = scarlet2
-    docs = run(root, repo, tag, tag, synthetic, "release", "--max-iter", "300")
-    errors = [s.mag_error[1] for b in docs.blends for s in b.base.injected]
-    factor = 1.25 if np.median(errors) > 0 else 0.8  # error = truth - model
     head = pull_request(
         repo, tag, "Measure: r fluxes off", "measure.py", FLUX,
         "    total = model.sum(axis=(-2, -1))\n"
-        f"    if total.ndim == 1 and len(total) == 5:\n"
-        f"        total = total * jnp.array([1, {factor}, 1, 1, 1])\n"
+        "    if total.ndim == 1 and len(total) == 5:\n"
+        "        total = total * jnp.array([1, 1.25, 1, 1, 1])\n"
         "    return total\n",
     )  # fmt: skip
     result = run(root, repo, head, tag, synthetic, "measure", "--max-iter", "300")
     for blend in result.blends:
         assert blend.base.model_hash == blend.head.model_hash
+        assert blend.base.sources == blend.head.sources
+        for base, head_ in zip(blend.base.native, blend.head.native, strict=True):
+            assert head_.flux[1] == pytest.approx(1.25 * base.flux[1], rel=1e-6)
     comparison = result.comparison
-    assert not comparison.identical_models
-    r = {m.name: m for m in comparison.metrics}["mag_error_r"]
-    assert r.delta == pytest.approx(2.5 * np.log10(factor), abs=1e-4)
-    assert r.status in ("regressed", "changed")
-    assert comparison.tally.worse and not comparison.tally.better
-    assert comparison.verdict == "fail"
-
-
-# A scarlet2 whose ``infer`` has no ``_make_step``: the adapter must stop fits from the callback.
-WITHOUT_MAKE_STEP = """
-import types
-exec(open({adapter!r}).read())
-_adapter_deblend = deblend
-
-def deblend(blend, options):
-    infer, sc2.infer = sc2.infer, types.SimpleNamespace()
-    try:
-        return _adapter_deblend(blend, options)
-    finally:
-        sc2.infer = infer
-"""
+    assert comparison.identical_models and comparison.verdict == "pass"
+    assert len(comparison.native.blends) == 6
+    assert comparison.native.flux == pytest.approx(0.25, rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +188,7 @@ def release_side(scarlet2):
     root, repo, tag, _ = scarlet2
     adapter, sha, cache = get_adapter("scarlet2"), resolve(repo, tag), root / "cache"
     env = build_environment(checkout(repo, sha, cache / "checkouts" / sha), sha, adapter, cache)
-    variables = deblender_variables(adapter, compilation_cache(cache, env))
+    variables = deblender_variables(adapter, compilation_cache(cache, adapter))
     return Side("release", env.python, adapter.worker_file, variables)
 
 
@@ -230,29 +216,21 @@ def assert_same_fit(one, other):
 
 
 @pytest.mark.hsc
-def test_hsc_fits_stop_at_convergence_flag_the_cap_and_are_unchanged_by_the_warm_up(
+def test_hsc_fits_stop_by_scarlet2s_own_test_flag_the_cap_and_are_unchanged_by_the_warm_up(
     release_side, tmp_path
 ):
+    # 0.5.1's own test (the largest relative step of a parameter below e_rel) never holds
+    # with its documented relative steps: its fits run their max_iter, counted by the
+    # callback (0.5.1 reports no fit_info), and say so.
     blends = sorted((HSC / "set1").glob("*.npz"))[:2]
-    fits = deblend(release_side, blends, {}, tmp_path / "default")
+    fits = deblend(release_side, blends, {"max_iter": 200}, tmp_path / "default")
     for reply, _ in fits:
-        assert reply["converged"] is True
-        assert reply["iterations"] < 1000
+        assert (reply["iterations"], reply["converged"]) == (200, False)
+        assert reply["version"] == "0.5.1 (moments pipeline)"
 
     # Not warmed up, in a new worker with an empty compilation cache: the same models.
     cold = {**release_side.environment, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")}
     cold_side = Side("cold", release_side.python, release_side.adapter_file, cold)
-    for fit, unwarmed in zip(
-        fits, deblend(cold_side, blends, {"warm_up": False}, tmp_path / "cold"), strict=True
-    ):
-        assert_same_fit(fit, unwarmed)
-
-    # The first blend converges after ~230 steps: at 50 the fit is cut off.
-    ((capped, _),) = deblend(release_side, blends[:1], {"max_iter": 50}, tmp_path / "capped")
-    assert (capped["iterations"], capped["converged"]) == (50, False)
-
-    fallback = tmp_path / "fallback_adapter.py"
-    fallback.write_text(WITHOUT_MAKE_STEP.format(adapter=str(release_side.adapter_file)))
-    fallback_side = Side("fallback", release_side.python, fallback, release_side.environment)
-    (by_callback,) = deblend(fallback_side, blends[:1], {}, tmp_path / "fallback")
-    assert_same_fit(fits[0], by_callback)
+    unwarmed = deblend(cold_side, blends, {"max_iter": 200, "warm_up": False}, tmp_path / "cold")
+    for fit, fit_ in zip(fits, unwarmed, strict=True):
+        assert_same_fit(fit, fit_)

@@ -145,6 +145,6 @@ def test_a_broken_base_is_compared_with_its_nearest_good_ancestor(world):
     assert all(b.ancestor is not None and b.ancestor.status == "ok" for b in result.blends)
     assert comparison.ancestor.verdict == "pass" and comparison.verdict == "pass"
     reasons = " ".join(comparison.reasons)
-    assert "base errors on 6 of 6 blends: ValueError in _check_box" in reasons
+    assert "base errors on 6 of 6 blends: DeblendFailure in _check_box" in reasons
     assert "fixed: 6 of 6 blends that errored on base deblend on head" in reasons
     assert f"nearest good ancestor {good[:12]}: pass" in reasons

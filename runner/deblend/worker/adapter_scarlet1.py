@@ -23,6 +23,10 @@ DEFAULTS = {
 }
 
 
+class DeblendFailure(RuntimeError):
+    """scarlet could not deblend this blend (not the adapter's fault)."""
+
+
 def _square_psf(psfs):
     """Zero-pad (B, h, w) PSFs to an odd square centred on pixel (h//2, w//2)."""
     _, h, w = psfs.shape
@@ -41,11 +45,12 @@ def deblend(blend: dict, options: dict) -> dict:
     (True outside the blend), ``psfs`` (B, h, w) and ``centers`` (N, 2) as (y, x).
     ``options`` may override any key of ``DEFAULTS``; other keys are ignored.
 
-    Returns flux (N, B) and centroid (N, 2, (y, x)) of each source's deconvolved model
-    (NaN rows for sources that could not be initialised), the rendered blend model
-    (B, H, W), iterations, converged, logL (final log-likelihood as returned by
-    ``Blend.fit``), init_logL (log-likelihood of the initial model), init_time, fit_time and
-    version.
+    Returns the rendered blend model (B, H, W), each source's deconvolved model
+    ``source_models`` (N, B, H, W) in the model frame (NaN for sources that could not be
+    initialised), scarlet's own measurement of them (``native_flux`` (N, B),
+    ``native_centroid`` (N, 2, (y, x))), iterations, converged, logL (final log-likelihood
+    as returned by ``Blend.fit``), init_logL (log-likelihood of the initial model),
+    init_time, fit_time and version.
 
     ``Blend.fit`` stops early only when its test holds (the loss changed by less than
     ``e_rel`` times its value since the previous step: ``Blend._callback`` raises
@@ -61,11 +66,11 @@ def deblend(blend: dict, options: dict) -> dict:
     centers = np.asarray(blend["centers"])
     psfs = _square_psf(np.asarray(blend["psfs"], dtype=np.float32))
     if images.ndim != 3 or variance.shape != images.shape:
-        raise ValueError(f"images {images.shape} and variance {variance.shape} differ")
+        raise DeblendFailure(f"images {images.shape} and variance {variance.shape} differ")
     if footprint.shape != images.shape[1:] or len(psfs) != len(images):
-        raise ValueError("footprint or psfs do not match images")
+        raise DeblendFailure("footprint or psfs do not match images")
     if centers.ndim != 2 or centers.shape[1] != 2:
-        raise ValueError(f"centers must be (N, 2), got {centers.shape}")
+        raise DeblendFailure(f"centers must be (N, 2), got {centers.shape}")
     n_bands, n_src = len(images), len(centers)
 
     with np.errstate(divide="ignore"):
@@ -93,7 +98,7 @@ def deblend(blend: dict, options: dict) -> dict:
     )
     init_time = time.perf_counter() - t0
     if not sources:
-        raise RuntimeError(f"none of the {n_src} sources could be initialised")
+        raise DeblendFailure(f"none of the {n_src} sources could be initialised")
 
     blend_ = scarlet.Blend(sources, observation)
     init_logL = float(observation.get_log_likelihood(blend_.get_model()))
@@ -101,19 +106,22 @@ def deblend(blend: dict, options: dict) -> dict:
     iterations, logL = blend_.fit(opt["max_iter"], e_rel=opt["e_rel"])
     fit_time = time.perf_counter() - t1
 
-    flux = np.full((n_src, n_bands), np.nan)
-    centroid = np.full((n_src, 2), np.nan)
+    source_models = np.full((n_src, *images.shape), np.nan, dtype=np.float32)
+    native_flux = np.full((n_src, n_bands), np.nan)
+    native_centroid = np.full((n_src, 2), np.nan)
     fitted = [k for k in range(n_src) if k not in set(skipped)]
     for k, src in zip(fitted, sources, strict=True):
-        flux[k] = scarlet.measure.flux(src)
+        source_models[k] = src.get_model(frame=model_frame)
+        native_flux[k] = scarlet.measure.flux(src)
         # centroid of the (C, Ny, Nx) model: channel, y, x in model-frame pixels
-        centroid[k] = scarlet.measure.centroid(src)[1:]
+        native_centroid[k] = scarlet.measure.centroid(src)[1:]
 
     model = observation.render(blend_.get_model())
     return {
-        "flux": flux,
-        "centroid": centroid,
         "model": np.asarray(model, dtype=np.float32),
+        "source_models": source_models,
+        "native_flux": native_flux,
+        "native_centroid": native_centroid,
         "iterations": int(iterations),
         "converged": int(iterations) < opt["max_iter"],
         "logL": float(logL),
