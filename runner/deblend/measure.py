@@ -25,6 +25,10 @@ import numpy as np
 from runner.datasets import ZERO_POINT, Blend
 from runner.result import BlendRun, InjectedSource, SourceModel, finite
 
+# What is read of a worker's arrays: the model, each source's, and the deblender's own
+# measurement where it has one.
+ARRAY_KEYS = ("model", "source_models", "native_flux", "native_centroid")
+
 
 class MeasurementError(ValueError):
     """Deblender output that cannot be measured (wrong shapes, NaNs)."""

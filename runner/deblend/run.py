@@ -47,7 +47,7 @@ from runner.deblend.installed import (
     site_packages,
 )
 from runner.deblend.machine import this_machine
-from runner.deblend.measure import MeasurementError, measure
+from runner.deblend.measure import ARRAY_KEYS, MeasurementError, measure
 from runner.deblend.outcomes import Outcomes, Stored, outcome_key, spot_sample
 from runner.deblend.pool import Outcome, Side, Task, run_tasks
 from runner.deblend.sandbox import Isolation, SandboxError, check_offline, isolation
@@ -81,7 +81,6 @@ from runner.result import (
 from runner.store import ArtifactStore, LocalStore, StoreError, open_store
 
 SIDES = ("base", "head")
-ARRAY_KEYS = ("flux", "centroid", "model")  # what is read of a worker's arrays
 CLOUD_RUN_VARIABLE = "CLOUD_RUN_JOB"  # set in a Cloud Run job's tasks
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_MEMORY_LIMIT = 6 * 2**30  # per worker: scarlet2 peaks near 3.5 GB on real blends
