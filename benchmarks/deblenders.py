@@ -65,7 +65,7 @@ def deblend_all(side: Side, blends: list[Path], workers: int, out: Path) -> dict
 
     def collect(outcome) -> None:
         if outcome.error is None:
-            replies.append(outcome.reply)
+            replies.append({**outcome.reply, "wall": outcome.wall})
         else:
             errors.append(f"{outcome.task.blend.name}: {outcome.error.splitlines()[0]}")
 
@@ -101,7 +101,7 @@ def main() -> None:
     adapter, cache = get_adapter(args.adapter), args.cache.resolve()
     repo = local_repository(args.repo, cache)
     sha = resolve(repo, args.rev)
-    sandbox = isolation(os.environ, [cache], network=False)
+    sandbox = isolation(network=False)
     started = time.perf_counter()
     env = build_environment(
         checkout(repo, sha, cache / "checkouts" / sha), sha, adapter, cache, sandbox

@@ -40,6 +40,9 @@ def runner_command(settings: Settings) -> Callable[[Job, Path], list[str]]:
             argv += ["--head", job.head_sha, "--base", job.base]
             if job.base_sha:  # the event's base commit; job.base is then refs/heads/<name>
                 argv += ["--base-sha", job.base_sha]
+            if job.kind == "baseline" and job.base.startswith("refs/heads/"):
+                # The default branch's own push: its compilations and outcomes are shared.
+                argv += ["--trusted-ref", job.base.removeprefix("refs/heads/")]
         argv += ["--out", str(out)]
         for dataset in settings.datasets:
             argv += ["--dataset", str(dataset)]

@@ -18,7 +18,8 @@ NO_COMMIT = "0" * 40
 async def default_branch_pushed(event: Event, gh, service: RegressionService) -> None:
     """Run the new head of the default branch against the one before it, labelled for the
     trends by the branch it merged and when (the default branch itself, and the time of
-    the push, for a direct push)."""
+    the push, for a direct push). Both are the protected branch's commits: the runner, once
+    it has checked that, stores what they compiled and deblended for later runs."""
     data = event.data
     repository = data["repository"]
     default = repository["default_branch"]
@@ -34,7 +35,8 @@ async def default_branch_pushed(event: Event, gh, service: RegressionService) ->
             repository=repository["full_name"],
             installation_id=data["installation"]["id"],
             head_sha=data["after"],
-            base=before,
+            base=f"refs/heads/{default}",  # both commits on it: a trusted run of it
+            base_sha=before,
             clone_url=repository["clone_url"],
             kind="baseline",
             approved=True,

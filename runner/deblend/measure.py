@@ -40,9 +40,14 @@ def magnitude(flux: np.ndarray) -> np.ndarray:
         return np.where(flux > 0, ZERO_POINT - 2.5 * np.log10(flux), np.nan)
 
 
-def model_hash(model: np.ndarray) -> str:
-    """sha256 of the model image as little-endian float32."""
-    return hashlib.sha256(np.ascontiguousarray(model, dtype="<f4").tobytes()).hexdigest()
+def model_hash(*models: np.ndarray) -> str:
+    """sha256 of ``models`` (the rendered model, every source's) as little-endian float32,
+    each with its shape: equal only where every one is bit-identical."""
+    digest = hashlib.sha256()
+    for array in models:
+        digest.update(repr(np.shape(array)).encode())
+        digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return digest.hexdigest()
 
 
 def check_arrays(blend: Blend, arrays: dict[str, np.ndarray]) -> None:
@@ -148,7 +153,7 @@ def measure(
         init_logL=finite(reply["init_logL"]),
         chi2_dof=finite(chi2_per_dof(blend, model)),
         converged=bool(reply["converged"]) if "converged" in reply else None,
-        model_hash=model_hash(model),
+        model_hash=model_hash(model, arrays["source_models"]),
         arrays=arrays_path,
         sources=[
             SourceModel([finite(v) for v in f], [finite(v) for v in c])

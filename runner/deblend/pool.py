@@ -164,6 +164,7 @@ class Side:
     memory_limit: int | None = None  # bytes of resident memory a worker may use
     sandbox: Isolation | None = None  # how a worker is isolated (runner.deblend.sandbox)
     writable: tuple[Path, ...] = ()  # folders its workers may write beyond their scratch
+    readable: tuple[Path, ...] = ()  # folders its workers may read beyond their environment
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class Worker:
             prefix = ()
             if side.sandbox is not None:
                 env = Path(side.python).parent.parent
-                seen = [env, WORKER_SCRIPT, side.adapter_file]
+                seen = [env, WORKER_SCRIPT, side.adapter_file, *side.readable]
                 writable = [self.home, *side.writable]
                 prefix = side.sandbox.prefix(writable, seen, owner=f"worker-{env.name}")
             self.process = subprocess.Popen(
@@ -247,6 +248,11 @@ class Worker:
             ready = json.loads(self._read_line(time.monotonic() + STARTUP_TIMEOUT, "starting"))
         except WorkerError as error:
             raise WorkerStartError(f"worker could not start: {error}") from None
+        except ValueError:
+            ready = None
+        if not isinstance(ready, dict):
+            self.stop()
+            raise WorkerStartError("worker could not start: it announced itself in no JSON object")
         if not ready.get("ready"):
             self.stop()
             error = ready.get("error", "unknown error")

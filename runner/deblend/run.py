@@ -665,17 +665,20 @@ class Run:
     def _sides(
         self, envs: dict[str, Environment | BuildError | None], adapter: Adapter
     ) -> dict[str, Side]:
-        """How to start workers for each side whose environment built: a trusted side's
-        may write the shared compilation cache, the others only read it."""
+        """How to start workers for each side whose environment built. One trusted side
+        writes the shared compilation cache (head where both are: a root runner hands the
+        folder to the one sandbox user that writes it); the others read it."""
         config = self.config
         compiled = compilation_cache(config.cache, adapter)
+        writer = next((s for s in ("head", "base") if s in self.trusted), None)
         sides: dict[str, Side] = {}
         for name, env in envs.items():
             if isinstance(env, Environment):
-                writes = name in self.trusted
+                writes = name == writer
                 variables = deblender_variables(adapter, compiled, writes)
                 if variables:
                     compiled.mkdir(parents=True, exist_ok=True)
+                shared = (compiled,) if variables else ()
                 sides[name] = Side(
                     name,
                     env.python,
@@ -683,7 +686,8 @@ class Run:
                     variables,
                     config.memory_limit,
                     self.isolation["workers"],
-                    (compiled,) if variables and writes else (),
+                    writable=shared if writes else (),
+                    readable=() if writes else shared,
                 )
         return sides
 

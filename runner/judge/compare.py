@@ -360,7 +360,7 @@ def measurement_change(result: RunResult) -> str | None:
     }
     parts += sorted(fields)
     found = [part for part in parts if part]
-    return "; ".join(found) if found else "the deblender's own source measurements"
+    return "; ".join(found) if found else "the sources' measurements"
 
 
 def fixed_blends(result: RunResult) -> list[str]:

@@ -77,6 +77,8 @@ def failures(result: RunResult) -> list[Failure]:
     found = []
     for side in ("head", "base"):
         info = getattr(result.provenance, side)
+        if info.build.status == "refused":
+            continue  # the adapter's, not the revision's: the run's tool failure says it
         if info.build.status == "failed":
             found.append(Failure(side, "build", build_error(info.build), info.build.log_tail or ""))  # type: ignore[arg-type]
             continue

@@ -171,10 +171,15 @@ def format_mde(metric: MetricComparison) -> str:
 
 
 def headline(result: RunResult) -> str:
-    """One line: verdict and reasons."""
+    """One line of plain text (the check run's title): verdict and reasons."""
     comparison = _comparison(result)
     reasons = "; ".join(comparison.reasons)
-    return f"{comparison.verdict}" + (f": {reasons}" if reasons else "")
+    return one_line(f"{comparison.verdict}" + (f": {reasons}" if reasons else ""), TITLE_LIMIT)
+
+
+def markdown_reasons(comparison: Comparison) -> str:
+    """The verdict's reasons as one line of Markdown, a failure's error text in a code span."""
+    return "; ".join(_rendered_reasons(comparison)) or "no reason given"
 
 
 def failure_line(failure: Failure) -> str:
@@ -467,7 +472,8 @@ def drift_issue(result: RunResult, links: Links) -> tuple[str, str]:
     changed = [m for m in metric_rows(comparison) if m.status != "unchanged"]
     link_line = _links_line(links)
     parts = [
-        f"{DRIFT_MARKER}\n## {VERDICT_ICONS['fail']} Dependency drift: {headline(result)}",
+        f"{DRIFT_MARKER}\n## {VERDICT_ICONS[comparison.verdict]} Dependency drift:"
+        f" {comparison.verdict}\n\n{markdown_reasons(comparison)}",
         "No pull request changed this: the same revision deblends differently with the newest"
         " releases its requirements allow than with the lock.\n\n"
         + _provenance_line(result)
@@ -761,8 +767,6 @@ def check_run_output(result: RunResult, links: Links) -> CheckRunOutput:
     count UTF-8 bytes)."""
     comparison = _comparison(result)
     title = headline(result)
-    if len(title) > TITLE_LIMIT:
-        title = title[: TITLE_LIMIT - 1] + "…"
     link_line = _links_line(links)
     summary_parts = [what_changed(result), _provenance_line(result)]
     notice = tool_notice(comparison)

@@ -429,6 +429,12 @@ async def test_a_merged_pr_lands_in_the_trends_under_its_branch(bot):
     assert await bot.send("push", head_sha=merged, **pushed) == 202
     (baseline,) = await bot.completed(merged)
     assert baseline.conclusion == "success", baseline.output
+    # Both commits are main's own: a trusted run of it, whose work later runs reuse.
+    service = bot.server.app[SERVICE]
+    job = await service.jobs.latest(REPO)
+    assert (job.kind, job.base, job.base_sha) == ("baseline", "refs/heads/main", main_before)
+    result, _ = await asyncio.to_thread(service.load, job)
+    assert result.provenance.trusted_ref == "main"
 
     async with bot.session.get(f"{bot.url}/{REPO}/trends.json?pr=12") as response:
         data = await response.json()

@@ -734,7 +734,10 @@ def test_requirements_pin_the_bots_dependencies_from_pyproject() -> None:
     runner_only = {
         canonicalize_name(Requirement(r).name) for r in PROJECT["optional-dependencies"]["runner"]
     }
-    assert not runner_only & set(pinned)  # App Engine installs nothing the bot never imports
+    # App Engine installs nothing the bot never imports: a runner dependency is pinned only
+    # where a dependency of the bot's own needs it too (packaging, for plotly).
+    for name in runner_only & set(pinned):
+        assert "scarlet-regression" not in pinned[name][1], (name, pinned[name])
 
 
 def test_requirements_install_everything_the_bot_imports() -> None:

@@ -122,6 +122,25 @@ def test_a_dependencys_hostile_names_are_inert_in_the_drift_report():
     assert table.count("<td>") == 3, "the pipe in the name splits no cell"
 
 
+def test_a_tool_failures_hostile_error_is_inert_in_the_drift_issue_and_the_check_run():
+    # Every blend fails the same way on both sides: the adapter's failure, its error text
+    # the revision's, in the drift issue's heading and the check run's title.
+    result = synthetic_result(blends=4)
+    error = "ValueError: " + HOSTILE.replace("\n", " ")  # its first line is what is shown
+    for blend in result.blends:
+        blend.base = BlendRun(status="errored", error=error)
+        blend.head = BlendRun(status="errored", error=error)
+    result.provenance.drift = Drift("main", "b" * 40, [])
+    result.comparison = compare(result, CompareConfig())
+    assert result.comparison.tool_failure is not None
+    title, body = drift_issue(result, LINKS)
+    assert "\n" not in title
+    assert_inert(markdown(body))
+    output = check_run_output(result, LINKS)
+    assert "\n" not in output.title
+    assert_inert(markdown(output.summary))
+
+
 @pytest.mark.parametrize(
     "error",
     [

@@ -131,3 +131,8 @@ def test_the_model_hash_sees_one_changed_bit():
     changed.view(np.uint32)[0, 0, 0] ^= 1
     assert model_hash(model) == model_hash(model.astype(np.float64))
     assert model_hash(model) != model_hash(changed)
+    sources = np.stack([model / 2, model / 2])
+    moved = sources.copy()
+    moved.view(np.uint32)[1, 0, 0, 0] ^= 1
+    # One source's model changed, the rendered sum of them not: not identical.
+    assert model_hash(model, sources) != model_hash(model, moved)

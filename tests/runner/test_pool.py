@@ -102,6 +102,33 @@ def test_a_worker_that_cannot_start_errors_its_side_with_the_reason(synthetic_se
         assert "broken_adapter.py" in outcome.reply["traceback"]
 
 
+def test_a_revision_that_writes_into_the_protocol_errors_its_side_and_nothing_else(
+    synthetic_set, tmp_path
+):
+    # At import, before the worker announces itself, the revision finds the protocol's
+    # file descriptor and writes a line that is no JSON object.
+    garbling = tmp_path / "garbling_adapter.py"
+    garbling.write_text(
+        "import os\n"
+        "for fd in range(3, 16):\n"
+        "    try:\n"
+        "        os.write(fd, b'[not, json\\n')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    blends = sorted(synthetic_set.glob("*.npz"))[:2]
+    sides = {"head": Side("head", sys.executable, garbling)}
+    sides["base"] = Side("base", sys.executable, FAULTY_ADAPTER)
+    tasks = [Task(side, p, tmp_path / f"{p.stem}.{side}.npz", {}) for p in blends for side in sides]
+    outcomes = []
+    run_tasks(tasks, sides, tmp_path, 1, 5.0, outcomes.append)
+    by_side = {side: [o for o in outcomes if o.task.side == side] for side in sides}
+    assert len(by_side["head"]) == len(by_side["base"]) == 2
+    for outcome in by_side["head"]:
+        assert outcome.error == "worker could not start: it announced itself in no JSON object"
+    assert all(o.error is None for o in by_side["base"])
+
+
 def test_worker_sees_no_secrets_of_the_parent(synthetic_set, tmp_path, monkeypatch):
     monkeypatch.setenv("GITHUB_APP_PRIVATE_KEY", "secret")
     spy = tmp_path / "spy_adapter.py"
@@ -195,6 +222,52 @@ def test_a_malicious_deblender_finds_no_secret_no_secret_file_and_no_network(
     assert outcomes[0].error is None
     assert json.loads(outcomes[0].reply["version"]) == {}
     assert key.read_text().startswith("-----BEGIN"), "the file is still there, outside"
+
+
+SHARED = """
+import os, pathlib
+_deblend = deblend
+
+def deblend(blend, options):
+    folder = pathlib.Path(os.environ["SHARED_FOLDER"])
+    try:
+        seen = (folder / "entry").read_text()
+    except OSError:
+        seen = "unseen"
+    try:
+        (folder / "written").write_text("x")
+        wrote = "written"
+    except OSError:
+        wrote = "read-only"
+    return {**_deblend(blend, options), "version": seen + ";" + wrote}
+"""
+
+
+def test_a_shared_cache_is_read_by_every_worker_and_written_by_its_writer_only(
+    synthetic_set, tmp_path
+):
+    # As the JAX compilation cache: a trusted side writes it, every other side reads it.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "entry").write_text("compiled")
+    adapter = tmp_path / "shared_adapter.py"
+    adapter.write_text(FAULTY_ADAPTER.read_text() + SHARED)
+    way, variables = isolation(network=False), {"SHARED_FOLDER": str(shared)}
+    sides = {
+        "base": Side("base", sys.executable, adapter, variables, sandbox=way, readable=(shared,)),
+        "head": Side("head", sys.executable, adapter, variables, sandbox=way, writable=(shared,)),
+        "none": Side("none", sys.executable, adapter, variables, sandbox=way),
+    }
+    blend = sorted(synthetic_set.glob("*.npz"))[0]
+    tasks = [Task(side, blend, tmp_path / f"{side}.npz", {}) for side in sides]
+    outcomes = []
+    run_tasks(tasks, sides, tmp_path, 1, 20.0, outcomes.append)
+    versions = {o.task.side: o.reply["version"] for o in outcomes}
+    assert versions == {
+        "base": "compiled;read-only",
+        "head": "compiled;written",
+        "none": "unseen;read-only",
+    }
 
 
 def test_a_deblender_that_allocates_without_bound_is_stopped_at_the_limit(synthetic_set, tmp_path):

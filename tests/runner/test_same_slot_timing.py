@@ -15,7 +15,7 @@ from runner.commands import main
 from runner.commands.release_repo import commit
 from runner.deblend import adapters
 from runner.deblend.pool import Side, Task, run_tasks
-from runner.result import RunResult
+from runner.result import SCHEMA_VERSION, RunResult
 from runner.synth import write_synthetic_set
 from support import FAULTY_ADAPTER, tiny_adapter, tiny_repository
 
@@ -102,7 +102,7 @@ def test_a_head_doing_forty_percent_more_work_fails_once_a_re_timing_confirms_it
     assert result.comparison.verdict == "fail"
     assert "regressed: CPU time per source" in result.comparison.reasons
     document = json.loads(result.to_json())
-    assert document["retiming"][0]["base"] and document["schema_version"] == 5
+    assert document["retiming"][0]["base"] and document["schema_version"] == SCHEMA_VERSION
 
 
 def test_the_same_work_with_bit_identical_models_never_fails_on_timing(timed):
