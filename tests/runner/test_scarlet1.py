@@ -185,9 +185,12 @@ def test_a_commit_that_wrecks_a_few_blends_fails_blend_by_blend(scarlet1, pull_r
 MEASURE = "    return model.sum(axis=(1, 2))\n"
 
 
-def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request, set1):
-    # Every r-band flux 2 % low: magnitudes 0.022 fainter, errors (truth - model) more
-    # negative, away from base's own median r error; every model bit-identical.
+def test_a_commit_that_changes_only_scarlet_measure_is_reported_not_judged(
+    scarlet1, pull_request, set1
+):
+    # scarlet's own r fluxes 2 % low, every model bit-identical: the runner measures the
+    # fluxes from the source models itself, so nothing judged changed; the change of
+    # scarlet's measurement code is reported beside the verdict.
     root, _ = scarlet1
     clone, head = pull_request(
         "Measure: r fluxes 2% low", "scarlet/measure.py", MEASURE,
@@ -197,17 +200,17 @@ def test_a_commit_that_changes_only_scarlet_measure_fails(scarlet1, pull_request
     assert result.provenance.reuse.blends == 88, "base's set1 outcomes are stored"
     full = run(root, set1, head, BEFORE_284, "measure-full", clone, "--full")
     assert full.comparison.verdict == result.comparison.verdict
-    science = [(m.name, m.status) for m in full.comparison.metrics if m.kind != "timing"]
-    assert science == [(m.name, m.status) for m in result.comparison.metrics if m.kind != "timing"]
-    base_r = [s.mag_error[1] for b in result.blends for s in b.base.injected]
-    assert np.median(base_r) < 0, "base's r errors lean negative on set1"
     for blend in result.blends:
         assert blend.base.model_hash == blend.head.model_hash
+        assert blend.base.sources == blend.head.sources
+        for base, head_ in zip(blend.base.native, blend.head.native, strict=True):
+            if base.flux[1] is not None:
+                assert head_.flux[1] == pytest.approx(0.98 * base.flux[1], rel=1e-6)
     comparison = result.comparison
-    assert not comparison.identical_models
-    r = {m.name: m for m in comparison.metrics}["mag_error_r"]
-    assert r.status == "regressed" and r.delta == pytest.approx(2.5 * np.log10(0.98), abs=1e-4)
-    assert comparison.verdict == "fail"
+    assert comparison.identical_models and comparison.verdict == "pass"
+    deblended = [b for b in result.blends if b.base.status == b.head.status == "ok"]
+    assert comparison.native.blends == [f"{b.dataset}/{b.id}" for b in deblended]
+    assert comparison.native.flux == pytest.approx(0.02, rel=1e-4)
 
 
 @pytest.mark.skipif(shutil.which("ccache") is None, reason="needs ccache")
