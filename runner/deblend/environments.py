@@ -336,6 +336,21 @@ def _tail(log: Path) -> str:
     return read_tail(log, LOG_TAIL_LINES)
 
 
+def _remove(env: Path, seconds: float = 10.0) -> None:
+    """Remove the folder ``env`` (a build that was killed left it half made) and wait until
+    it is gone: a killed build's sandboxed processes may write into it for a moment more,
+    and ``uv venv`` refuses a folder that exists. An OSError (the runner's, never the
+    revision's failure) if it stays."""
+    deadline = time.monotonic() + seconds
+    while True:
+        shutil.rmtree(env, ignore_errors=True)
+        if not env.exists():
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"{env} cannot be removed to build it afresh")
+        time.sleep(0.1)
+
+
 def _clear(path: Path) -> None:
     """Remove whatever a revision's build left at ``path``: a symbolic link there would
     send our write elsewhere."""
@@ -637,7 +652,7 @@ def build_environment(
         marker = env / COMPLETE_MARKER
         reused = marker.exists()
         if not reused:
-            shutil.rmtree(env, ignore_errors=True)
+            _remove(env)
             log = env.parent / f"{key}.log"
             started = time.perf_counter()
             try:
