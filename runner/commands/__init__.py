@@ -39,15 +39,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    from runner.deblend.environments import kill_all_builds
     from runner.deblend.pool import kill_all_workers
 
     kill_all_workers()
+    kill_all_builds()
     os._exit(128 + signum)
 
 
 def exit_with_workers_on_sigterm() -> None:
-    """On SIGTERM (a cancelled or timed-out job) take the worker processes down too: they
-    run in sessions of their own and would outlive the runner."""
+    """On SIGTERM (a cancelled or timed-out job) take the worker processes and build steps
+    down too: they run in sessions of their own and would outlive the runner."""
     signal.signal(signal.SIGTERM, _terminate)
 
 

@@ -549,6 +549,17 @@ def _stats(paths: list[Path]) -> Iterator[os.stat_result]:
                     yield os.lstat(os.path.join(root, name))
 
 
+LIVE_BUILDS: set[subprocess.Popen] = set()  # build steps running, each in its own session
+
+
+def kill_all_builds() -> None:
+    """Kill every running build step's session: it would outlive the runner otherwise and
+    go on writing into an environment another run then builds."""
+    for process in list(LIVE_BUILDS):
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def _supervise(
     command: list[str],
     variables: dict[str, str],
@@ -570,6 +581,7 @@ def _supervise(
         cwd=cwd,
         start_new_session=True,
     )
+    LIVE_BUILDS.add(process)
     pipe = process.stdout if stdout is None else process.stderr
     copier = threading.Thread(target=lambda: _copy(pipe, log), daemon=True)
     copier.start()
@@ -591,6 +603,7 @@ def _supervise(
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    LIVE_BUILDS.discard(process)
     copier.join()
     pipe.close()
     log.close_part()

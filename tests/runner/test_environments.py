@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from runner.commands.release_repo import commit
 from runner.deblend.adapters import Adapter
-from runner.deblend.environments import BuildError, build_environment
+from runner.deblend.environments import (
+    LIVE_BUILDS,
+    BuildError,
+    _supervise,
+    build_environment,
+    kill_all_builds,
+)
+from runner.deblend.logs import CappedLog
 from runner.deblend.revisions import checkout
 from support import TINY_LOCK, tiny_adapter, tiny_repository
 
@@ -102,3 +113,32 @@ def test_the_import_check_sees_none_of_our_variables(tiny, monkeypatch):
         build_environment(source, sha, adapter, cache)
     seen = raised.value.log_tail.rsplit("seen: ", 1)[1].split()
     assert "PATH" in seen and "GITHUB_APP_PRIVATE_KEY" not in seen
+
+
+def test_a_cancelled_runner_takes_its_running_build_step_down(tmp_path):
+    # A build step runs in a session of its own; the runner's SIGTERM handler kills it,
+    # or it would go on writing into an environment the next run builds afresh.
+    with open(tmp_path / "build.log", "wb") as stream:
+        log = CappedLog(stream, 2**20)
+        child = tmp_path / "child"  # the step's own child, in its session
+        step = ["sh", "-c", f"sleep 60 & echo $! > {child}; wait"]
+        returned: list = []
+        thread = threading.Thread(
+            target=lambda: returned.append(_supervise(step, {}, None, log, [], None, 120.0))
+        )
+        thread.start()
+        for _ in range(100):
+            if LIVE_BUILDS and child.exists() and child.read_text().strip():
+                break
+            time.sleep(0.05)
+        assert len(LIVE_BUILDS) == 1
+        kill_all_builds()
+        thread.join(timeout=10)
+    assert returned == [-signal.SIGKILL] and not LIVE_BUILDS
+    stat = Path(f"/proc/{child.read_text().strip()}/stat")
+    for _ in range(100):  # gone, or a zombie waiting to be reaped
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the build step's child outlived it")
