@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -401,6 +402,15 @@ async def test_a_runner_killed_mid_run_concludes_its_check_run(bot):
     assert not bot.report_comments(15)
 
 
+async def until(predicate, timeout: float = 30, step: float = 0.1) -> None:
+    """Wait until ``predicate()`` holds (failing after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not so after {timeout} s: {predicate.__doc__ or predicate}")
+        await asyncio.sleep(step)
+
+
 def _is_runner(proc: Path, bot: Bot) -> bool:
     """Whether ``proc`` is a runner this test's bot started (its data folder is unique)."""
     try:
@@ -511,12 +521,8 @@ async def test_a_bot_restarted_mid_run_runs_the_job_again_to_one_comment(bot):
     assert await bot.send("pull_request", "opened", pull=pull) == 202
     await bot.started(pull.head_sha)
     await bot.restart()  # the running job goes back to the durable queue
-    for _ in range(100):  # killed: gone once the kernel has delivered the signal
-        if not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the runner outlived the bot's restart by 10 s")
+    # Killed: gone once the kernel has delivered the signal.
+    await until(lambda: not any(_is_runner(p, bot) for p in Path("/proc").glob("[0-9]*")), 10)
     (run,) = await bot.completed(pull.head_sha)
     assert run.conclusion == "success", run.output
     assert len(bot.report_comments(17)) == 1

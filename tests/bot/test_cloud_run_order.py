@@ -9,8 +9,8 @@ import asyncio
 import uuid
 
 import aiohttp
-from test_bot import REPO, head
-from test_delivery_order import push, until
+from test_bot import REPO, head, until
+from test_delivery_order import push
 from test_production import JOB, Deployment
 
 from bot.service import SERVICE

@@ -13,7 +13,7 @@ import random
 import time
 from pathlib import Path
 
-from test_bot import REPO, Bot, _is_runner, free_port, head, running_bot
+from test_bot import REPO, Bot, _is_runner, free_port, head, running_bot, until
 
 from bot.routers.comments import COMMAND
 from bot.service import SERVICE
@@ -29,15 +29,6 @@ ARCHIVED = {
 def runners(bot: Bot) -> int:
     """How many runner processes this test's bot has started that still run."""
     return sum(_is_runner(proc, bot) for proc in Path("/proc").glob("[0-9]*"))
-
-
-async def until(predicate, timeout: float = 30, step: float = 0.1) -> None:
-    """Wait until ``predicate()`` holds (failing after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not so after {timeout} s: {predicate.__doc__ or predicate}")
-        await asyncio.sleep(step)
 
 
 def push(bot: Bot, text: str) -> str:
